@@ -1,0 +1,36 @@
+# remedi-spark: `make demo` (sets up, then runs the foundation on 50k synthetic users) and `make test`.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+PETASTORM := petastorm==0.13.1
+
+.PHONY: setup demo test bench clean
+
+setup: $(VENV)/.installed .jars/.resolved
+
+# Installs the package with its pins; petastorm goes in with --no-deps (its metadata wants
+# setuptools<70, which conflicts with torch; its real dependencies are in pyproject.toml).
+$(VENV)/.installed: pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install --quiet --upgrade pip
+	$(PIP) install --quiet -e ".[dev]"
+	$(PIP) install --quiet --no-deps $(PETASTORM)
+	touch $@
+
+# Delta Lake and SynapseML jars from Maven Central into .jars/, once (stamped by the pom's hash).
+.jars/.resolved: jvm/pom.xml $(VENV)/.installed
+	$(PY) -m remedi_spark.jars --pom jvm/pom.xml --out .jars
+	touch $@
+
+demo: setup
+	$(PY) -m remedi_spark demo --conf conf/demo.yaml
+
+test: setup
+	$(PY) -m pytest
+
+bench: setup
+	$(PY) bench/foundation.py --out bench/results/foundation.json
+
+clean:
+	rm -rf data/demo data/local spark-warehouse metastore_db derby.log

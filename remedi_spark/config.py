@@ -1,0 +1,218 @@
+"""Typed configuration loaded from YAML profiles.
+
+``conf/base.yaml`` holds every knob and its default; a profile names its parent with
+``extends:`` and overrides only what differs; ``--set section.key=value`` overrides last.
+The dataclasses below define which keys exist and their types: an unknown key, a missing
+key or a wrongly typed value is an error that names the key, raised before Spark starts.
+"""
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+@dataclass(frozen=True)
+class SparkSettings:
+    profile: str
+    master: str
+    driver_memory: str
+    shuffle_partitions: int
+    jars_dir: str
+    conf: dict
+
+
+@dataclass(frozen=True)
+class TableSettings:
+    root: str
+
+
+@dataclass(frozen=True)
+class SyntheticSettings:
+    n_users: int
+    start_month: str
+    end_month: str
+    seed: int
+    chunk_users: int
+    burn_in_months: int
+    hazard_scale: float
+    missing_rate: float
+    drift_month: str | None
+    drift_strength: float
+
+
+@dataclass(frozen=True)
+class CustomFeatureTable:
+    path: str | None
+    table: str | None
+    id_col: str
+    month_col: str
+    label_col: str
+    feature_cols: list[str]
+    categorical_cols: list[str]
+
+
+@dataclass(frozen=True)
+class FeatureSettings:
+    source: str
+    windows: list[int]
+    recency_lookback_months: int
+    observed_through: str | None
+    categorical: list[str]
+    custom: CustomFeatureTable
+
+
+@dataclass(frozen=True)
+class FoldSettings:
+    n_folds: int
+    seed: int
+    test_fraction: float
+    months: list[str] | None
+
+
+@dataclass(frozen=True)
+class Config:
+    spark: SparkSettings
+    tables: TableSettings
+    synthetic: SyntheticSettings
+    features: FeatureSettings
+    folds: FoldSettings
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain-dict view (for run manifests and logs)."""
+        return dataclasses.asdict(self)
+
+
+class ConfigError(ValueError):
+    """A configuration file or override is invalid; the message names the key."""
+
+
+_CHOICES = {
+    "spark.profile": {"local", "cluster", "databricks"},
+    "features.source": {"builtin", "custom"},
+}
+
+
+def _merge(base: dict, over: dict) -> dict:
+    out = dict(base)
+    for key, value in over.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict) and value:
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def _read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> dict:
+    path = path.resolve()
+    if path in seen:
+        raise ConfigError(f"{path}: `extends` forms a cycle")
+    if not path.exists():
+        raise ConfigError(f"config file not found: {path}")
+    data = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: top level must be a mapping")
+    parent = data.pop("extends", None)
+    if parent is None:
+        return data
+    return _merge(_read_yaml(path.parent / parent, seen + (path,)), data)
+
+
+def _set_dotted(data: dict, dotted: str, value: Any) -> None:
+    keys = dotted.split(".")
+    node = data
+    for i, key in enumerate(keys[:-1]):
+        if not isinstance(node.get(key), dict):
+            raise ConfigError(f"--set {dotted}: unknown key {'.'.join(keys[: i + 1])}")
+        node = node[key]
+    if keys[-1] not in node and not (len(keys) >= 2 and keys[-2] == "conf"):
+        raise ConfigError(f"--set {dotted}: unknown key {dotted}")
+    node[keys[-1]] = value
+
+
+def _check_type(value: Any, hint: Any, key: str) -> Any:
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        options = typing.get_args(hint)
+        if value is None and type(None) in options:
+            return None
+        errors = []
+        for option in options:
+            if option is type(None):
+                continue
+            try:
+                return _check_type(value, option, key)
+            except ConfigError as exc:
+                errors.append(str(exc))
+        raise ConfigError(errors[0] if errors else f"{key}: invalid value {value!r}")
+    if dataclasses.is_dataclass(hint):
+        return _build(hint, value, key)
+    if origin is list:
+        if not isinstance(value, list):
+            raise ConfigError(f"{key}: expected a list, got {value!r}")
+        (item,) = typing.get_args(hint)
+        return [_check_type(v, item, f"{key}[{i}]") for i, v in enumerate(value)]
+    if hint is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a mapping, got {value!r}")
+        return value
+    if hint is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if hint is str and isinstance(value, (int, float)) and not isinstance(value, bool):
+        raise ConfigError(f"{key}: expected text, got number {value!r} (quote it)")
+    if hint is int and isinstance(value, bool):
+        raise ConfigError(f"{key}: expected an integer, got {value!r}")
+    if not isinstance(value, hint):
+        raise ConfigError(f"{key}: expected {hint.__name__}, got {value!r}")
+    if key in _CHOICES and value not in _CHOICES[key]:
+        raise ConfigError(f"{key}: {value!r} is not one of {sorted(_CHOICES[key])}")
+    return value
+
+
+def _build(cls: type, data: Any, prefix: str) -> Any:
+    if not isinstance(data, dict):
+        raise ConfigError(f"{prefix or 'config'}: expected a mapping, got {data!r}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise ConfigError(f"{prefix or 'config'}: unknown keys {unknown}")
+    missing = sorted(names - set(data))
+    if missing:
+        raise ConfigError(f"{prefix or 'config'}: missing keys {missing}")
+    values = {n: _check_type(data[n], hints[n], f"{prefix}.{n}" if prefix else n) for n in names}
+    return cls(**values)
+
+
+def config_from_dict(data: dict) -> Config:
+    """Validate a plain dict (already merged) into a :class:`Config`."""
+    return _build(Config, data, "")
+
+
+def load_config(path: str | Path, overrides: list[str] | None = None) -> Config:
+    """Load a YAML profile, apply ``key=value`` overrides (values parsed as YAML), validate."""
+    data = _read_yaml(Path(path))
+    for item in overrides or []:
+        if "=" not in item:
+            raise ConfigError(f"--set {item!r}: expected key=value")
+        key, raw = item.split("=", 1)
+        _set_dotted(data, key.strip(), yaml.safe_load(raw))
+    return config_from_dict(data)
+
+
+def replace(cfg: Config, **sections: dict) -> Config:
+    """Copy of ``cfg`` with some keys of some sections changed, validated again.
+
+    Example: ``replace(cfg, synthetic={"n_users": 2000}, tables={"root": "/tmp/t"})``.
+    """
+    data = cfg.to_dict()
+    for section, values in sections.items():
+        if section not in data:
+            raise ConfigError(f"unknown section {section!r}")
+        data[section] = _merge(data[section], values)
+    return config_from_dict(data)

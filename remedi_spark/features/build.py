@@ -1,0 +1,179 @@
+"""Feature job: raw monthly tables → one ``features`` row per (user, month), with labels.
+
+Features for month T use data up to T only: the current month's channel values, rolling sums
+and means over the configured windows, month-over-month change, short-vs-long trend, months
+since the last dealer visit and since the last purchase, a few ratios and the owner's static
+attributes. Labels: ``y_h{k}`` = purchase in T+k, ``y`` = purchase in T+1..T+3. A horizon whose
+month is after ``observed_through`` is unknown (null), never 0; ``label_complete`` says all
+three are observed (``y`` is 1 as soon as one observed horizon is 1).
+
+``features.source: custom`` imports the user's own table instead (see :func:`import_custom_features`).
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from pyspark.sql import Column, DataFrame, SparkSession, Window
+from pyspark.sql import functions as F
+
+from ..config import Config
+from ..io.schemas import DataValidationError, validate
+from ..io.store import TableStore
+from ..months import add_months, format_month, parse_month
+from .custom import import_custom_features
+
+ID = "user_id"
+HORIZONS = (1, 2, 3)
+
+
+def month_index(col: str | Column) -> Column:
+    """``'YYYY-MM'`` → ``year * 12 + month - 1`` (the same index as :func:`remedi_spark.months.parse_month`)."""
+    c = F.col(col) if isinstance(col, str) else col
+    return F.substring(c, 1, 4).cast("int") * 12 + F.substring(c, 6, 2).cast("int") - 1
+
+
+def _safe_ratio(num: Column, den: Column) -> Column:
+    return F.when(den > 0, num / den)
+
+
+def activity_features(activity: DataFrame, channels: list[str], windows: list[int], lookback: int) -> DataFrame:
+    """Per (user, month) window features of the activity table (which must hold the look-back months)."""
+    order = Window.partitionBy(ID).orderBy("mi")
+    prev = order.rangeBetween(-1, -1)
+    by_window = {k: order.rangeBetween(-(k - 1), 0) for k in windows}
+    history = order.rangeBetween(-(lookback - 1), 0)
+    short, long = min(windows), max(windows)
+    cols: list[Column] = []
+    for c in channels:
+        cols.append(F.col(c))
+        for k, w in by_window.items():
+            cols.append(F.sum(c).over(w).alias(f"{c}_sum{k}"))
+            cols.append(F.avg(c).over(w).alias(f"{c}_mean{k}"))
+        cols.append((F.col(c) - F.sum(c).over(prev)).alias(f"{c}_mom"))
+        if short != long:
+            cols.append((F.avg(c).over(by_window[short]) - F.avg(c).over(by_window[long])).alias(f"{c}_trend"))
+    last_visit = F.max(F.when(F.col("visit_days") > 0, F.col("mi"))).over(history)
+    cols += [
+        (F.col("mi") - last_visit).alias("months_since_dealer_visit"),
+        F.count(F.lit(1)).over(by_window[long]).alias("history_months"),
+        _safe_ratio(F.col("visit_brand_cnt"), F.col("visit_days")).alias("brands_per_visit_day"),
+        _safe_ratio(F.col("voice_call_brand_cnt"), F.col("voice_cnt")).alias("brands_per_call"),
+        _safe_ratio(F.sum("used_request_cnt").over(by_window[short]),
+                    F.sum("web_query_cnt_s1").over(by_window[short]) + 1).alias(f"used_per_web_query{short}"),
+        _safe_ratio(F.sum("visit_days").over(by_window[short]) - F.sum("service_visit_cnt").over(by_window[short]),
+                    F.lit(short)).alias(f"non_service_visits_per_month{short}"),
+    ]
+    return activity.select(ID, "month", "mi", *cols)
+
+
+def label_columns(purchases: DataFrame, observed_through: int) -> DataFrame:
+    """(user_id, mi, _b1, _b2, _b3): which horizons of month ``mi`` hold a purchase (only observed ones)."""
+    pm = purchases.select(ID, month_index("month").alias("pmi")).filter(F.col("pmi") <= observed_through)
+    per_h = [pm.select(ID, (F.col("pmi") - h).alias("mi"), F.lit(h).alias("h")) for h in HORIZONS]
+    events = per_h[0].unionByName(per_h[1]).unionByName(per_h[2])
+    return events.groupBy(ID, "mi").agg(*[F.max(F.when(F.col("h") == h, 1)).alias(f"_b{h}") for h in HORIZONS])
+
+
+def _labels(frame: DataFrame, observed_through: int) -> DataFrame:
+    known = {h: F.col("mi") + h <= observed_through for h in HORIZONS}
+    y_h = {h: F.when(known[h], F.coalesce(F.col(f"_b{h}"), F.lit(0))).cast("int") for h in HORIZONS}
+    complete = known[3]
+    any_pos = F.greatest(*[F.coalesce(y_h[h], F.lit(0)) for h in HORIZONS]) == 1
+    y = F.when(any_pos, 1).when(complete, 0).cast("int")
+    return frame.select("*", y.alias("y"), *[y_h[h].alias(f"y_h{h}") for h in HORIZONS],
+                        complete.alias("label_complete")).drop(*[f"_b{h}" for h in HORIZONS])
+
+
+def _static(owners: DataFrame, purchases: DataFrame) -> tuple[DataFrame, DataFrame]:
+    """Owner attributes and, per buyer, the array of purchase month indexes (small: broadcast)."""
+    static = owners.select(
+        ID, "brand", "segment", "gender", "region_tier", "owner_age",
+        F.col("has_loan").cast("int").alias("has_loan"), "loan_term_months",
+        F.col("loyalty_member").cast("int").alias("loyalty_member"), F.col("has_app").cast("int").alias("has_app"),
+        month_index("vehicle_start_month").alias("_vehicle_start"),
+    )
+    bought = purchases.groupBy(ID).agg(F.collect_list(month_index("month")).alias("_purchase_mis"))
+    return static, bought
+
+
+def _vehicle_columns(frame: DataFrame) -> DataFrame:
+    last_purchase = F.array_max(F.filter(F.coalesce("_purchase_mis", F.array().cast("array<int>")),
+                                         lambda x: x <= F.col("mi")))
+    start = F.greatest(F.coalesce(last_purchase, F.col("_vehicle_start")), F.col("_vehicle_start"))
+    loan_left = F.when((F.col("has_loan") == 1) & last_purchase.isNull(),
+                       F.col("_vehicle_start") + F.col("loan_term_months") - F.col("mi"))
+    return frame.select(
+        "*",
+        (F.col("mi") - start).alias("vehicle_age_months"),
+        (F.col("mi") - last_purchase).alias("months_since_last_purchase"),
+        loan_left.alias("loan_months_left"),
+    ).drop("_purchase_mis", "_vehicle_start")
+
+
+def builtin_features(spark: SparkSession, cfg: Config, store: TableStore, months: list[str],
+                     observed_through: int) -> DataFrame:
+    """The ``features`` rows of ``months`` computed from owners, monthly_activity and purchases."""
+    fc = cfg.features
+    lookback = max(max(fc.windows), fc.recency_lookback_months)
+    first = add_months(min(months), -(lookback - 1))
+    activity = store.read("monthly_activity").filter(F.col("month").between(first, max(months)))
+    owners = store.read("owners")
+    purchases = store.read("purchases")
+    for df, table in ((owners, "owners"), (activity, "monthly_activity"), (purchases, "purchases")):
+        validate(df, table)
+    present = {r["month"] for r in activity.select("month").distinct().collect()}
+    missing = [m for m in months if m not in present]
+    if missing:
+        raise DataValidationError("monthly_activity", [("month", f"no rows for requested months {missing}")])
+    channels = [c for c in activity.columns if c not in (ID, "month")]
+    act = activity.withColumn("mi", month_index("month"))
+    feats = activity_features(act, channels, sorted(fc.windows), lookback).filter(F.col("month").isin(months))
+    static, bought = _static(owners, purchases)
+    frame = feats.join(static, ID, "inner").join(F.broadcast(bought), ID, "left")
+    frame = _vehicle_columns(frame)
+    past = purchases.filter(month_index("month") <= F.lit(max(parse_month(m) for m in months) + 3))
+    frame = frame.join(label_columns(past, observed_through), [ID, "mi"], "left")
+    return _labels(frame, observed_through).drop("mi")
+
+
+def resolve_observed_through(spark: SparkSession, cfg: Config, store: TableStore) -> int:
+    """Month index of the last month whose purchases are known (conf, else newest activity month)."""
+    if cfg.features.observed_through:
+        return parse_month(cfg.features.observed_through)
+    newest = store.read("monthly_activity").agg(F.max("month")).collect()[0][0]
+    if newest is None:
+        raise DataValidationError("monthly_activity", [("*", "input is empty (0 rows)")])
+    return parse_month(newest)
+
+
+def build_features(spark: SparkSession, cfg: Config, store: TableStore, months: list[str] | None = None
+                   ) -> dict[str, Any]:
+    """Compute and write ``features`` for ``months`` (default: every month of the raw data).
+
+    Each month is replaced atomically; re-running never duplicates rows. Returns per-month
+    row counts and positive rates of the written rows.
+    """
+    if cfg.features.source == "custom":
+        features, months = import_custom_features(spark, cfg, months)
+        observed = None
+    else:
+        observed_idx = resolve_observed_through(spark, cfg, store)
+        if months is None:
+            months = sorted(r["month"] for r in store.read("monthly_activity").select("month").distinct().collect())
+        features = builtin_features(spark, cfg, store, months, observed_idx)
+        observed = format_month(observed_idx)
+    version = store.write_months(features, "features", months)
+    return {"months": months, "observed_through": observed, "version": version,
+            "per_month": month_summary(store.read("features", version=version, months=months))}
+
+
+def month_summary(features: DataFrame) -> dict[str, dict[str, Any]]:
+    """Rows, labelled rows, positives and positive rate per month of a features frame."""
+    rows = features.groupBy("month").agg(
+        F.count(F.lit(1)).alias("rows"),
+        F.sum(F.col("label_complete").cast("int")).alias("labelled"),
+        F.sum(F.when(F.col("label_complete"), F.col("y"))).alias("positives"),
+    ).orderBy("month").collect()
+    return {r["month"]: {"rows": r["rows"], "labelled": r["labelled"], "positives": r["positives"] or 0,
+                         "positive_rate": (r["positives"] or 0) / r["labelled"] if r["labelled"] else None}
+            for r in rows}

@@ -1,0 +1,77 @@
+"""Fold job: user-grouped, label-stratified K folds plus the two evaluation splits.
+
+Only fully labelled feature rows take part. A user's label for stratification is 1 if any of
+their labelled months is positive. Within each stratum users are ordered by a seeded hash and
+dealt round-robin into folds, so every fold gets the same share of positive users (±1), a user
+never spans two folds, and the result depends only on the seed and the data.
+
+* ``split``: random hold-out by user (``folds.test_fraction``, 20% as in the paper), stratified
+  the same way with an independent hash.
+* ``oot_split``: out-of-time: rows of the newest fully labelled month are ``test``.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from pyspark.sql import DataFrame, SparkSession, Window
+from pyspark.sql import functions as F
+
+from ..config import Config
+from ..io.schemas import DataValidationError
+from ..io.store import TableStore
+
+ID = "user_id"
+
+
+def _ranked(users: DataFrame, seed: int, salt: int, name: str) -> DataFrame:
+    order = Window.partitionBy("user_y").orderBy(F.xxhash64(ID, F.lit(seed), F.lit(salt)), ID)
+    return users.withColumn(name, F.row_number().over(order) - 1)
+
+
+def fold_assignment(features: DataFrame, n_folds: int, seed: int, test_fraction: float) -> DataFrame:
+    """(user_id, month, fold, split, oot_split, y) for the labelled rows of ``features``."""
+    if n_folds < 2:
+        raise ValueError(f"folds.n_folds must be >= 2, got {n_folds}")
+    if not 0.0 < test_fraction < 1.0:
+        raise ValueError(f"folds.test_fraction must be in (0, 1), got {test_fraction}")
+    rows = features.filter(F.col("label_complete")).select(ID, "month", "y")
+    users = rows.groupBy(ID).agg(F.max("y").alias("user_y"))
+    users = _ranked(_ranked(users, seed, 1, "_fold_rank"), seed, 2, "_split_rank")
+    r = F.col("_split_rank")
+    # exactly test_fraction of each stratum, spread evenly over the hash order
+    is_test = F.floor((r + 1) * test_fraction) > F.floor(r * test_fraction)
+    users = users.select(
+        ID, (F.col("_fold_rank") % n_folds).cast("int").alias("fold"),
+        F.when(is_test, "test").otherwise("train").alias("split"),
+    )
+    oot_month = rows.agg(F.max("month")).collect()[0][0]
+    return rows.join(users, ID, "inner").select(
+        ID, "month", "fold", "split",
+        F.when(F.col("month") == oot_month, "test").otherwise("train").alias("oot_split"), "y",
+    )
+
+
+def assign_folds(spark: SparkSession, cfg: Config, store: TableStore) -> dict[str, Any]:
+    """Write the ``folds`` table from the labelled rows of ``features`` (``folds.months`` or all)."""
+    fc = cfg.folds
+    features = store.read("features")
+    if fc.months:
+        features = features.filter(F.col("month").isin(fc.months))
+    labelled = {r["month"] for r in features.filter("label_complete").select("month").distinct().collect()}
+    if fc.months:
+        missing = sorted(set(fc.months) - labelled)
+        if missing:
+            raise DataValidationError("features", [("month", f"no fully labelled rows for folds.months {missing}")])
+    if not labelled:
+        raise DataValidationError("features", [("label_complete", "no fully labelled rows to build folds from")])
+    folds = fold_assignment(features, fc.n_folds, fc.seed, fc.test_fraction)
+    version = store.write_table(folds, "folds")
+    written = store.read("folds", version=version)
+    per_fold = written.groupBy("fold").agg(F.countDistinct(ID).alias("users"), F.count(F.lit(1)).alias("rows"),
+                                           F.sum("y").alias("positives")).orderBy("fold").collect()
+    per_split = written.groupBy("split").agg(F.countDistinct(ID).alias("users"), F.sum("y").alias("positives")).collect()
+    return {
+        "months": sorted(labelled), "oot_test_month": max(labelled), "version": version,
+        "folds": {r["fold"]: {"users": r["users"], "rows": r["rows"], "positives": r["positives"]} for r in per_fold},
+        "split": {r["split"]: {"users": r["users"], "positives": r["positives"]} for r in per_split},
+    }

@@ -1,0 +1,182 @@
+"""Table schemas (``schemas/<table>.json``) and the one validation function every write uses.
+
+A schema lists columns (name, Spark type, nullable, optional ``nonnegative``, ``allowed``
+values, ``format: month``), the key columns, the partition column and what to do with
+columns it does not list (``forbid`` or ``numeric_or_string``, for feature tables).
+
+:func:`validate` checks a DataFrame against it and raises :class:`DataValidationError`
+naming the table, the column and the problem; nothing is written when it fails.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from functools import lru_cache
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from pyspark.sql import DataFrame
+from pyspark.sql import functions as F
+from pyspark.sql import types as T
+
+_TYPES: dict[str, T.DataType] = {
+    "long": T.LongType(), "integer": T.IntegerType(), "double": T.DoubleType(),
+    "string": T.StringType(), "boolean": T.BooleanType(), "date": T.DateType(),
+    "timestamp": T.TimestampType(),
+}
+# a value of the left type may be given as any of the right (it is cast on write)
+_WIDENS = {
+    "long": (T.LongType, T.IntegerType, T.ShortType, T.ByteType),
+    "integer": (T.IntegerType, T.ShortType, T.ByteType),
+    "double": (T.DoubleType, T.FloatType, T.IntegerType, T.LongType, T.ShortType, T.ByteType, T.DecimalType),
+}
+_NUMERIC_OR_STRING = (T.NumericType, T.StringType, T.BooleanType)
+MONTH_PATTERN = r"^[0-9]{4}-(0[1-9]|1[0-2])$"
+
+
+@dataclass(frozen=True)
+class Column:
+    name: str
+    type: str
+    nullable: bool
+    nonnegative: bool = False
+    allowed: tuple | None = None
+    format: str | None = None
+    description: str = ""
+
+
+@dataclass(frozen=True)
+class TableSchema:
+    table: str
+    description: str
+    keys: tuple[str, ...]
+    partition_by: str | None
+    extra_columns: str
+    columns: tuple[Column, ...]
+
+    @property
+    def names(self) -> list[str]:
+        return [c.name for c in self.columns]
+
+    def struct(self) -> T.StructType:
+        """The Spark schema of the listed columns."""
+        return T.StructType([T.StructField(c.name, _TYPES[c.type], c.nullable) for c in self.columns])
+
+
+class DataValidationError(ValueError):
+    """Input does not match its table schema. ``problems`` is a list of (column, problem)."""
+
+    def __init__(self, table: str, problems: list[tuple[str, str]]):
+        self.table = table
+        self.problems = problems
+        lines = "\n".join(f"  - column {col!r}: {problem}" for col, problem in problems)
+        super().__init__(f"table {table!r} failed validation, nothing was written:\n{lines}")
+
+
+def schemas_dir() -> Path:
+    """Where the schema files are: packaged in a wheel as ``remedi_spark.schemas``, else the
+    repository's ``schemas/`` folder (source checkouts and editable installs)."""
+    try:
+        return Path(str(resources.files("remedi_spark.schemas")))
+    except ModuleNotFoundError:
+        return Path(__file__).resolve().parents[2] / "schemas"
+
+
+@lru_cache(maxsize=None)
+def load_schema(table: str) -> TableSchema:
+    """Read ``schemas/<table>.json``."""
+    path = schemas_dir() / f"{table}.json"
+    if not path.exists():
+        raise KeyError(f"no schema for table {table!r} in {path.parent}")
+    text = path.read_text()
+    raw: dict[str, Any] = json.loads(text)
+    cols = tuple(
+        Column(name=c["name"], type=c["type"], nullable=c["nullable"], nonnegative=c.get("nonnegative", False),
+               allowed=tuple(c["allowed"]) if "allowed" in c else None, format=c.get("format"),
+               description=c.get("description", ""))
+        for c in raw["columns"]
+    )
+    return TableSchema(table=raw["table"], description=raw.get("description", ""), keys=tuple(raw["keys"]),
+                       partition_by=raw.get("partition_by"), extra_columns=raw.get("extra_columns", "forbid"),
+                       columns=cols)
+
+
+def _type_ok(expected: str, actual: T.DataType) -> bool:
+    return isinstance(actual, _WIDENS.get(expected, (type(_TYPES[expected]),)))
+
+
+def _structure_problems(df: DataFrame, schema: TableSchema) -> list[tuple[str, str]]:
+    problems = []
+    actual = {f.name: f.dataType for f in df.schema.fields}
+    for c in schema.columns:
+        if c.name not in actual:
+            problems.append((c.name, "missing"))
+        elif not _type_ok(c.type, actual[c.name]):
+            problems.append((c.name, f"expected type {c.type}, found {actual[c.name].simpleString()}"))
+    for name, dtype in actual.items():
+        if name in schema.names:
+            continue
+        if schema.extra_columns == "forbid":
+            problems.append((name, "not in the schema (unexpected column)"))
+        elif not isinstance(dtype, _NUMERIC_OR_STRING):
+            problems.append((name, f"feature columns must be numeric, boolean or string, found {dtype.simpleString()}"))
+    return problems
+
+
+def _value_checks(schema: TableSchema, months: list[str] | None) -> list[tuple[str, str, Any]]:
+    """(column, problem, boolean Column that is true on a bad row) for every row-level rule."""
+    checks = []
+    for c in schema.columns:
+        col = F.col(c.name)
+        if not c.nullable:
+            what = "key column has null values" if c.name in schema.keys else "null values in a non-nullable column"
+            checks.append((c.name, what, col.isNull()))
+        if c.nonnegative:
+            checks.append((c.name, "negative values (must be >= 0)", col < 0))
+        if c.allowed is not None:
+            checks.append((c.name, f"values outside {list(c.allowed)}", col.isNotNull() & ~col.isin(list(c.allowed))))
+        if c.format == "month":
+            checks.append((c.name, "values not in 'YYYY-MM' form", col.isNotNull() & ~col.rlike(MONTH_PATTERN)))
+    if months is not None and schema.partition_by:
+        checks.append((schema.partition_by, f"rows outside the months being written {months}",
+                       ~F.col(schema.partition_by).isin(months)))
+    return checks
+
+
+def validate(df: DataFrame, table: str, months: list[str] | None = None) -> None:
+    """Check ``df`` against ``schemas/<table>.json``; raise :class:`DataValidationError` if it fails.
+
+    Checks, in order: missing or mistyped columns (and unexpected ones), empty input, null
+    keys and nulls in non-nullable columns, negative counts, values outside an allowed set,
+    malformed months, rows outside ``months`` (when writing those months) and duplicate keys.
+    """
+    schema = load_schema(table)
+    problems = _structure_problems(df, schema)
+    if problems:
+        raise DataValidationError(table, problems)
+    checks = _value_checks(schema, months)
+    aggs = [F.count(F.lit(1)).alias("__rows")] + [
+        F.sum(F.when(bad, 1).otherwise(0)).alias(f"__c{i}") for i, (_, _, bad) in enumerate(checks)
+    ]
+    row = df.agg(*aggs).collect()[0]
+    if row["__rows"] == 0:
+        raise DataValidationError(table, [("*", "input is empty (0 rows)")])
+    problems = [(col, f"{row[f'__c{i}']} rows with {what}") for i, (col, what, _) in enumerate(checks)
+                if row[f"__c{i}"]]
+    if problems:
+        raise DataValidationError(table, problems)
+    keys = list(schema.keys)
+    dup = df.groupBy(*keys).count().filter(F.col("count") > 1)
+    first = dup.limit(1).collect()
+    if first:
+        n_dup = dup.count()
+        example = ", ".join(f"{k}={first[0][k]!r}" for k in keys)
+        raise DataValidationError(table, [(",".join(keys), f"{n_dup} duplicate keys, e.g. ({example})")])
+
+
+def conform(df: DataFrame, table: str) -> DataFrame:
+    """Cast the schema's columns to their declared types and put them first, in schema order."""
+    schema = load_schema(table)
+    extra = [c for c in df.columns if c not in schema.names]
+    return df.select(*[F.col(c.name).cast(_TYPES[c.type]).alias(c.name) for c in schema.columns], *extra)

@@ -1,0 +1,63 @@
+"""Spark session factory, one profile per place the pipeline runs.
+
+* ``local``: ``local[2]`` (or ``spark.master``) with Delta's extension and catalog and the
+  jars that ``make setup`` resolved into ``spark.jars_dir``; no network at session start.
+* ``cluster``: spark-submit supplies master, executors and jars (``--packages``/``--jars``);
+  only Delta's SQL settings and the knobs from conf are added.
+* ``databricks``: the job's existing session is used as it is.
+
+Library functions never create sessions: jobs call :func:`get_spark` once and pass it on.
+"""
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+from pyspark.sql import SparkSession
+
+from .config import SparkSettings
+
+DELTA_SETTINGS = {
+    "spark.sql.extensions": "io.delta.sql.DeltaSparkSessionExtension",
+    "spark.sql.catalog.spark_catalog": "org.apache.spark.sql.delta.catalog.DeltaCatalog",
+}
+
+
+def local_jars(jars_dir: str) -> list[str]:
+    """Absolute paths of the jars resolved by ``make setup``; a clear error if there are none."""
+    folder = Path(jars_dir).resolve()
+    jars = sorted(str(p) for p in folder.glob("*.jar"))
+    if not any("delta-spark" in Path(j).name for j in jars):
+        raise RuntimeError(f"no Delta Lake jar in {folder}: run `make setup` (it resolves the jars once from "
+                           "Maven Central) or set spark.jars_dir to a folder that holds them")
+    return jars
+
+
+def get_spark(settings: SparkSettings, app_name: str = "remedi-spark") -> SparkSession:
+    """Return the Spark session for ``settings.profile`` (see the module docstring)."""
+    if settings.profile == "databricks":
+        active = SparkSession.getActiveSession()
+        return active if active is not None else SparkSession.builder.getOrCreate()
+    builder = SparkSession.builder.appName(app_name)
+    common = {
+        **DELTA_SETTINGS,
+        "spark.sql.shuffle.partitions": str(settings.shuffle_partitions),
+        "spark.sql.execution.arrow.pyspark.enabled": "true",
+        "spark.sql.session.timeZone": "UTC",
+    }
+    if settings.profile == "local":
+        # Python workers must run the driver's interpreter (the venv), not whatever python3 is on PATH
+        os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+        builder = builder.master(settings.master)
+        common.update({
+            "spark.jars": ",".join(local_jars(settings.jars_dir)),
+            "spark.driver.memory": settings.driver_memory,
+            "spark.ui.showConsoleProgress": "false",
+            "spark.sql.adaptive.coalescePartitions.initialPartitionNum": str(settings.shuffle_partitions),
+        })
+    for key, value in {**common, **{k: str(v) for k, v in settings.conf.items()}}.items():
+        builder = builder.config(key, value)
+    spark = builder.getOrCreate()
+    spark.sparkContext.setLogLevel("WARN")
+    return spark
