@@ -1,0 +1,39 @@
+"""Shared fixtures: one local Spark session for the whole test run, tiny configs on tmp roots."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from remedi_spark.config import Config, load_config, replace
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def base_cfg() -> Config:
+    return load_config(REPO / "conf" / "local.yaml", [
+        "spark.shuffle_partitions=4", "spark.driver_memory=4g",
+        f"spark.jars_dir={REPO / '.jars'}",
+        "spark.conf={'spark.ui.enabled': 'false'}",
+    ])
+
+
+@pytest.fixture(scope="session")
+def spark(base_cfg, tmp_path_factory):
+    from remedi_spark.spark import get_spark
+
+    settings = replace(base_cfg, spark={"conf": {"spark.ui.enabled": "false",
+                                                 "spark.sql.warehouse.dir": str(tmp_path_factory.mktemp("wh"))}})
+    session = get_spark(settings.spark, app_name="remedi-tests")
+    yield session
+    session.stop()
+
+
+@pytest.fixture
+def cfg_at(base_cfg, tmp_path):
+    """``cfg_at(**sections)``: the base config on a fresh tmp table root, with overrides."""
+    def make(**sections) -> Config:
+        tables = {"root": str(tmp_path / "tables"), **sections.pop("tables", {})}
+        return replace(base_cfg, tables=tables, **sections)
+    return make

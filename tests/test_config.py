@@ -1,0 +1,50 @@
+import pytest
+
+from remedi_spark.config import ConfigError, load_config, replace
+from tests.conftest import REPO
+
+
+def test_profiles_load_and_inherit():
+    demo = load_config(REPO / "conf" / "demo.yaml")
+    assert demo.synthetic.n_users == 50000  # demo overrides
+    assert demo.spark.profile == "local"  # from local.yaml
+    assert demo.folds.n_folds == 5  # from base.yaml
+    for name in ("local", "cluster", "databricks"):
+        assert load_config(REPO / "conf" / f"{name}.yaml").spark.profile == name
+
+
+def test_set_overrides_parse_yaml_values():
+    cfg = load_config(REPO / "conf" / "local.yaml", ["synthetic.n_users=1234", "features.windows=[2, 4]",
+                                                      "synthetic.drift_month=2024-09"])
+    assert cfg.synthetic.n_users == 1234
+    assert cfg.features.windows == [2, 4]
+    assert cfg.synthetic.drift_month == "2024-09"
+
+
+@pytest.mark.parametrize("override, message", [
+    ("synthetic.n_user=5", "unknown key synthetic.n_user"),
+    ("nosection.x=1", "unknown key nosection"),
+    ("synthetic.n_users=many", "synthetic.n_users: expected int"),
+    ("spark.profile=laptop", "spark.profile: 'laptop' is not one of"),
+    ("folds.months=2024-06", "folds.months: expected a list"),
+    ("justtext", "expected key=value"),
+])
+def test_bad_overrides_name_the_key(override, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(REPO / "conf" / "local.yaml", [override])
+
+
+def test_unknown_and_missing_keys_in_files(tmp_path):
+    (tmp_path / "typo.yaml").write_text(f"extends: {REPO / 'conf' / 'base.yaml'}\nfolds:\n  n_fold: 3\n")
+    with pytest.raises(ConfigError, match=r"folds: unknown keys \['n_fold'\]"):
+        load_config(tmp_path / "typo.yaml")
+    (tmp_path / "partial.yaml").write_text("tables:\n  root: x\n")
+    with pytest.raises(ConfigError, match="missing keys"):
+        load_config(tmp_path / "partial.yaml")
+
+
+def test_replace_validates_again():
+    cfg = load_config(REPO / "conf" / "local.yaml")
+    assert replace(cfg, folds={"n_folds": 3}).folds.n_folds == 3
+    with pytest.raises(ConfigError):
+        replace(cfg, folds={"n_folds": "three"})

@@ -1,0 +1,34 @@
+"""Hand-built raw tables for exact tests: every value is chosen here, nothing is random."""
+from __future__ import annotations
+
+import datetime as dt
+
+from remedi_spark.io.schemas import load_schema
+
+
+def owner(user_id: int, **over) -> dict:
+    row = {"user_id": user_id, "brand": "aurora", "segment": "midsize", "region_id": 3, "region_tier": 1,
+           "dealer_id": "D301", "owner_age": 45, "gender": "F", "vehicle_start_month": "2020-01",
+           "has_loan": False, "loan_term_months": 0, "loyalty_member": False, "do_not_contact": False,
+           "has_app": True}
+    row.update(over)
+    return row
+
+
+def activity(user_id: int, month: str, **over) -> dict:
+    schema = load_schema("monthly_activity")
+    row = {c.name: (0.0 if c.type == "double" else 0) for c in schema.columns}
+    row.update({"user_id": user_id, "month": month, **over})
+    return row
+
+
+def purchase(user_id: int, month: str) -> dict:
+    y, m = map(int, month.split("-"))
+    return {"user_id": user_id, "month": month, "purchase_date": dt.date(y, m, 15), "new_brand": "bexley",
+            "same_brand": False}
+
+
+def frame(spark, table: str, rows: list[dict]):
+    """A DataFrame of ``rows`` with the table's exact schema."""
+    schema = load_schema(table).struct()
+    return spark.createDataFrame([tuple(r[f.name] for f in schema.fields) for r in rows], schema)
