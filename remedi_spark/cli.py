@@ -10,7 +10,8 @@ import json
 import sys
 from typing import Any
 
-from .config import load_config
+from .config import ConfigError, load_config
+from .io.schemas import DataValidationError
 from .months import parse_month_spec
 
 DESCRIPTIONS = {
@@ -19,6 +20,13 @@ DESCRIPTIONS = {
     "folds": "assign user-grouped, stratified CV folds and the evaluation splits",
     "demo": "generate → features → folds on the configured profile and print per-month rows and positive rate",
 }
+
+
+def _months_arg(spec: str) -> list[str]:
+    try:
+        return parse_month_spec(spec)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -30,7 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                        help="override one config key, e.g. --set synthetic.n_users=10000 (repeatable)")
         if stage == "features":
-            p.add_argument("--months", type=parse_month_spec, default=None, metavar="SPEC",
+            p.add_argument("--months", type=_months_arg, default=None, metavar="SPEC",
                            help="months to (re)build: 2024-09, 2024-06..2025-01 or a comma list (default: all)")
     return parser
 
@@ -53,7 +61,16 @@ def format_demo(summaries: dict[str, dict[str, Any]]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run one stage; exit 0 on success, 2 on a config or input error (message on stderr)."""
     args = build_parser().parse_args(argv)
+    try:
+        return _run(args)
+    except (ConfigError, DataValidationError, FileNotFoundError) as exc:
+        print(f"remedi_spark {args.stage}: {exc}", file=sys.stderr)
+        return 2
+
+
+def _run(args: argparse.Namespace) -> int:
     cfg = load_config(args.conf, args.set)
     from .pipeline import run_foundation, run_stage  # imports pyspark: after the cheap checks
     from .spark import get_spark

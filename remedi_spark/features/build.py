@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from pyspark.sql import Column, DataFrame, SparkSession, Window
+from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from ..config import Config
@@ -32,38 +32,75 @@ def month_index(col: str | Column) -> Column:
     return F.substring(c, 1, 4).cast("int") * 12 + F.substring(c, 6, 2).cast("int") - 1
 
 
+def month_key(col: str | Column) -> Column:
+    """Month index → ``'YYYY-MM'`` (inverse of :func:`month_index`)."""
+    c = F.col(col) if isinstance(col, str) else col
+    return F.format_string("%04d-%02d", F.floor(c / 12).cast("int"), (c % 12 + 1).cast("int"))
+
+
 def _safe_ratio(num: Column, den: Column) -> Column:
     return F.when(den > 0, num / den)
 
 
-def activity_features(activity: DataFrame, channels: list[str], windows: list[int], lookback: int) -> DataFrame:
-    """Per (user, month) window features of the activity table (which must hold the look-back months)."""
-    order = Window.partitionBy(ID).orderBy("mi")
-    prev = order.rangeBetween(-1, -1)
-    by_window = {k: order.rangeBetween(-(k - 1), 0) for k in windows}
-    history = order.rangeBetween(-(lookback - 1), 0)
+def _spread_to_targets(activity: DataFrame, targets: list[int], span: int) -> DataFrame:
+    """Each activity row once per target month T it feeds (0 <= T - mi < span), with d = T - mi.
+
+    Rolling features then become one grouped aggregation over (user, T): far cheaper than
+    window frames, and only the requested target months are computed.
+    """
+    wanted = F.array(*[F.lit(t) for t in sorted(targets)])
+    hit = F.filter(wanted, lambda t: (t >= F.col("mi")) & (t - F.col("mi") < span))
+    spread = activity.select("*", F.explode(hit).alias("target_mi"))
+    return spread.withColumn("d", F.col("target_mi") - F.col("mi"))
+
+
+def activity_features(activity: DataFrame, channels: list[str], windows: list[int], recency_lookback: int,
+                      targets: list[int]) -> DataFrame:
+    """Per (user, target month) features of the activity rows in the look-back.
+
+    ``activity`` needs columns user_id, mi (month index) and the channels. For each channel:
+    the current value, ``_sum{k}``/``_mean{k}`` over the last k months present (nulls ignored),
+    ``_mom`` (current minus previous month; null if either is missing) and ``_trend`` (short
+    minus long window mean). Plus recency of dealer visits, months of history and ratios.
+    """
     short, long = min(windows), max(windows)
-    cols: list[Column] = []
+    d = F.col("d")
+    aggs: list[Column] = [F.max(F.when(d == 0, 1)).alias("_present")]
+    derived: list[Column] = []
     for c in channels:
-        cols.append(F.col(c))
-        for k, w in by_window.items():
-            cols.append(F.sum(c).over(w).alias(f"{c}_sum{k}"))
-            cols.append(F.avg(c).over(w).alias(f"{c}_mean{k}"))
-        cols.append((F.col(c) - F.sum(c).over(prev)).alias(f"{c}_mom"))
+        aggs += [F.max(F.when(d == 0, F.col(c))).alias(c), F.max(F.when(d == 1, F.col(c))).alias(f"_{c}_prev")]
+        for k in windows:
+            aggs += [F.sum(F.when(d < k, F.col(c))).alias(f"{c}_sum{k}"),
+                     F.count(F.when(d < k, F.col(c))).alias(f"_{c}_n{k}")]
+            derived.append(_safe_ratio(F.col(f"{c}_sum{k}"), F.col(f"_{c}_n{k}")).alias(f"{c}_mean{k}"))
+        derived.append((F.col(c) - F.col(f"_{c}_prev")).alias(f"{c}_mom"))
         if short != long:
-            cols.append((F.avg(c).over(by_window[short]) - F.avg(c).over(by_window[long])).alias(f"{c}_trend"))
-    last_visit = F.max(F.when(F.col("visit_days") > 0, F.col("mi"))).over(history)
-    cols += [
-        (F.col("mi") - last_visit).alias("months_since_dealer_visit"),
-        F.count(F.lit(1)).over(by_window[long]).alias("history_months"),
+            derived.append((_safe_ratio(F.col(f"{c}_sum{short}"), F.col(f"_{c}_n{short}"))
+                            - _safe_ratio(F.col(f"{c}_sum{long}"), F.col(f"_{c}_n{long}"))).alias(f"{c}_trend"))
+    aggs += [
+        F.count(F.when(d < long, 1)).alias("history_months"),
+        F.sum(F.when(d < short, F.col("used_request_cnt"))).alias("_used_short"),
+        F.sum(F.when(d < short, F.col("web_query_cnt_s1"))).alias("_web_short"),
+        F.sum(F.when(d < short, F.col("service_visit_cnt"))).alias("_service_short"),
+    ]
+    windowed = _spread_to_targets(activity, targets, long).groupBy(ID, "target_mi").agg(*aggs) \
+        .filter(F.col("_present") == 1)
+    ordered = [c for ch in channels for c in
+               [ch, *[f"{ch}_{s}{k}" for k in windows for s in ("sum", "mean")], f"{ch}_mom"]
+               + ([f"{ch}_trend"] if short != long else [])]
+    frame = windowed.select("*", *derived).select(
+        ID, F.col("target_mi").alias("mi"), *ordered, "history_months",
         _safe_ratio(F.col("visit_brand_cnt"), F.col("visit_days")).alias("brands_per_visit_day"),
         _safe_ratio(F.col("voice_call_brand_cnt"), F.col("voice_cnt")).alias("brands_per_call"),
-        _safe_ratio(F.sum("used_request_cnt").over(by_window[short]),
-                    F.sum("web_query_cnt_s1").over(by_window[short]) + 1).alias(f"used_per_web_query{short}"),
-        _safe_ratio(F.sum("visit_days").over(by_window[short]) - F.sum("service_visit_cnt").over(by_window[short]),
-                    F.lit(short)).alias(f"non_service_visits_per_month{short}"),
-    ]
-    return activity.select(ID, "month", "mi", *cols)
+        _safe_ratio(F.col("_used_short"), F.col("_web_short") + 1).alias(f"used_per_web_query{short}"),
+        ((F.col("visit_days_sum" + str(short)) - F.col("_service_short")) / short)
+        .alias(f"non_service_visits_per_month{short}"),
+    )
+    # recency needs a longer look-back but only one column: a narrow second aggregation
+    visits = activity.filter(F.col("visit_days") > 0).select(ID, "mi")
+    last_visit = _spread_to_targets(visits, targets, recency_lookback).groupBy(ID, "target_mi") \
+        .agg(F.min("d").alias("months_since_dealer_visit")).withColumnRenamed("target_mi", "mi")
+    return frame.join(last_visit, [ID, "mi"], "left")
 
 
 def label_columns(purchases: DataFrame, observed_through: int) -> DataFrame:
@@ -127,7 +164,9 @@ def builtin_features(spark: SparkSession, cfg: Config, store: TableStore, months
         raise DataValidationError("monthly_activity", [("month", f"no rows for requested months {missing}")])
     channels = [c for c in activity.columns if c not in (ID, "month")]
     act = activity.withColumn("mi", month_index("month"))
-    feats = activity_features(act, channels, sorted(fc.windows), lookback).filter(F.col("month").isin(months))
+    targets = [parse_month(m) for m in months]
+    feats = activity_features(act, channels, sorted(fc.windows), fc.recency_lookback_months, targets) \
+        .withColumn("month", month_key("mi"))
     static, bought = _static(owners, purchases)
     frame = feats.join(static, ID, "inner").join(F.broadcast(bought), ID, "left")
     frame = _vehicle_columns(frame)

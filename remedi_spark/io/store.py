@@ -23,7 +23,7 @@ from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from ..months import parse_month
-from .schemas import conform, load_schema, validate
+from .schemas import DataValidationError, conform, load_schema, validate
 
 RUNS_TABLE = "runs"
 _RUNS_SCHEMA = T.StructType([
@@ -118,7 +118,10 @@ class TableStore:
 
     def _write(self, df: DataFrame, table: str, months: list[str] | None, options: dict[str, str],
                partition_by: str | None) -> int:
-        df = conform(df, table).persist(StorageLevel.MEMORY_AND_DISK)  # validated and written: compute once
+        df = conform(df, table)
+        if months is not None and self.exists(table):
+            self._check_same_layout(df, table)
+        df = df.persist(StorageLevel.MEMORY_AND_DISK)  # validated and written: compute once
         try:
             validate(df, table, months=months)
             writer = df.write.format("delta").mode("overwrite").options(**options)
@@ -133,6 +136,19 @@ class TableStore:
         if self.run is not None:
             self.run.writes.append({"table": table, "version": version, "months": months})
         return version
+
+    def _check_same_layout(self, df: DataFrame, table: str) -> None:
+        """Replacing some months must keep the table's columns and types; say which differ."""
+        current = {f.name: f.dataType for f in self.spark.read.format("delta").load(self.path(table)).schema}
+        new = {f.name: f.dataType for f in df.schema}
+        problems = [(c, "in the existing table but not in this write") for c in current if c not in new]
+        problems += [(c, "not in the existing table") for c in new if c not in current]
+        problems += [(c, f"existing type {current[c].simpleString()}, this write {new[c].simpleString()}")
+                     for c in new if c in current and current[c] != new[c]]
+        if problems:
+            problems.append(("*", "the table layout changed (e.g. feature settings): rebuild all months into a "
+                                  "new tables.root or remove the table first"))
+            raise DataValidationError(table, problems)
 
     def save_manifest(self) -> str:
         """Append this run's manifest to the ``runs`` table; returns the run id."""

@@ -1,0 +1,32 @@
+"""Entry points: every stage has --help; bad config fails fast with exit 2 before Spark starts."""
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import REPO
+
+JOBS = {"generate": "generate.py", "features": "build_features.py", "folds": "make_folds.py", "demo": "demo.py"}
+
+
+def _run(*args):
+    return subprocess.run([sys.executable, *args], cwd=REPO, capture_output=True, text=True, timeout=120)
+
+
+@pytest.mark.parametrize("stage", sorted(JOBS))
+def test_every_stage_has_help(stage):
+    for cmd in (["-m", "remedi_spark", stage, "--help"], [f"jobs/{JOBS[stage]}", "--help"]):
+        proc = _run(*cmd)
+        assert proc.returncode == 0, proc.stderr
+        assert "--conf" in proc.stdout and "--set" in proc.stdout
+
+
+def test_bad_config_fails_fast_with_the_key_named():
+    proc = _run("-m", "remedi_spark", "generate", "--set", "synthetic.n_user=10")
+    assert proc.returncode == 2
+    assert "unknown key synthetic.n_user" in proc.stderr
+
+
+def test_bad_month_spec_is_an_argument_error():
+    proc = _run("-m", "remedi_spark", "features", "--months", "2024-13")
+    assert proc.returncode == 2 and "invalid month" in proc.stderr
