@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 PETASTORM := petastorm==0.13.1
 
-.PHONY: setup demo test bench clean
+.PHONY: setup demo train-base test bench clean
 
 setup: $(VENV)/.installed .jars/.resolved
 
@@ -26,11 +26,15 @@ $(VENV)/.installed: pyproject.toml
 demo: setup
 	$(PY) -m remedi_spark demo --conf conf/demo.yaml
 
+train-base: setup
+	$(PY) -m remedi_spark train-base --conf conf/demo.yaml
+
 test: setup
 	$(PY) -m pytest
 
 bench: setup
 	$(PY) bench/foundation.py --out bench/results/foundation.json
+	$(PY) bench/gbdt.py --out bench/results/gbdt.json
 
 clean:
 	rm -rf data/demo data/local spark-warehouse metastore_db derby.log

@@ -18,6 +18,7 @@ DESCRIPTIONS = {
     "generate": "simulate owners, monthly activity, purchases and the oracle (synthetic data)",
     "features": "build per user-month features and T+1..T+3 labels from the raw tables",
     "folds": "assign user-grouped, stratified CV folds and the evaluation splits",
+    "train-base": "train the base models out-of-fold, refit them, write OOF predictions and held-out metrics",
     "demo": "generate → features → folds on the configured profile and print per-month rows and positive rate",
 }
 
@@ -37,6 +38,9 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--conf", default="conf/local.yaml", help="YAML profile (default: %(default)s)")
         p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                        help="override one config key, e.g. --set synthetic.n_users=10000 (repeatable)")
+        if stage == "train-base":
+            p.add_argument("--models", type=lambda v: [m.strip() for m in v.split(",") if m.strip()], default=None,
+                           metavar="NAMES", help="comma-separated model names from conf (default: all)")
         if stage == "features":
             p.add_argument("--months", type=_months_arg, default=None, metavar="SPEC",
                            help="months to (re)build: 2024-09, 2024-06..2025-01 or a comma list (default: all)")
@@ -80,6 +84,8 @@ def _run(args: argparse.Namespace) -> int:
         print(format_demo(run_foundation(spark, cfg)))
         return 0
     options = {"months": args.months} if args.stage == "features" else {}
+    if args.stage == "train-base":
+        options = {"models": args.models}
     summary = run_stage(spark, cfg, args.stage, **options)
     print(json.dumps(summary, indent=2, default=str))
     return 0

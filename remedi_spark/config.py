@@ -76,12 +76,45 @@ class FoldSettings:
 
 
 @dataclass(frozen=True)
+class ModelSpec:
+    """One base model: its unique name is its column in the OOF table."""
+
+    name: str
+    family: str
+    backend: str
+    objective: str
+    feature_group: str | None
+    params: dict
+
+
+@dataclass(frozen=True)
+class FocalSettings:
+    alpha: float
+    gamma: float
+    min_hessian: float
+
+
+@dataclass(frozen=True)
+class BaseModelSettings:
+    metric_k_fraction: float
+    early_stopping_rounds: int
+    early_stopping_fraction: float
+    num_workers: int
+    imbalance: str
+    lightgbm: dict
+    focal: FocalSettings
+    feature_groups: dict
+    models: list[ModelSpec]
+
+
+@dataclass(frozen=True)
 class Config:
     spark: SparkSettings
     tables: TableSettings
     synthetic: SyntheticSettings
     features: FeatureSettings
     folds: FoldSettings
+    base_models: BaseModelSettings
 
     def to_dict(self) -> dict[str, Any]:
         """Plain-dict view (for run manifests and logs)."""
@@ -95,6 +128,12 @@ class ConfigError(ValueError):
 _CHOICES = {
     "spark.profile": {"local", "cluster", "databricks"},
     "features.source": {"builtin", "custom"},
+    "base_models.imbalance": {"none", "is_unbalance", "scale_pos_weight"},
+}
+_ITEM_CHOICES = {  # choices for fields of list items, by field name
+    "family": {"lgbm"},
+    "backend": {"synapseml", "native"},
+    "objective": {"logloss", "focal"},
 }
 
 
@@ -118,6 +157,8 @@ def _read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> dict:
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: top level must be a mapping")
     parent = data.pop("extends", None)
+    for included in data.pop("include", []) or []:  # sections kept in their own files
+        data = _merge(_read_yaml(path.parent / included, seen + (path,)), data)
     if parent is None:
         return data
     return _merge(_read_yaml(path.parent / parent, seen + (path,)), data)
@@ -169,8 +210,9 @@ def _check_type(value: Any, hint: Any, key: str) -> Any:
         raise ConfigError(f"{key}: expected an integer, got {value!r}")
     if not isinstance(value, hint):
         raise ConfigError(f"{key}: expected {hint.__name__}, got {value!r}")
-    if key in _CHOICES and value not in _CHOICES[key]:
-        raise ConfigError(f"{key}: {value!r} is not one of {sorted(_CHOICES[key])}")
+    choices = _CHOICES.get(key) or (_ITEM_CHOICES.get(key.rsplit(".", 1)[-1]) if "[" in key else None)
+    if choices and value not in choices:
+        raise ConfigError(f"{key}: {value!r} is not one of {sorted(choices)}")
     return value
 
 

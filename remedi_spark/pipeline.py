@@ -12,6 +12,7 @@ from .data.generate import generate_synthetic
 from .features.build import build_features
 from .folds.assign import assign_folds
 from .io.store import RunManifest, TableStore
+from .training.oof import train_base_models
 
 StageFn = Callable[..., dict[str, Any]]
 
@@ -19,6 +20,7 @@ STAGES: dict[str, StageFn] = {
     "generate": generate_synthetic,
     "features": build_features,
     "folds": assign_folds,
+    "train-base": train_base_models,
 }
 
 

@@ -6,7 +6,8 @@ import pytest
 
 from tests.conftest import REPO
 
-JOBS = {"generate": "generate.py", "features": "build_features.py", "folds": "make_folds.py", "demo": "demo.py"}
+JOBS = {"generate": "generate.py", "features": "build_features.py", "folds": "make_folds.py", "demo": "demo.py",
+        "train-base": "train_base_models.py"}
 
 
 def _run(*args):

@@ -42,7 +42,7 @@ def test_manifest_records_read_and_written_versions(spark, store):
     run_id = store.save_manifest()
     saved = store.load_manifest(run_id)
     assert saved["reads"] == {"monthly_activity": v}
-    assert saved["writes"] == [{"table": "monthly_activity", "version": v, "months": MONTHS}]
+    assert saved["writes"] == [{"table": "monthly_activity", "version": v, "partitions": MONTHS}]
     assert saved["conf"] == {"k": 1}
     history = spark.sql(f"DESCRIBE HISTORY delta.`{store.path('monthly_activity')}`").first()
     assert history["userMetadata"] == run_id
@@ -51,7 +51,7 @@ def test_manifest_records_read_and_written_versions(spark, store):
 def test_rows_outside_the_written_months_are_refused(spark, store):
     from remedi_spark.io.schemas import DataValidationError
 
-    with pytest.raises(DataValidationError, match="rows outside the months being written"):
+    with pytest.raises(DataValidationError, match="rows outside the partitions being written"):
         store.write_months(_two_months(spark), "monthly_activity", ["2024-06"])
     assert not store.exists("monthly_activity")
 

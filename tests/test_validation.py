@@ -23,7 +23,7 @@ def _problems(df, table="monthly_activity", **kw):
 
 
 def test_good_input_passes(good):
-    validate(good, "monthly_activity", months=[M])
+    validate(good, "monthly_activity", partitions=[M])
 
 
 def test_missing_column(good):

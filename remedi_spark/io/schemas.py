@@ -124,7 +124,7 @@ def _structure_problems(df: DataFrame, schema: TableSchema) -> list[tuple[str, s
     return problems
 
 
-def _value_checks(schema: TableSchema, months: list[str] | None) -> list[tuple[str, str, Any]]:
+def _value_checks(schema: TableSchema, partitions: list[str] | None) -> list[tuple[str, str, Any]]:
     """(column, problem, boolean Column that is true on a bad row) for every row-level rule."""
     checks = []
     for c in schema.columns:
@@ -138,24 +138,25 @@ def _value_checks(schema: TableSchema, months: list[str] | None) -> list[tuple[s
             checks.append((c.name, f"values outside {list(c.allowed)}", col.isNotNull() & ~col.isin(list(c.allowed))))
         if c.format == "month":
             checks.append((c.name, "values not in 'YYYY-MM' form", col.isNotNull() & ~col.rlike(MONTH_PATTERN)))
-    if months is not None and schema.partition_by:
-        checks.append((schema.partition_by, f"rows outside the months being written {months}",
-                       ~F.col(schema.partition_by).isin(months)))
+    if partitions is not None and schema.partition_by:
+        checks.append((schema.partition_by, f"rows outside the partitions being written {partitions}",
+                       ~F.col(schema.partition_by).isin(partitions)))
     return checks
 
 
-def validate(df: DataFrame, table: str, months: list[str] | None = None) -> None:
+def validate(df: DataFrame, table: str, partitions: list[str] | None = None) -> None:
     """Check ``df`` against ``schemas/<table>.json``; raise :class:`DataValidationError` if it fails.
 
     Checks, in order: missing or mistyped columns (and unexpected ones), empty input, null
     keys and nulls in non-nullable columns, negative counts, values outside an allowed set,
-    malformed months, rows outside ``months`` (when writing those months) and duplicate keys.
+    malformed months, rows outside ``partitions`` (the partition values being written, e.g. months)
+    and duplicate keys.
     """
     schema = load_schema(table)
     problems = _structure_problems(df, schema)
     if problems:
         raise DataValidationError(table, problems)
-    checks = _value_checks(schema, months)
+    checks = _value_checks(schema, partitions)
     aggs = [F.count(F.lit(1)).alias("__rows")] + [
         F.sum(F.when(bad, 1).otherwise(0)).alias(f"__c{i}") for i, (_, _, bad) in enumerate(checks)
     ]

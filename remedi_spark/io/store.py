@@ -104,27 +104,35 @@ class TableStore:
 
         Returns the new Delta version. On a validation error nothing is written.
         """
-        schema = load_schema(table)
-        if schema.partition_by != "month":
-            raise ValueError(f"table {table!r} is not month-partitioned; use write_table")
         for m in months:
-            parse_month(m)  # also guards the predicate below
-        predicate = "month IN ({})".format(", ".join(f"'{m}'" for m in sorted(set(months))))
-        return self._write(df, table, months, {"replaceWhere": predicate}, partition_by="month")
+            parse_month(m)
+        if load_schema(table).partition_by != "month":
+            raise ValueError(f"table {table!r} is not month-partitioned")
+        return self.write_partitions(df, table, months)
+
+    def write_partitions(self, df: DataFrame, table: str, values: list[str]) -> int:
+        """Validate ``df`` and replace exactly the partitions ``values`` of ``table``'s partition column."""
+        column = load_schema(table).partition_by
+        if column is None:
+            raise ValueError(f"table {table!r} is not partitioned; use write_table")
+        for v in values:
+            if not isinstance(v, str) or "'" in v:
+                raise ValueError(f"invalid partition value {v!r} for {table}.{column}")
+        predicate = "{} IN ({})".format(column, ", ".join(f"'{v}'" for v in sorted(set(values))))
+        return self._write(df, table, sorted(set(values)), {"replaceWhere": predicate}, partition_by=column)
 
     def write_table(self, df: DataFrame, table: str) -> int:
         """Validate ``df`` and replace the whole (non-monthly) ``table``. Returns the new version."""
         return self._write(df, table, None, {"overwriteSchema": "true"}, partition_by=None)
 
-    def _write(self, df: DataFrame, table: str, months: list[str] | None, options: dict[str, str],
+    def _write(self, df: DataFrame, table: str, partitions: list[str] | None, options: dict[str, str],
                partition_by: str | None) -> int:
-        df = conform(df, table)
-        if months is not None and self.exists(table):
-            self._check_same_layout(df, table)
+        if partitions is not None and self.exists(table):
+            self._check_same_layout(conform(df, table), table)
         df = df.persist(StorageLevel.MEMORY_AND_DISK)  # validated and written: compute once
         try:
-            validate(df, table, months=months)
-            writer = df.write.format("delta").mode("overwrite").options(**options)
+            validate(df, table, partitions=partitions)  # before the casts, so wrong types are caught
+            writer = conform(df, table).write.format("delta").mode("overwrite").options(**options)
             if self.run is not None:
                 writer = writer.option("userMetadata", self.run.run_id)
             if partition_by:
@@ -134,7 +142,7 @@ class TableStore:
             df.unpersist()
         version = self.version(table)
         if self.run is not None:
-            self.run.writes.append({"table": table, "version": version, "months": months})
+            self.run.writes.append({"table": table, "version": version, "partitions": partitions})
         return version
 
     def _check_same_layout(self, df: DataFrame, table: str) -> None:

@@ -1,0 +1,37 @@
+"""Small text files (models, sidecars) on any filesystem Spark can reach (local, HDFS, S3, DBFS).
+
+Goes through Hadoop's FileSystem API on the driver, so the same call works for a local path
+and for ``s3a://`` or ``dbfs:/`` roots.
+"""
+from __future__ import annotations
+
+from pyspark.sql import SparkSession
+
+
+def _fs_path(spark: SparkSession, path: str):
+    jvm = spark._jvm
+    p = jvm.org.apache.hadoop.fs.Path(path)
+    return p.getFileSystem(spark._jsc.hadoopConfiguration()), p
+
+
+def write_text(spark: SparkSession, path: str, text: str) -> None:
+    """Write ``text`` (UTF-8) to ``path``, replacing it."""
+    fs, p = _fs_path(spark, path)
+    out = fs.create(p, True)
+    try:
+        out.write(bytearray(text.encode("utf-8")))
+    finally:
+        out.close()
+
+
+def read_text(spark: SparkSession, path: str) -> str:
+    """Read a UTF-8 text file written by :func:`write_text`."""
+    fs, p = _fs_path(spark, path)
+    if not fs.exists(p):
+        raise FileNotFoundError(f"no file at {path}")
+    stream = fs.open(p)
+    try:
+        data = spark._jvm.org.apache.commons.io.IOUtils.toByteArray(stream)
+    finally:
+        stream.close()
+    return bytes(data).decode("utf-8")

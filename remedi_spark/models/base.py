@@ -1,0 +1,129 @@
+"""The base-model contract shared by every model family (FuxiCTR-style: one module per family).
+
+A model is built from its :class:`~remedi_spark.config.ModelSpec` (name, family, backend,
+objective, feature group, params), the shared ``base_models`` settings and a
+:class:`FeatureSpec`. ``fit(train, valid)`` trains on encoded Spark frames (``valid`` only for
+early stopping), ``predict(df)`` returns ``user_id, month, p``, and ``save``/``load`` use a
+LightGBM text model plus a JSON sidecar: no pickle.
+"""
+from __future__ import annotations
+
+import json
+from abc import ABC, abstractmethod
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
+from pyspark.sql import types as T
+
+from ..config import BaseModelSettings, ModelSpec
+from ..io.files import read_text, write_text
+
+KEYS = ("user_id", "month")
+LABEL = "y"
+NOT_FEATURES = {"user_id", "month", "y", "y_h1", "y_h2", "y_h3", "label_complete"}
+
+
+def in_group(column: str, members: list[str]) -> bool:
+    """A feature belongs to a group if the group lists it or a prefix of it (``name_...``)."""
+    return any(column == m or column.startswith(m + "_") for m in members)
+
+
+@dataclass
+class FeatureSpec:
+    """Which columns a model reads and how categoricals map to integer codes.
+
+    Categorical values unseen in training become null (missing) at scoring time: never a crash.
+    """
+
+    numeric: list[str]
+    categorical: dict[str, list[str]]
+
+    @property
+    def columns(self) -> list[str]:
+        return [*self.numeric, *self.categorical]
+
+    @property
+    def categorical_indexes(self) -> list[int]:
+        return [len(self.numeric) + i for i in range(len(self.categorical))]
+
+    @classmethod
+    def from_frame(cls, df: DataFrame, members: list[str] | None = None) -> "FeatureSpec":
+        """Numeric and string feature columns of ``df`` (optionally one group); vocabularies from ``df``."""
+        cols = [f for f in df.schema.fields if f.name not in NOT_FEATURES
+                and (members is None or in_group(f.name, members))]
+        if not cols:
+            raise ValueError(f"no feature columns match the group {members}")
+        strings = [f.name for f in cols if isinstance(f.dataType, T.StringType)]
+        vocab: dict[str, list[str]] = {}
+        if strings:
+            row = df.agg(*[F.sort_array(F.collect_set(c)).alias(c) for c in strings]).first()
+            vocab = {c: list(row[c]) for c in strings}
+        numeric = [f.name for f in cols if not isinstance(f.dataType, T.StringType)]
+        return cls(numeric=numeric, categorical=vocab)
+
+    def encode(self, df: DataFrame, extra: tuple[str, ...] = ()) -> DataFrame:
+        """Keys, ``extra`` columns and the features as doubles (categoricals as codes)."""
+        cats = []
+        for c, values in self.categorical.items():
+            mapping = F.create_map(*[x for i, v in enumerate(values) for x in (F.lit(v), F.lit(float(i)))])
+            cats.append(mapping[F.col(c)].alias(c))
+        keep = [c for c in (*KEYS, *extra) if c in df.columns]
+        return df.select(*keep, *[F.col(c).cast("double").alias(c) for c in self.numeric], *cats)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class BaseModel(ABC):
+    """One base model. Subclasses implement fitting, prediction and the native model text."""
+
+    def __init__(self, spec: ModelSpec, settings: BaseModelSettings, features: FeatureSpec):
+        self.spec = spec
+        self.settings = settings
+        self.features = features
+        self.info: dict[str, Any] = {}
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    def lightgbm_params(self) -> dict[str, Any]:
+        """Shared LightGBM params, then the model's own."""
+        return {**self.settings.lightgbm, **self.spec.params}
+
+    @abstractmethod
+    def fit(self, train: DataFrame, valid: DataFrame) -> "BaseModel":
+        """Train on ``train`` (encoded features + ``y``); ``valid`` is used for early stopping only."""
+
+    @abstractmethod
+    def predict(self, df: DataFrame) -> DataFrame:
+        """``user_id, month, p`` for the rows of ``df`` (encoded features)."""
+
+    @abstractmethod
+    def model_text(self) -> str:
+        """The trained model as LightGBM text."""
+
+    @abstractmethod
+    def _restore(self, spark: SparkSession, text: str) -> None:
+        """Rebuild the trained state from :meth:`model_text` output."""
+
+    def save(self, spark: SparkSession, path: str, extra: dict[str, Any] | None = None) -> None:
+        """Write ``model.txt`` and the ``model.json`` sidecar (spec, features, params, info, extra)."""
+        write_text(spark, f"{path}/model.txt", self.model_text())
+        sidecar = {"spec": asdict(self.spec), "features": self.features.to_dict(),
+                   "params": self.lightgbm_params(), "info": self.info, **(extra or {})}
+        write_text(spark, f"{path}/model.json", json.dumps(sidecar, indent=2, sort_keys=True, default=str))
+
+
+def load_model(spark: SparkSession, path: str, settings: BaseModelSettings) -> BaseModel:
+    """Load a model saved by :meth:`BaseModel.save`."""
+    from .registry import build_model
+
+    sidecar = json.loads(read_text(spark, f"{path}/model.json"))
+    spec = ModelSpec(**sidecar["spec"])
+    model = build_model(spec, settings, FeatureSpec(**sidecar["features"]))
+    model.info = sidecar["info"]
+    model._restore(spark, read_text(spark, f"{path}/model.txt"))
+    return model

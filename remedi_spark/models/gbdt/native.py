@@ -1,0 +1,144 @@
+"""Native LightGBM trained inside Spark barrier tasks (data-parallel), scored with mapInPandas.
+
+Training: the data is split into ``num_workers`` partitions and run as one barrier stage; each
+task opens a port, the tasks exchange ``host:port`` with ``BarrierTaskContext.allGather`` and
+call ``lightgbm.train`` with ``tree_learner=data`` and ``pre_partition=True`` on their own rows.
+Every task sees the same (broadcast) early-stopping set, so all ranks stop at the same round.
+This backend takes Python objectives (focal loss) and needs no JVM jar.
+"""
+from __future__ import annotations
+
+import socket
+from collections.abc import Iterator
+from typing import Any
+
+import lightgbm as lgb
+import numpy as np
+import pandas as pd
+from pyspark import BarrierTaskContext
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
+
+from ..base import KEYS, LABEL, BaseModel
+from .focal import focal_eval, focal_objective
+
+_BOOSTERS: dict[int, lgb.Booster] = {}  # per Python worker: parse each model once
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("", 0))
+        return s.getsockname()[1]
+
+
+def _booster(text: str) -> lgb.Booster:
+    key = hash(text)
+    if key not in _BOOSTERS:
+        _BOOSTERS.clear()
+        _BOOSTERS[key] = lgb.Booster(model_str=text)
+    return _BOOSTERS[key]
+
+
+def barrier_train(spark: SparkSession, data: DataFrame, valid: pd.DataFrame, columns: list[str],
+                  categorical: list[int], params: dict[str, Any], rounds: int, early_stopping: int,
+                  num_workers: int, init_score: float | None = None, feval: Any = None) -> tuple[str, int]:
+    """Train LightGBM over ``num_workers`` barrier tasks; returns (model text, best iteration).
+
+    ``data`` holds ``columns`` and ``y``; ``valid`` (pandas, same columns) drives early stopping.
+    """
+    workers = max(1, min(num_workers, spark.sparkContext.defaultParallelism))
+    shared = spark.sparkContext.broadcast(valid[[*columns, LABEL]])
+
+    def dataset(frame: pd.DataFrame, reference: lgb.Dataset | None = None) -> lgb.Dataset:
+        init = None if init_score is None else np.full(len(frame), init_score)
+        return lgb.Dataset(frame[columns].to_numpy(dtype=np.float64), label=frame[LABEL].to_numpy(dtype=np.float64),
+                           init_score=init, categorical_feature=categorical, feature_name=columns,
+                           reference=reference, free_raw_data=False, params={"verbosity": -1})
+
+    def task(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
+        ctx = BarrierTaskContext.get()
+        rank = ctx.partitionId()
+        p = dict(params)
+        if workers > 1:
+            host = ctx.getTaskInfos()[rank].address.split(":")[0]
+            port = _free_port()
+            peers = ctx.allGather(f"{host}:{port}")
+            p.update(machines=",".join(peers), num_machines=len(peers), local_listen_port=port,
+                     tree_learner="data", pre_partition=True, num_threads=1, time_out=10)
+        frames = list(batches)
+        local = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=[*columns, LABEL])
+        train_set = dataset(local)
+        valid_set = dataset(shared.value, reference=train_set)
+        booster = lgb.train(p, train_set, num_boost_round=rounds, valid_sets=[valid_set], feval=feval,
+                            callbacks=[lgb.early_stopping(early_stopping, first_metric_only=True, verbose=False)])
+        ctx.barrier()
+        if rank == 0:
+            best = booster.best_iteration or booster.current_iteration()
+            yield pd.DataFrame({"model": [booster.model_to_string(num_iteration=best)], "best": [best]})
+
+    rows = data.select(*columns, LABEL).repartition(workers) \
+        .mapInPandas(task, "model string, best int", barrier=True).collect()
+    shared.unpersist()
+    return rows[0]["model"], int(rows[0]["best"])
+
+
+class NativeLightGBM(BaseModel):
+    """LightGBM (logloss or focal objective) on the barrier backend."""
+
+    def _objective_params(self) -> tuple[dict[str, Any], Any]:
+        """LightGBM params with the objective set, and the feval for early stopping (or None)."""
+        params = self.lightgbm_params()
+        if self.spec.objective == "focal":
+            focal = self.settings.focal
+            params.update(objective=focal_objective(focal.alpha, focal.gamma, focal.min_hessian), metric="None")
+            return params, focal_eval(focal.alpha, focal.gamma)
+        params["objective"] = "binary"
+        return params, None
+
+    def fit(self, train: DataFrame, valid: DataFrame) -> "NativeLightGBM":
+        spark = train.sparkSession
+        params, feval = self._objective_params()
+        rounds = int(params.pop("num_iterations"))
+        stats = train.agg(F.count(F.lit(1)).alias("n"), F.sum(LABEL).alias("pos")).first()
+        if not stats["pos"]:
+            raise ValueError(f"{self.name}: the training rows hold no positive label")
+        params.update(imbalance_params(self.settings.imbalance, stats["n"], stats["pos"]))
+        init = None
+        if self.spec.objective == "focal":  # start from the base rate, not p = 0.5
+            rate = stats["pos"] / stats["n"]
+            init = float(np.log(rate / (1 - rate)))
+        valid_pdf = valid.select(*self.features.columns, LABEL).toPandas()
+        self._text, best = barrier_train(spark, train, valid_pdf, self.features.columns,
+                                         self.features.categorical_indexes, params, rounds,
+                                         self.settings.early_stopping_rounds, self.settings.num_workers, init, feval)
+        self.info.update(best_iteration=best, init_score=init or 0.0, train_rows=stats["n"],
+                         train_positives=stats["pos"])
+        return self
+
+    def predict(self, df: DataFrame) -> DataFrame:
+        spark = df.sparkSession
+        text = spark.sparkContext.broadcast(self.model_text())
+        columns, init = self.features.columns, float(self.info.get("init_score", 0.0))
+
+        def score(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
+            booster = _booster(text.value)
+            for b in batches:
+                z = booster.predict(b[columns].to_numpy(dtype=np.float64), raw_score=True) + init
+                yield pd.DataFrame({"user_id": b["user_id"], "month": b["month"], "p": 1.0 / (1.0 + np.exp(-z))})
+
+        return df.select(*KEYS, *columns).mapInPandas(score, "user_id long, month string, p double")
+
+    def model_text(self) -> str:
+        return self._text
+
+    def _restore(self, spark: SparkSession, text: str) -> None:
+        self._text = text
+
+
+def imbalance_params(mode: str, n: int, positives: int) -> dict[str, Any]:
+    """LightGBM params for ``base_models.imbalance``."""
+    if mode == "is_unbalance":
+        return {"is_unbalance": True}
+    if mode == "scale_pos_weight":
+        return {"scale_pos_weight": (n - positives) / positives}
+    return {}
