@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import sys
 import threading
 import time
@@ -19,6 +18,9 @@ import psutil
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "bench"))
+
+from common import write_result  # noqa: E402
 
 from remedi_spark.config import load_config, replace  # noqa: E402
 from remedi_spark.pipeline import run_stage  # noqa: E402
@@ -90,9 +92,7 @@ def main(argv: list[str] | None = None) -> int:
         }
         results.append(row)
         print(json.dumps(row), flush=True)
-    out = {"benchmark": "foundation", "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
-                                                  "memory_gib": round(psutil.virtual_memory().total / 2**30, 1)},
-           "spark_master": base.spark.master, "results": results}
+    out = {"benchmark": "foundation", "spark_master": base.spark.master, "results": results}
     if len(results) >= 2:
         small, large = results[0], results[-1]
         out["ratio_large_to_small"] = {
@@ -101,9 +101,7 @@ def main(argv: list[str] | None = None) -> int:
             "features_one_month_seconds": round(large["features_one_month_seconds"]
                                                 / small["features_one_month_seconds"], 2),
         }
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(out, indent=2) + "\n")
-    print(f"wrote {args.out}")
+    write_result(out, args.out)
     return 0
 
 

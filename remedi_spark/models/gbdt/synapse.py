@@ -60,7 +60,9 @@ class SynapseLightGBM(BaseModel):
         stats = train.agg(F.count(F.lit(1)).alias("n"), F.sum(LABEL).alias("pos")).first()
         cols = [*self.features.columns, LABEL]
         data = train.select(*cols, F.lit(False).alias(_VALID)).unionByName(valid.select(*cols, F.lit(True).alias(_VALID)))
-        self._model = self._classifier(stats).fit(self._assemble(data))
+        # a shuffle right before the fit: barrier stages refuse union/limit chains (SPARK-24820)
+        # and SynapseML trains one LightGBM worker per partition
+        self._model = self._classifier(stats).fit(self._assemble(data).repartition(self.settings.num_workers))
         self.info.update(best_iteration=int(self._model.getBoosterBestIteration()), train_rows=stats["n"],
                          train_positives=stats["pos"])
         return self
