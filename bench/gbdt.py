@@ -64,6 +64,8 @@ def main(argv: list[str] | None = None) -> int:
             start = time.perf_counter()
             model.fit(train, valid)
             row[f"{backend}_seconds"] = round(time.perf_counter() - start, 2)
+            if "timings" in model.info:
+                row[f"{backend}_rank0_timings"] = model.info["timings"]
         start = time.perf_counter()
         pdf = train.select(*features.columns, "y").toPandas()
         collect_seconds = time.perf_counter() - start

@@ -9,6 +9,7 @@ This backend takes Python objectives (focal loss) and needs no JVM jar.
 from __future__ import annotations
 
 import socket
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -41,8 +42,12 @@ def _booster(text: str) -> lgb.Booster:
 
 def barrier_train(spark: SparkSession, data: DataFrame, valid: pd.DataFrame, columns: list[str],
                   categorical: list[int], params: dict[str, Any], rounds: int, early_stopping: int,
-                  num_workers: int, init_score: float | None = None, feval: Any = None) -> tuple[str, int]:
-    """Train LightGBM over ``num_workers`` barrier tasks; returns (model text, best iteration).
+                  num_workers: int, init_score: float | None = None, feval: Any = None
+                  ) -> tuple[str, int, dict[str, float]]:
+    """Train LightGBM over ``num_workers`` barrier tasks.
+
+    Returns the model text, the best iteration and rank 0's timings (seconds spent receiving
+    and converting its rows, and in ``lightgbm.train``: dataset construction plus boosting).
 
     ``data`` holds ``columns`` and ``y``; ``valid`` (pandas, same columns) drives early stopping.
     """
@@ -56,6 +61,7 @@ def barrier_train(spark: SparkSession, data: DataFrame, valid: pd.DataFrame, col
                            reference=reference, free_raw_data=False, params={"verbosity": -1})
 
     def task(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
+        started = time.perf_counter()
         ctx = BarrierTaskContext.get()
         rank = ctx.partitionId()
         p = dict(params)
@@ -67,19 +73,24 @@ def barrier_train(spark: SparkSession, data: DataFrame, valid: pd.DataFrame, col
                      tree_learner="data", pre_partition=True, num_threads=1, time_out=10)
         frames = list(batches)
         local = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=[*columns, LABEL])
+        loaded = time.perf_counter()
         train_set = dataset(local)
         valid_set = dataset(shared.value, reference=train_set)
         booster = lgb.train(p, train_set, num_boost_round=rounds, valid_sets=[valid_set], feval=feval,
                             callbacks=[lgb.early_stopping(early_stopping, first_metric_only=True, verbose=False)])
+        boosted = time.perf_counter()
         ctx.barrier()
         if rank == 0:
             best = booster.best_iteration or booster.current_iteration()
-            yield pd.DataFrame({"model": [booster.model_to_string(num_iteration=best)], "best": [best]})
+            yield pd.DataFrame({"model": [booster.model_to_string(num_iteration=best)], "best": [best],
+                                "load_seconds": [loaded - started], "train_seconds": [boosted - loaded]})
 
-    rows = data.select(*columns, LABEL).repartition(workers) \
-        .mapInPandas(task, "model string, best int", barrier=True).collect()
+    rows = data.select(*columns, LABEL).repartition(workers).mapInPandas(
+        task, "model string, best int, load_seconds double, train_seconds double",
+        barrier=True).collect()
     shared.unpersist()
-    return rows[0]["model"], int(rows[0]["best"])
+    timings = {k: round(float(rows[0][k]), 2) for k in ("load_seconds", "train_seconds")}
+    return rows[0]["model"], int(rows[0]["best"]), timings
 
 
 class NativeLightGBM(BaseModel):
@@ -108,11 +119,11 @@ class NativeLightGBM(BaseModel):
             rate = stats["pos"] / stats["n"]
             init = float(np.log(rate / (1 - rate)))
         valid_pdf = valid.select(*self.features.columns, LABEL).toPandas()
-        self._text, best = barrier_train(spark, train, valid_pdf, self.features.columns,
+        self._text, best, timings = barrier_train(spark, train, valid_pdf, self.features.columns,
                                          self.features.categorical_indexes, params, rounds,
                                          self.settings.early_stopping_rounds, self.settings.num_workers, init, feval)
         self.info.update(best_iteration=best, init_score=init or 0.0, train_rows=stats["n"],
-                         train_positives=stats["pos"])
+                         train_positives=stats["pos"], timings=timings)
         return self
 
     def predict(self, df: DataFrame) -> DataFrame:
