@@ -1,0 +1,9 @@
+"""The model zoo: one module per model, and the explicit name → class registry."""
+from .deepfm import DeepFM
+from .kdef import KDEF
+from .mlp import MLP
+from .xdeepfm import XDeepFM
+
+MODELS = {m.name: m for m in (MLP, DeepFM, XDeepFM, KDEF)}
+
+__all__ = ["MODELS", "DeepFM", "KDEF", "MLP", "XDeepFM"]

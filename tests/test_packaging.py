@@ -1,0 +1,19 @@
+"""The wheel (used with spark-submit --py-files and on Databricks) must hold every subpackage and schema."""
+import tomllib
+
+from tests.conftest import REPO
+
+
+def test_every_package_is_listed_in_pyproject():
+    listed = set(tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    found = {".".join(p.parent.relative_to(REPO).parts) for p in (REPO / "remedi_spark").rglob("__init__.py")}
+    assert found - listed == set(), "add these to [tool.setuptools] packages"
+    assert "remedi_spark.schemas" in listed  # mapped from schemas/
+
+
+def test_every_table_written_has_a_schema():
+    from remedi_spark.io.schemas import load_schema
+
+    for table in ("owners", "monthly_activity", "purchases", "oracle", "features", "folds", "oof_predictions",
+                  "base_model_metrics"):
+        assert load_schema(table).table == table
