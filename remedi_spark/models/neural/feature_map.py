@@ -1,0 +1,78 @@
+"""FeatureMap: the saved contract between a features table and the neural models (FuxiCTR-style).
+
+Numeric columns: signed log1p (x → sign(x)·log(1+|x|), tames heavy tails), then standardised with
+the training mean and std; missing → 0 (the mean). Categorical columns: a vocabulary from the
+training rows, index 0 reserved for missing and unseen values, so scoring never fails on a new
+category. Fitted on a Spark DataFrame (one aggregation), applied to pandas batches, stored as JSON.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import pandas as pd
+from pyspark.sql import DataFrame
+from pyspark.sql import functions as F
+from pyspark.sql import types as T
+
+from ..base import NOT_FEATURES
+
+OOV = 0
+
+
+def _signed_log1p_col(name: str):
+    c = F.col(name).cast("double")
+    return F.signum(c) * F.log1p(F.abs(c))
+
+
+def signed_log1p(x: np.ndarray) -> np.ndarray:
+    return np.sign(x) * np.log1p(np.abs(x))
+
+
+@dataclass
+class FeatureMap:
+    numeric: list[str]
+    mean: list[float]
+    std: list[float]
+    categorical: list[str]
+    vocab: dict[str, list[str]]
+
+    @property
+    def vocab_sizes(self) -> list[int]:
+        """Rows per categorical embedding table (values + the OOV/missing slot)."""
+        return [len(self.vocab[c]) + 1 for c in self.categorical]
+
+    @classmethod
+    def fit(cls, df: DataFrame, columns: list[str] | None = None) -> "FeatureMap":
+        """Fit on the training rows of a features frame (all feature columns unless ``columns``)."""
+        fields = [f for f in df.schema.fields if f.name not in NOT_FEATURES and (columns is None or f.name in columns)]
+        numeric = [f.name for f in fields if not isinstance(f.dataType, T.StringType)]
+        categorical = [f.name for f in fields if isinstance(f.dataType, T.StringType)]
+        aggs = []
+        for i, c in enumerate(numeric):
+            aggs += [F.avg(_signed_log1p_col(c)).alias(f"m{i}"), F.stddev_pop(_signed_log1p_col(c)).alias(f"s{i}")]
+        aggs += [F.sort_array(F.collect_set(c)).alias(f"v{i}") for i, c in enumerate(categorical)]
+        row = df.agg(*aggs).first()
+        mean = [float(row[f"m{i}"] or 0.0) for i in range(len(numeric))]
+        std = [float(row[f"s{i}"] or 0.0) or 1.0 for i in range(len(numeric))]
+        vocab = {c: [str(v) for v in row[f"v{i}"]] for i, c in enumerate(categorical)}
+        return cls(numeric=numeric, mean=mean, std=std, categorical=categorical, vocab=vocab)
+
+    def transform(self, frame: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+        """dense (B, F_num) float32 and categorical ids (B, F_cat) int64 for a pandas batch."""
+        x = frame[self.numeric].to_numpy(dtype=np.float64) if self.numeric else np.zeros((len(frame), 0))
+        dense = (signed_log1p(x) - np.asarray(self.mean)) / np.asarray(self.std)
+        dense = np.nan_to_num(dense, nan=0.0).astype(np.float32)
+        ids = np.zeros((len(frame), len(self.categorical)), dtype=np.int64)
+        for j, c in enumerate(self.categorical):
+            index = {v: i + 1 for i, v in enumerate(self.vocab[c])}
+            ids[:, j] = frame[c].map(index).fillna(OOV).to_numpy(dtype=np.int64)
+        return dense, ids
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> "FeatureMap":
+        return cls(**json.loads(text))
