@@ -50,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
     for size in [int(s) for s in args.sizes.split(",")]:
         encoded = features.encode(labelled, extra=("y",)).orderBy(F.xxhash64("user_id", "month")).limit(size + 20_000)
         encoded = encoded.withColumn("_r", F.monotonically_increasing_id()).cache()
-        n = encoded.count()
+        encoded.count()  # materialise the cache before timing
         valid = encoded.orderBy("_r").limit(20_000)
         train = encoded.join(valid.select("_r"), "_r", "left_anti").drop("_r")
         valid = valid.drop("_r")

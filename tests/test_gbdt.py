@@ -7,7 +7,7 @@ from pyspark.sql import functions as F
 from sklearn.metrics import roc_auc_score
 
 from remedi_spark.config import ModelSpec, replace
-from remedi_spark.io.store import RunManifest, TableStore
+from remedi_spark.io.store import TableStore
 from remedi_spark.models.base import FeatureSpec, load_model
 from remedi_spark.models.registry import build_model
 from remedi_spark.pipeline import run_stage
