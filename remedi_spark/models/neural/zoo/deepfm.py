@@ -2,11 +2,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-import torch
 from torch import nn
 
-from ..base import Batch, RemediModel
-from ..layers import FieldEmbedding, FMInteraction, MLPBlock
+from ..layers import FMInteraction
+from .wide_deep import FirstOrderInteractionDeep
 
 
 @dataclass(frozen=True)
@@ -16,22 +15,14 @@ class DeepFMConfig:
     dropout: float = 0.1
 
 
-class DeepFM(RemediModel):
+class DeepFM(FirstOrderInteractionDeep):
     """First-order term + FM interaction + deep MLP over the shared field embeddings."""
 
     name = "deepfm"
     Config = DeepFMConfig
 
     def __init__(self, vocab_sizes: list[int], num_numeric: int, cfg: DeepFMConfig):
-        super().__init__()
-        self.embedding = FieldEmbedding(vocab_sizes, num_numeric, cfg.emb_dim)
-        self.first_order = FieldEmbedding(vocab_sizes, num_numeric, 1)
-        self.inter = FMInteraction()
-        self.over = MLPBlock(self.embedding.num_fields * cfg.emb_dim, cfg.hidden, cfg.dropout, output_dim=1)
-        self.bias = nn.Parameter(torch.zeros(1))
+        super().__init__(vocab_sizes, num_numeric, cfg.emb_dim, cfg.hidden, cfg.dropout)
 
-    def forward(self, batch: Batch) -> dict[str, torch.Tensor]:
-        fields = self.embedding(batch.dense, batch.cat_ids)
-        linear = self.first_order(batch.dense, batch.cat_ids).sum(dim=(1, 2))
-        logit = self.bias + linear + self.inter(fields).squeeze(-1) + self.over(fields.flatten(1)).squeeze(-1)
-        return {"logit": logit}
+    def interaction_arch(self, num_fields: int) -> nn.Module:
+        return FMInteraction()
