@@ -131,8 +131,8 @@ _CHOICES = {
     "base_models.imbalance": {"none", "is_unbalance", "scale_pos_weight"},
 }
 _ITEM_CHOICES = {  # choices for fields of list items, by field name
-    "family": {"lgbm"},
-    "backend": {"synapseml", "native"},
+    "family": {"lgbm", "mlp", "deepfm", "xdeepfm", "kdef"},
+    "backend": {"synapseml", "native", "torch"},
     "objective": {"logloss", "focal"},
 }
 

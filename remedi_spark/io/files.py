@@ -14,24 +14,33 @@ def _fs_path(spark: SparkSession, path: str):
     return p.getFileSystem(spark._jsc.hadoopConfiguration()), p
 
 
-def write_text(spark: SparkSession, path: str, text: str) -> None:
-    """Write ``text`` (UTF-8) to ``path``, replacing it."""
+def write_bytes(spark: SparkSession, path: str, data: bytes) -> None:
+    """Write ``data`` to ``path``, replacing it."""
     fs, p = _fs_path(spark, path)
     out = fs.create(p, True)
     try:
-        out.write(bytearray(text.encode("utf-8")))
+        out.write(bytearray(data))
     finally:
         out.close()
 
 
-def read_text(spark: SparkSession, path: str) -> str:
-    """Read a UTF-8 text file written by :func:`write_text`."""
+def read_bytes(spark: SparkSession, path: str) -> bytes:
+    """Read a file written by :func:`write_bytes`."""
     fs, p = _fs_path(spark, path)
     if not fs.exists(p):
         raise FileNotFoundError(f"no file at {path}")
     stream = fs.open(p)
     try:
-        data = spark._jvm.org.apache.commons.io.IOUtils.toByteArray(stream)
+        return bytes(spark._jvm.org.apache.commons.io.IOUtils.toByteArray(stream))
     finally:
         stream.close()
-    return bytes(data).decode("utf-8")
+
+
+def write_text(spark: SparkSession, path: str, text: str) -> None:
+    """Write ``text`` (UTF-8) to ``path``, replacing it."""
+    write_bytes(spark, path, text.encode("utf-8"))
+
+
+def read_text(spark: SparkSession, path: str) -> str:
+    """Read a UTF-8 text file written by :func:`write_text`."""
+    return read_bytes(spark, path).decode("utf-8")

@@ -18,7 +18,7 @@ from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from ..config import BaseModelSettings, ModelSpec
-from ..io.files import read_text, write_text
+from ..io.files import read_bytes, read_text, write_bytes, write_text
 
 KEYS = ("user_id", "month")
 LABEL = "y"
@@ -101,17 +101,19 @@ class BaseModel(ABC):
     def predict(self, df: DataFrame) -> DataFrame:
         """``user_id, month, p`` for the rows of ``df`` (encoded features)."""
 
-    @abstractmethod
-    def model_text(self) -> str:
-        """The trained model as LightGBM text."""
+    artifact_file: str = "model.txt"  # LightGBM text; torch models write a state_dict instead
 
     @abstractmethod
-    def _restore(self, spark: SparkSession, text: str) -> None:
-        """Rebuild the trained state from :meth:`model_text` output."""
+    def artifact(self) -> bytes:
+        """The trained model as bytes (LightGBM text model, or a torch state_dict)."""
+
+    @abstractmethod
+    def _restore(self, spark: SparkSession, data: bytes) -> None:
+        """Rebuild the trained state from :meth:`artifact` output."""
 
     def save(self, spark: SparkSession, path: str, extra: dict[str, Any] | None = None) -> None:
-        """Write ``model.txt`` and the ``model.json`` sidecar (spec, features, params, info, extra)."""
-        write_text(spark, f"{path}/model.txt", self.model_text())
+        """Write the model artifact and the ``model.json`` sidecar (spec, features, params, info, extra)."""
+        write_bytes(spark, f"{path}/{self.artifact_file}", self.artifact())
         sidecar = {"spec": asdict(self.spec), "features": self.features.to_dict(),
                    "params": self.lightgbm_params(), "info": self.info, **(extra or {})}
         write_text(spark, f"{path}/model.json", json.dumps(sidecar, indent=2, sort_keys=True, default=str))
@@ -125,5 +127,5 @@ def load_model(spark: SparkSession, path: str, settings: BaseModelSettings) -> B
     spec = ModelSpec(**sidecar["spec"])
     model = build_model(spec, settings, FeatureSpec(**sidecar["features"]))
     model.info = sidecar["info"]
-    model._restore(spark, read_text(spark, f"{path}/model.txt"))
+    model._restore(spark, read_bytes(spark, f"{path}/{model.artifact_file}"))
     return model

@@ -12,9 +12,20 @@ MODEL_CLASSES: dict[tuple[str, str], type[BaseModel]] = {
 }
 
 
+def _neural(family: str) -> type[BaseModel]:
+    from .neural.model import NeuralModel  # imports torch: only when a neural model is asked for
+
+    return NeuralModel
+
+
+NEURAL_FAMILIES = ("mlp", "deepfm", "xdeepfm", "kdef")
+
+
 def build_model(spec: ModelSpec, settings: BaseModelSettings, features: FeatureSpec) -> BaseModel:
     """An untrained model for ``spec``; a clear error for an unknown family/backend pair."""
     key = (spec.family, spec.backend)
+    if spec.backend == "torch" and spec.family in NEURAL_FAMILIES:
+        return _neural(spec.family)(spec, settings, features)
     if key not in MODEL_CLASSES:
         raise ValueError(f"model {spec.name!r}: no implementation for family={spec.family!r} "
                          f"backend={spec.backend!r}; known: {sorted(MODEL_CLASSES)}")

@@ -128,7 +128,7 @@ class NativeLightGBM(BaseModel):
 
     def predict(self, df: DataFrame) -> DataFrame:
         spark = df.sparkSession
-        text = spark.sparkContext.broadcast(self.model_text())
+        text = spark.sparkContext.broadcast(self._text)
         columns, init = self.features.columns, float(self.info.get("init_score", 0.0))
 
         def score(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
@@ -139,11 +139,11 @@ class NativeLightGBM(BaseModel):
 
         return df.select(*KEYS, *columns).mapInPandas(score, "user_id long, month string, p double")
 
-    def model_text(self) -> str:
-        return self._text
+    def artifact(self) -> bytes:
+        return self._text.encode("utf-8")
 
-    def _restore(self, spark: SparkSession, text: str) -> None:
-        self._text = text
+    def _restore(self, spark: SparkSession, data: bytes) -> None:
+        self._text = data.decode("utf-8")
 
 
 def imbalance_params(mode: str, n: int, positives: int) -> dict[str, Any]:

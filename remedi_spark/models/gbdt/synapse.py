@@ -71,10 +71,11 @@ class SynapseLightGBM(BaseModel):
         scored = self._model.transform(self._assemble(df.select(*KEYS, *self.features.columns)))
         return scored.select(*KEYS, vector_to_array("probability")[1].alias("p"))
 
-    def model_text(self) -> str:
-        return self._model.getNativeModel()
+    def artifact(self) -> bytes:
+        return self._model.getNativeModel().encode("utf-8")
 
-    def _restore(self, spark: SparkSession, text: str) -> None:
+    def _restore(self, spark: SparkSession, data: bytes) -> None:
         from synapse.ml.lightgbm import LightGBMClassificationModel
 
-        self._model = LightGBMClassificationModel.loadNativeModelFromString(text).setFeaturesCol(_VECTOR)
+        self._model = LightGBMClassificationModel.loadNativeModelFromString(data.decode("utf-8")) \
+            .setFeaturesCol(_VECTOR)

@@ -44,20 +44,27 @@ class FeatureMap:
         return [len(self.vocab[c]) + 1 for c in self.categorical]
 
     @classmethod
-    def fit(cls, df: DataFrame, columns: list[str] | None = None) -> "FeatureMap":
-        """Fit on the training rows of a features frame (all feature columns unless ``columns``)."""
+    def fit(cls, df: DataFrame, columns: list[str] | None = None,
+            vocab: dict[str, list[str]] | None = None) -> "FeatureMap":
+        """Fit on the training rows of a features frame (all feature columns unless ``columns``).
+
+        ``vocab`` declares categoricals that are already integer codes (0..n-1, as the GBDT
+        encoding writes them) with their vocabularies; other string columns get one from ``df``.
+        """
+        vocab = vocab or {}
         fields = [f for f in df.schema.fields if f.name not in NOT_FEATURES and (columns is None or f.name in columns)]
-        numeric = [f.name for f in fields if not isinstance(f.dataType, T.StringType)]
-        categorical = [f.name for f in fields if isinstance(f.dataType, T.StringType)]
+        numeric = [f.name for f in fields if not isinstance(f.dataType, T.StringType) and f.name not in vocab]
+        categorical = [f.name for f in fields if isinstance(f.dataType, T.StringType) or f.name in vocab]
+        coded = {c: list(v) for c, v in vocab.items() if c in categorical}
         aggs = []
         for i, c in enumerate(numeric):
             aggs += [F.avg(_signed_log1p_col(c)).alias(f"m{i}"), F.stddev_pop(_signed_log1p_col(c)).alias(f"s{i}")]
-        aggs += [F.sort_array(F.collect_set(c)).alias(f"v{i}") for i, c in enumerate(categorical)]
-        row = df.agg(*aggs).first()
+        aggs += [F.sort_array(F.collect_set(c)).alias(f"v{i}") for i, c in enumerate(categorical) if c not in coded]
+        row = df.agg(*aggs).first() if aggs else {}
         mean = [float(row[f"m{i}"] or 0.0) for i in range(len(numeric))]
         std = [float(row[f"s{i}"] or 0.0) or 1.0 for i in range(len(numeric))]
-        vocab = {c: [str(v) for v in row[f"v{i}"]] for i, c in enumerate(categorical)}
-        return cls(numeric=numeric, mean=mean, std=std, categorical=categorical, vocab=vocab)
+        learned = {c: coded[c] if c in coded else [str(v) for v in row[f"v{i}"]] for i, c in enumerate(categorical)}
+        return cls(numeric=numeric, mean=mean, std=std, categorical=categorical, vocab=learned)
 
     def transform(self, frame: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
         """dense (B, F_num) float32 and categorical ids (B, F_cat) int64 for a pandas batch."""
@@ -66,8 +73,14 @@ class FeatureMap:
         dense = np.nan_to_num(dense, nan=0.0).astype(np.float32)
         ids = np.zeros((len(frame), len(self.categorical)), dtype=np.int64)
         for j, c in enumerate(self.categorical):
-            index = {v: i + 1 for i, v in enumerate(self.vocab[c])}
-            ids[:, j] = frame[c].map(index).fillna(OOV).to_numpy(dtype=np.int64)
+            values = frame[c]
+            if pd.api.types.is_numeric_dtype(values):  # integer codes 0..n-1 (GBDT encoding)
+                codes = values.to_numpy(dtype=np.float64)
+                ok = np.isfinite(codes) & (codes >= 0) & (codes < len(self.vocab[c]))
+                ids[:, j] = np.where(ok, np.nan_to_num(codes) + 1, OOV).astype(np.int64)
+            else:
+                index = {v: i + 1 for i, v in enumerate(self.vocab[c])}
+                ids[:, j] = values.map(index).fillna(OOV).to_numpy(dtype=np.int64)
         return dense, ids
 
     def to_json(self) -> str:

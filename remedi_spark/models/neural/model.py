@@ -1,0 +1,121 @@
+"""Neural base models (MLP, DeepFM, xDeepFM, KDEF) behind the common :class:`BaseModel` contract.
+
+``fit`` fits a :class:`FeatureMap` on the training rows, converts them to tensors and trains
+with TorchDistributor on Petastorm (see :mod:`.distributed`); ``predict`` scores a Spark
+DataFrame with ``mapInPandas`` (model loaded once per Python worker, ``weights_only=True``).
+The artifact is the best epoch's ``state_dict``; the sidecar keeps the feature map.
+"""
+from __future__ import annotations
+
+import io
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import pandas as pd
+from pyspark.sql import DataFrame, SparkSession
+
+from ..base import KEYS, LABEL, BaseModel
+from .base import build_config
+from .feature_map import FeatureMap
+
+_LOADED: dict[int, object] = {}
+
+
+@dataclass(frozen=True)
+class TorchTrainParams:
+    """``params`` of a torch model in conf/models.yaml; ``model`` is the zoo model's own config."""
+
+    epochs: int = 5
+    batch_size: int = 2048
+    lr: float = 1e-3
+    patience: int = 2
+    grad_clip: float = 10.0
+    num_processes: int = 2
+    seed: int = 7
+    model: dict = field(default_factory=dict)
+
+
+def _load(state: bytes, family: str, vocab_sizes: list[int], num_numeric: int, model_cfg: dict):
+    import torch
+
+    from .zoo import MODELS
+
+    key = hash(state)
+    if key not in _LOADED:
+        cls = MODELS[family]
+        model = cls(vocab_sizes, num_numeric, build_config(cls.Config, model_cfg))
+        model.load_state_dict(torch.load(io.BytesIO(state), weights_only=True))
+        model.eval()
+        _LOADED.clear()
+        _LOADED[key] = model
+    return _LOADED[key]
+
+
+class NeuralModel(BaseModel):
+    artifact_file = "model.pt"
+
+    @property
+    def train_params(self) -> TorchTrainParams:
+        return build_config(TorchTrainParams, self.spec.params)
+
+    def _feature_map(self) -> FeatureMap:
+        return FeatureMap(**self.info["feature_map"])
+
+    def fit(self, train: DataFrame, valid: DataFrame) -> "NeuralModel":
+        spark = train.sparkSession
+        params = self.train_params
+        fmap = FeatureMap.fit(train, self.features.columns, vocab=self.features.categorical)
+        self.info["feature_map"] = asdict(fmap)
+        columns = fmap.numeric + fmap.categorical
+
+        def to_tensors(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
+            for b in batches:
+                dense, ids = fmap.transform(b)
+                yield pd.DataFrame({"dense": list(dense), "cat": list(ids), "y": b[LABEL].astype(np.float32)})
+
+        rows = train.select(*columns, LABEL).mapInPandas(to_tensors, "dense array<float>, cat array<bigint>, y float")
+        valid_pdf = valid.select(*columns, LABEL).toPandas()
+        v_dense, v_ids = fmap.transform(valid_pdf)
+        result = train_distributed_call(spark, rows, self.spec.family, params, fmap,
+                                        (v_dense, v_ids, valid_pdf[LABEL].to_numpy(dtype=np.float32)))
+        self._state = result["state"]
+        self.info.update(valid_auc=result["valid_auc"], epochs=result["epochs"],
+                         steps_per_epoch=result["steps_per_epoch"])
+        return self
+
+    def predict(self, df: DataFrame) -> DataFrame:
+        spark = df.sparkSession
+        fmap = self._feature_map()
+        state = spark.sparkContext.broadcast(self._state)
+        family, model_cfg = self.spec.family, self.train_params.model
+        columns = fmap.numeric + fmap.categorical
+
+        def score(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
+            import torch
+
+            from .base import Batch
+
+            model = _load(state.value, family, fmap.vocab_sizes, len(fmap.numeric), model_cfg)
+            for b in batches:
+                dense, ids = fmap.transform(b)
+                with torch.no_grad():
+                    logit = model(Batch(torch.from_numpy(dense), torch.from_numpy(ids)))["logit"].numpy()
+                yield pd.DataFrame({"user_id": b["user_id"], "month": b["month"],
+                                    "p": 1.0 / (1.0 + np.exp(-logit.astype(np.float64)))})
+
+        return df.select(*KEYS, *columns).mapInPandas(score, "user_id long, month string, p double")
+
+    def artifact(self) -> bytes:
+        return self._state
+
+    def _restore(self, spark: SparkSession, data: bytes) -> None:
+        self._state = data
+
+
+def train_distributed_call(spark: SparkSession, rows: DataFrame, family: str, params: TorchTrainParams,
+                           fmap: FeatureMap, valid: tuple[np.ndarray, np.ndarray, np.ndarray]) -> dict:
+    from .distributed import train_distributed
+
+    run = {k: v for k, v in asdict(params).items() if k != "model"}
+    return train_distributed(spark, rows, family, params.model, fmap.vocab_sizes, len(fmap.numeric), run, valid)
