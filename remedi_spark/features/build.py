@@ -158,10 +158,6 @@ def builtin_features(spark: SparkSession, cfg: Config, store: TableStore, months
     purchases = store.read("purchases")
     for df, table in ((owners, "owners"), (activity, "monthly_activity"), (purchases, "purchases")):
         validate(df, table)
-    present = {r["month"] for r in activity.select("month").distinct().collect()}
-    missing = [m for m in months if m not in present]
-    if missing:
-        raise DataValidationError("monthly_activity", [("month", f"no rows for requested months {missing}")])
     channels = [c for c in activity.columns if c not in (ID, "month")]
     act = activity.withColumn("mi", month_index("month"))
     targets = [parse_month(m) for m in months]
@@ -175,14 +171,17 @@ def builtin_features(spark: SparkSession, cfg: Config, store: TableStore, months
     return _labels(frame, observed_through).drop("mi")
 
 
-def resolve_observed_through(spark: SparkSession, cfg: Config, store: TableStore) -> int:
-    """Month index of the last month whose purchases are known (conf, else newest activity month)."""
-    if cfg.features.observed_through:
-        return parse_month(cfg.features.observed_through)
-    newest = store.read("monthly_activity").agg(F.max("month")).collect()[0][0]
-    if newest is None:
+def activity_months(store: TableStore) -> list[str]:
+    """The months present in ``monthly_activity`` (one scan of the partition column)."""
+    months = sorted(r["month"] for r in store.read("monthly_activity").select("month").distinct().collect())
+    if not months:
         raise DataValidationError("monthly_activity", [("*", "input is empty (0 rows)")])
-    return parse_month(newest)
+    return months
+
+
+def resolve_observed_through(cfg: Config, available: list[str]) -> int:
+    """Month index of the last month whose purchases are known (conf, else newest activity month)."""
+    return parse_month(cfg.features.observed_through or max(available))
 
 
 def build_features(spark: SparkSession, cfg: Config, store: TableStore, months: list[str] | None = None
@@ -196,9 +195,12 @@ def build_features(spark: SparkSession, cfg: Config, store: TableStore, months: 
         features, months = import_custom_features(spark, cfg, months)
         observed = None
     else:
-        observed_idx = resolve_observed_through(spark, cfg, store)
-        if months is None:
-            months = sorted(r["month"] for r in store.read("monthly_activity").select("month").distinct().collect())
+        available = activity_months(store)
+        observed_idx = resolve_observed_through(cfg, available)
+        months = months or available
+        missing = [m for m in months if m not in available]
+        if missing:
+            raise DataValidationError("monthly_activity", [("month", f"no rows for requested months {missing}")])
         features = builtin_features(spark, cfg, store, months, observed_idx)
         observed = format_month(observed_idx)
     version = store.write_months(features, "features", months)
