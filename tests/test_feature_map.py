@@ -31,3 +31,24 @@ def test_unseen_and_missing_values_never_fail(fmap):
 
 def test_json_round_trip(fmap):
     assert FeatureMap.from_json(fmap.to_json()) == fmap
+
+
+def test_quantile_buckets_embed_numeric_columns(spark):
+    values = [float(v) for v in range(100)] + [None]
+    df = spark.createDataFrame([(i, "2024-06", 0, v, "a") for i, v in enumerate(values)],
+                               "user_id long, month string, y int, visits double, brand string")
+    fmap = FeatureMap.fit(df, numeric_encoding="buckets", n_buckets=4)
+    assert fmap.numeric == [] and fmap.bucketed == ["visits"] and fmap.columns == ["brand", "visits"]
+    edges = fmap.buckets["visits"]
+    assert len(edges) == 3 and edges == sorted(edges)
+    assert fmap.vocab_sizes == [2, 5]  # brand: a + OOV; visits: 4 buckets + missing
+    dense, ids = fmap.transform(pd.DataFrame({"visits": [np.nan, -5.0, 10.0, 60.0, 1e9], "brand": ["a"] * 5}))
+    assert dense.shape == (5, 0)
+    assert ids[:, 1].tolist() == [0, 1, 1, 3, 4]  # missing → 0; then buckets 1..4 in value order
+    assert FeatureMap.from_json(fmap.to_json()) == fmap
+
+
+def test_bad_encoding_is_rejected(spark):
+    df = spark.createDataFrame([(1, "2024-06", 0, 1.0)], "user_id long, month string, y int, visits double")
+    with pytest.raises(ValueError, match="numeric_encoding"):
+        FeatureMap.fit(df, numeric_encoding="zscore")

@@ -2,9 +2,9 @@
 
 The only module that imports petastorm. Every rank reads its own shard of the converted
 training rows and runs the same number of steps per epoch (``rows // (batch × world)``, the
-reader loops forever), so DDP never waits on a rank that ran out of data. After each epoch
-rank 0 scores the validation rows and broadcasts the AUC; every rank takes the same
-early-stopping and learning-rate decisions from it.
+reader loops forever), so DDP never waits on a rank that ran out of data. The epoch loop is
+:func:`.loop.fit_epochs`; after each epoch rank 0 scores the validation rows and broadcasts the
+AUC, so every rank takes the same early-stopping and learning-rate decisions.
 """
 from __future__ import annotations
 
@@ -22,61 +22,32 @@ def _train_worker(converter: Any, model_name: str, model_cfg: dict, vocab_sizes:
                   params: dict, valid: tuple[np.ndarray, np.ndarray, np.ndarray]) -> dict[str, Any]:
     import torch
     import torch.distributed as dist
-    from sklearn.metrics import roc_auc_score
     from torch.nn.parallel import DistributedDataParallel
 
-    from remedi_spark.models.neural.base import Batch, build_config
-    from remedi_spark.models.neural.zoo import MODELS
+    from remedi_spark.models.neural.base import Batch
+    from remedi_spark.models.neural.loop import fit_epochs, make_module, validation_score
 
     dist.init_process_group("gloo")
     rank, world = dist.get_rank(), dist.get_world_size()
-    torch.manual_seed(params["seed"])
-    cls = MODELS[model_name]
-    model = cls(vocab_sizes, num_numeric, build_config(cls.Config, model_cfg))
+    model = make_module(model_name, model_cfg, vocab_sizes, num_numeric, seed=params["seed"])
     ddp = DistributedDataParallel(model)
-    optimizer = torch.optim.Adam(model.parameters(), lr=params["lr"])
-    plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="max", factor=0.1, patience=0)
-    batch_size = params["batch_size"]
-    steps = max(1, len(converter) // (batch_size * world))
-    valid_batch = Batch(torch.from_numpy(valid[0]), torch.from_numpy(valid[1]), torch.from_numpy(valid[2]))
-    best_auc, best_state, stale, epochs_run = -1.0, None, 0, 0
-    with converter.make_torch_dataloader(batch_size=batch_size, cur_shard=rank, shard_count=world,
+    steps = max(1, len(converter) // (params["batch_size"] * world))
+
+    def agreed_score(m: Any) -> float:
+        score = torch.tensor([validation_score(m, valid) if rank == 0 else 0.0], dtype=torch.float64)
+        dist.broadcast(score, src=0)
+        return float(score[0])
+
+    with converter.make_torch_dataloader(batch_size=params["batch_size"], cur_shard=rank, shard_count=world,
                                          num_epochs=None, workers_count=1) as loader:
-        rows = iter(loader)
-        for epoch in range(params["epochs"]):
-            model.train()
-            for _ in range(steps):
-                b = next(rows)
-                batch = Batch(b["dense"].float(), b["cat"].long(), b["y"].float())
-                loss = model.compute_loss(ddp(batch), batch)["loss"]
-                optimizer.zero_grad()
-                loss.backward()
-                torch.nn.utils.clip_grad_norm_(model.parameters(), params["grad_clip"])
-                optimizer.step()
-            epochs_run = epoch + 1
-            auc = torch.zeros(1, dtype=torch.float64)
-            if rank == 0:
-                model.eval()
-                with torch.no_grad():
-                    p = torch.sigmoid(model(valid_batch)["logit"]).numpy()
-                y = valid[2]
-                auc[0] = roc_auc_score(y, p) if 0 < y.sum() < len(y) else -float(np.mean((p - y) ** 2))
-            dist.broadcast(auc, src=0)
-            score = float(auc[0])
-            plateau.step(score)
-            if score > best_auc:
-                best_auc, stale = score, 0
-                best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-            else:
-                stale += 1
-                if stale >= params["patience"]:
-                    break
+        batches = (Batch(b["dense"].float(), b["cat"].long(), b["y"].float()) for b in loader)
+        result = fit_epochs(model, ddp, batches, steps, params, agreed_score)
     dist.destroy_process_group()
     if rank != 0:
         return {}
     buffer = io.BytesIO()
-    torch.save(best_state, buffer)
-    return {"state": buffer.getvalue(), "valid_auc": best_auc, "epochs": epochs_run, "steps_per_epoch": steps}
+    torch.save(result.pop("state"), buffer)
+    return {**result, "state": buffer.getvalue(), "steps_per_epoch": steps}
 
 
 def ensure_cache_dir(spark: SparkSession) -> None:

@@ -31,6 +31,9 @@ class TorchTrainParams:
     lr: float = 1e-3
     patience: int = 2
     grad_clip: float = 10.0
+    embedding_l2: float = 1e-5
+    numeric_encoding: str = "standardize"
+    n_buckets: int = 20
     num_processes: int = 2
     seed: int = 7
     model: dict = field(default_factory=dict)
@@ -39,12 +42,11 @@ class TorchTrainParams:
 def _load(state: bytes, family: str, vocab_sizes: list[int], num_numeric: int, model_cfg: dict):
     import torch
 
-    from .zoo import MODELS
+    from .loop import make_module
 
     key = hash(state)
     if key not in _LOADED:
-        cls = MODELS[family]
-        model = cls(vocab_sizes, num_numeric, build_config(cls.Config, model_cfg))
+        model = make_module(family, model_cfg, vocab_sizes, num_numeric)
         model.load_state_dict(torch.load(io.BytesIO(state), weights_only=True))
         model.eval()
         _LOADED.clear()
@@ -65,9 +67,10 @@ class NeuralModel(BaseModel):
     def fit(self, train: DataFrame, valid: DataFrame) -> "NeuralModel":
         spark = train.sparkSession
         params = self.train_params
-        fmap = FeatureMap.fit(train, self.features.columns, vocab=self.features.categorical)
+        fmap = FeatureMap.fit(train, self.features.columns, vocab=self.features.categorical,
+                              numeric_encoding=params.numeric_encoding, n_buckets=params.n_buckets)
         self.info["feature_map"] = asdict(fmap)
-        columns = fmap.numeric + fmap.categorical
+        columns = fmap.columns
 
         def to_tensors(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
             for b in batches:
@@ -81,7 +84,8 @@ class NeuralModel(BaseModel):
                                         (v_dense, v_ids, valid_pdf[LABEL].to_numpy(dtype=np.float32)))
         self._state = result["state"]
         self.info.update(valid_auc=result["valid_auc"], epochs=result["epochs"],
-                         steps_per_epoch=result["steps_per_epoch"])
+                         steps_per_epoch=result["steps_per_epoch"],
+                         epoch_seconds=[round(s, 3) for s in result["epoch_seconds"]])
         return self
 
     def predict(self, df: DataFrame) -> DataFrame:
@@ -89,7 +93,7 @@ class NeuralModel(BaseModel):
         fmap = self._feature_map()
         state = spark.sparkContext.broadcast(self._state)
         family, model_cfg = self.spec.family, self.train_params.model
-        columns = fmap.numeric + fmap.categorical
+        columns = fmap.columns
 
         def score(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
             import torch
@@ -117,5 +121,5 @@ def train_distributed_call(spark: SparkSession, rows: DataFrame, family: str, pa
                            fmap: FeatureMap, valid: tuple[np.ndarray, np.ndarray, np.ndarray]) -> dict:
     from .distributed import train_distributed
 
-    run = {k: v for k, v in asdict(params).items() if k != "model"}
+    run = {k: v for k, v in asdict(params).items() if k not in ("model", "numeric_encoding", "n_buckets")}
     return train_distributed(spark, rows, family, params.model, fmap.vocab_sizes, len(fmap.numeric), run, valid)

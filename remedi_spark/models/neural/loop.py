@@ -1,0 +1,113 @@
+"""The epoch loop every neural model trains with, in one process or as one DDP rank.
+
+Adam, embedding L2, gradient clipping, validation AUC after every epoch, learning rate × 0.1 on
+a plateau, early stopping with ``patience`` and the best epoch's weights kept (KDEF paper
+defaults). The caller supplies the batches and how the validation score is agreed on: in one
+process it is simply computed; under DDP rank 0 computes it and broadcasts it (see
+:mod:`.distributed`), so every rank takes the same decisions and stops at the same epoch.
+"""
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from .base import Batch, RemediModel
+
+Validate = Callable[[RemediModel], float]
+
+
+def embedding_penalty(model: nn.Module) -> torch.Tensor:
+    """Sum of squared weights of every field-embedding table (numeric field vectors included)."""
+    from .layers import FieldEmbedding
+
+    terms = [p.pow(2).sum() for m in model.modules() if isinstance(m, FieldEmbedding) for p in m.parameters()]
+    return torch.stack(terms).sum() if terms else torch.zeros(())
+
+
+def validation_score(model: RemediModel, valid: tuple[np.ndarray, np.ndarray, np.ndarray]) -> float:
+    """AUC of ``model`` on (dense, cat_ids, y); minus the Brier score when ``y`` has one class."""
+    from sklearn.metrics import roc_auc_score
+
+    dense, ids, y = valid
+    model.eval()
+    with torch.no_grad():
+        p = torch.sigmoid(model(Batch(torch.from_numpy(dense), torch.from_numpy(ids)))["logit"]).numpy()
+    return float(roc_auc_score(y, p)) if 0 < y.sum() < len(y) else -float(np.mean((p - y) ** 2))
+
+
+def fit_epochs(model: RemediModel, forward: Callable[[Batch], dict[str, torch.Tensor]], batches: Iterator[Batch],
+               steps_per_epoch: int, params: dict[str, Any], validate: Validate) -> dict[str, Any]:
+    """Train ``model`` for up to ``params["epochs"]`` epochs of ``steps_per_epoch`` batches.
+
+    ``forward`` is the model itself or its DDP wrapper. Returns the best epoch's ``state``
+    (a state_dict), its ``valid_auc``, ``epochs`` run and the seconds of each epoch's training.
+    """
+    optimizer = torch.optim.Adam(model.parameters(), lr=params["lr"])
+    plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="max", factor=0.1, patience=0)
+    l2 = params.get("embedding_l2", 0.0)
+    best, best_state, stale, epochs_run, epoch_seconds = -float("inf"), None, 0, 0, []
+    for epoch in range(params["epochs"]):
+        model.train()
+        start = time.perf_counter()
+        for _ in range(steps_per_epoch):
+            batch = next(batches)
+            loss = model.compute_loss(forward(batch), batch)["loss"]
+            if l2:
+                loss = loss + l2 * embedding_penalty(model)
+            optimizer.zero_grad()
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), params["grad_clip"])
+            optimizer.step()
+        epoch_seconds.append(time.perf_counter() - start)
+        epochs_run = epoch + 1
+        score = validate(model)
+        plateau.step(score)
+        if score > best:
+            best, stale = score, 0
+            best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        else:
+            stale += 1
+            if stale >= params["patience"]:
+                break
+    return {"state": best_state, "valid_auc": best, "epochs": epochs_run, "epoch_seconds": epoch_seconds}
+
+
+def array_batches(dense: np.ndarray, ids: np.ndarray, y: np.ndarray, batch_size: int, seed: int) -> Iterator[Batch]:
+    """Endless shuffled mini-batches over in-memory arrays (a fresh permutation every pass)."""
+    rng = np.random.default_rng(seed)
+    n = len(y)
+    while True:
+        order = rng.permutation(n)
+        for start in range(0, n - batch_size + 1, batch_size):
+            i = order[start:start + batch_size]
+            yield Batch(torch.from_numpy(dense[i]), torch.from_numpy(ids[i]), torch.from_numpy(y[i]))
+
+
+def make_module(family: str, model_cfg: dict, vocab_sizes: list[int], num_numeric: int,
+                seed: int | None = None) -> RemediModel:
+    """A zoo model from its conf; seeded first when ``seed`` is given, so every rank starts equal."""
+    from .base import build_config
+    from .zoo import MODELS
+
+    if seed is not None:
+        torch.manual_seed(seed)
+    cls = MODELS[family]
+    return cls(vocab_sizes, num_numeric, build_config(cls.Config, model_cfg))
+
+
+def train_in_process(model: RemediModel, train: tuple[np.ndarray, np.ndarray, np.ndarray], params: dict[str, Any],
+                     valid: tuple[np.ndarray, np.ndarray, np.ndarray]) -> dict[str, Any]:
+    """The same loop without Spark: one process over in-memory arrays (benchmarks, the KDEF study).
+
+    Build ``model`` with :func:`make_module` and a seed for a reproducible run.
+    """
+    steps = max(1, len(train[2]) // params["batch_size"])
+    batches = array_batches(*train, batch_size=params["batch_size"], seed=params["seed"])
+    result = fit_epochs(model, model, batches, steps, params, lambda m: validation_score(m, valid))
+    result["steps_per_epoch"] = steps
+    return result
