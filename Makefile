@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 PETASTORM := petastorm==0.13.1
 
-.PHONY: setup demo train-base test bench clean
+.PHONY: setup demo train-base kdef-study test bench clean
 
 setup: $(VENV)/.installed .jars/.resolved
 
@@ -29,12 +29,18 @@ demo: setup
 train-base: setup
 	$(PY) -m remedi_spark train-base --conf conf/demo.yaml
 
+# KDEF K-table on the demo data (after train-base or demo): K = 1..4, KDEF vs independent nets.
+kdef-study: setup
+	$(PY) -m remedi_spark kdef-study --conf conf/demo.yaml
+
 test: setup
 	$(PY) -m pytest
 
 bench: setup
 	$(PY) bench/foundation.py --out bench/results/foundation.json
 	$(PY) bench/gbdt.py --out bench/results/gbdt.json
+	$(PY) bench/neural.py --out bench/results/neural.json
+	$(PY) bench/fusion.py --out bench/results/fusion.json
 
 clean:
 	rm -rf data/demo data/local spark-warehouse metastore_db derby.log

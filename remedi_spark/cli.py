@@ -19,6 +19,9 @@ DESCRIPTIONS = {
     "features": "build per user-month features and T+1..T+3 labels from the raw tables",
     "folds": "assign user-grouped, stratified CV folds and the evaluation splits",
     "train-base": "train the base models out-of-fold, refit them, write OOF predictions and held-out metrics",
+    "kdef-study": "KDEF K-table: K = 1..4 sub-networks with distillation vs the same nets trained independently",
+    "meta-features": "pivot the OOF predictions and compute REMEDI's relative meta-features (Algorithm 1)",
+    "fusion": "train the hybrid-expert teacher and the fusion baselines on OOF rows; results table and ablations",
     "demo": "generate → features → folds on the configured profile and print per-month rows and positive rate",
 }
 
@@ -38,7 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--conf", default="conf/local.yaml", help="YAML profile (default: %(default)s)")
         p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                        help="override one config key, e.g. --set synthetic.n_users=10000 (repeatable)")
-        if stage == "train-base":
+        if stage in ("train-base", "meta-features"):
             p.add_argument("--models", type=lambda v: [m.strip() for m in v.split(",") if m.strip()], default=None,
                            metavar="NAMES", help="comma-separated model names from conf (default: all)")
         if stage == "features":
@@ -84,10 +87,19 @@ def _run(args: argparse.Namespace) -> int:
         print(format_demo(run_foundation(spark, cfg)))
         return 0
     options = {"months": args.months} if args.stage == "features" else {}
-    if args.stage == "train-base":
+    if args.stage in ("train-base", "meta-features"):
         options = {"models": args.models}
     summary = run_stage(spark, cfg, args.stage, **options)
     print(json.dumps(summary, indent=2, default=str))
+    if args.stage == "kdef-study":
+        from .training.kdef_study import format_k_table
+
+        print(format_k_table(summary["table"]))
+    if args.stage == "fusion":
+        from .fusion.train import format_results
+
+        for evaluation in ("user_split", "out_of_time"):
+            print(format_results(summary["results"], evaluation))
     return 0
 
 

@@ -108,6 +108,25 @@ class BaseModelSettings:
 
 
 @dataclass(frozen=True)
+class KdefStudySettings:
+    """The KDEF K-table (stage kdef-study): K = 1..max_k of ``subnets``, KDEF vs independent nets."""
+
+    model: str
+    subnets: list[str]
+    max_k: int
+    tau: float
+    max_train_rows: int | None
+
+
+@dataclass(frozen=True)
+class FusionSettings:
+    """Meta-models over the OOF predictions (stage fusion)."""
+
+    meta_model: dict
+    ablations: list[str]
+
+
+@dataclass(frozen=True)
 class Config:
     spark: SparkSettings
     tables: TableSettings
@@ -115,6 +134,8 @@ class Config:
     features: FeatureSettings
     folds: FoldSettings
     base_models: BaseModelSettings
+    kdef_study: KdefStudySettings
+    fusion: FusionSettings
 
     def to_dict(self) -> dict[str, Any]:
         """Plain-dict view (for run manifests and logs)."""
@@ -129,11 +150,13 @@ _CHOICES = {
     "spark.profile": {"local", "cluster", "databricks"},
     "features.source": {"builtin", "custom"},
     "base_models.imbalance": {"none", "is_unbalance", "scale_pos_weight"},
+    "kdef_study.subnets": {"mlp", "cross", "cin", "fm"},  # list items
+    "fusion.ablations": {"trees_only", "neural_only", "without_focal", "without_subset"},
 }
 _ITEM_CHOICES = {  # choices for fields of list items, by field name
     "family": {"lgbm", "mlp", "deepfm", "xdeepfm", "kdef"},
     "backend": {"synapseml", "native", "torch"},
-    "objective": {"logloss", "focal"},
+    "objective": {"logloss", "focal", "mse", "xentropy"},
 }
 
 
@@ -210,7 +233,7 @@ def _check_type(value: Any, hint: Any, key: str) -> Any:
         raise ConfigError(f"{key}: expected an integer, got {value!r}")
     if not isinstance(value, hint):
         raise ConfigError(f"{key}: expected {hint.__name__}, got {value!r}")
-    choices = _CHOICES.get(key) or (_ITEM_CHOICES.get(key.rsplit(".", 1)[-1]) if "[" in key else None)
+    choices = _CHOICES.get(key.split("[", 1)[0] if key.endswith("]") else key) or (_ITEM_CHOICES.get(key.rsplit(".", 1)[-1]) if "[" in key else None)
     if choices and value not in choices:
         raise ConfigError(f"{key}: {value!r} is not one of {sorted(choices)}")
     return value

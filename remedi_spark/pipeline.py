@@ -11,7 +11,10 @@ from .config import Config
 from .data.generate import generate_synthetic
 from .features.build import build_features
 from .folds.assign import assign_folds
+from .fusion.meta_features import build_meta_features
+from .fusion.train import train_fusion
 from .io.store import RunManifest, TableStore
+from .training.kdef_study import run_kdef_study
 from .training.oof import train_base_models
 
 StageFn = Callable[..., dict[str, Any]]
@@ -21,6 +24,9 @@ STAGES: dict[str, StageFn] = {
     "features": build_features,
     "folds": assign_folds,
     "train-base": train_base_models,
+    "kdef-study": run_kdef_study,
+    "meta-features": build_meta_features,
+    "fusion": train_fusion,
 }
 
 

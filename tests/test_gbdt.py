@@ -110,3 +110,12 @@ def test_oof_covers_every_training_row_once_per_model(spark, base_cfg, tmp_path)
     run_stage(spark, cfg, "train-base", models=["lgbm_dealer"])
     again = store.read("oof_predictions").filter(F.col("model") == "lgbm_dealer")
     assert again.count() == folds.count()
+
+
+def test_feature_order_survives_the_json_sidecar():
+    import json
+
+    spec = FeatureSpec(numeric=["b_num", "a_num"], categorical={"segment": ["x", "y"], "gender": ["F", "M"]})
+    again = FeatureSpec(**json.loads(json.dumps(spec.to_dict(), sort_keys=True)))
+    assert again.columns == spec.columns == ["b_num", "a_num", "gender", "segment"]
+    assert again.categorical_indexes == [2, 3]

@@ -123,6 +123,8 @@ def test_pivot_names_missing_predictions(spark):
     assert "(user_id=3, month='2024-07')" in message and "(user_id=8, month='2024-06')" in message
     with pytest.raises(DataValidationError, match=r"no predictions at all for models \['zzz'\]"):
         pivot_oof(oof, ["a", "zzz"])
+    with pytest.raises(DataValidationError, match=r"\['zzz'\]; present: \['a', 'b'\]"):
+        pivot_oof(oof, ["zzz"])
 
 
 def test_stage_writes_meta_features_with_labels(spark, cfg_at):

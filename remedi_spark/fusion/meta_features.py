@@ -22,6 +22,7 @@ from typing import Any, Iterator
 
 import numpy as np
 import pandas as pd
+from pyspark import StorageLevel
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
@@ -94,18 +95,18 @@ def pivot_oof(oof: DataFrame, models: list[str] | None = None) -> DataFrame:
     (table ``oof_predictions``) if a requested model has no predictions at all, if some row lacks
     a model's prediction or has more than one, or if fold/split differ between the models of a row.
     """
-    present = sorted(r["model"] for r in oof.select("model").distinct().collect())
-    if not present:
-        raise DataValidationError(OOF_TABLE, [("*", "input is empty (0 rows): train the base models first")])
-    models = present if models is None else list(models)
+    def present() -> list[str]:
+        return sorted(r["model"] for r in oof.select("model").distinct().collect())
+
+    if models is None:
+        models = present()
+        if not models:
+            raise DataValidationError(OOF_TABLE, [("*", "input is empty (0 rows): train the base models first")])
+    models = list(models)
     _check_models(models)
-    absent = [m for m in models if m not in present]
-    if absent:
-        raise DataValidationError(OOF_TABLE, [("model", f"no predictions at all for models {absent}; "
-                                                         f"present: {present}")])
-    oof = oof.filter(F.col("model").isin(models))
+    rows_of = oof.filter(F.col("model").isin(models))
     is_m = {m: F.col("model") == m for m in models}
-    wide = oof.groupBy(*KEYS).agg(
+    wide = rows_of.groupBy(*KEYS).agg(
         F.min("fold").alias("fold"), F.max("fold").alias("__fold_max"),
         F.min("split").alias("split"), F.max("split").alias("__split_max"),
         *[F.max(F.when(is_m[m], F.col("p"))).cast(T.DoubleType()).alias(f"p_{m}") for m in models],
@@ -121,6 +122,10 @@ def pivot_oof(oof: DataFrame, models: list[str] | None = None) -> DataFrame:
         *[F.sum(F.when(dupes[m], 1).otherwise(0)).alias(f"__dupes_{i}") for i, m in enumerate(models)],
     ).collect()[0]
     rows = counts["__rows"]
+    absent = [m for i, m in enumerate(models) if (counts[f"__missing_{i}"] or 0) == rows]
+    if absent:  # checked here rather than up front: one Spark job less when the data is fine
+        raise DataValidationError(OOF_TABLE, [("model", f"no predictions at all for models {absent}; "
+                                                         f"present: {present()}")])
     problems = []
     for i, m in enumerate(models):
         if counts[f"__missing_{i}"]:
@@ -173,20 +178,22 @@ def build_meta_features(spark: SparkSession, cfg: Config, store: TableStore, mod
     (default: every model in ``oof_predictions``, sorted by name)."""
     wide = pivot_oof(store.read(OOF_TABLE), models)
     models = [c[len("p_"):] for c in wide.columns if c.startswith("p_")]
-    labels = store.read("folds").select(*KEYS, F.col("y").alias("__y"))
-    joined = wide.join(labels, list(KEYS), "left")
-    no_label = F.col("__y").isNull()
-    n_no_label = joined.filter(no_label).count()
-    if n_no_label:
-        raise DataValidationError("folds", [("user_id,month", f"{n_no_label} rows of {OOF_TABLE} have no row (label y) "
-                                                              f"in folds, e.g. {_example_keys(joined, no_label)}: "
-                                                              "rebuild folds and the base models together")])
-    meta = add_meta_features(joined.withColumnRenamed("__y", "y").select(*KEYS, "fold", "split", "y",
-                                                                          *[f"p_{m}" for m in models]), models)
-    version = store.write_table(meta, TABLE)
-    written = store.read(TABLE, version=version)
-    per_split = written.groupBy("split").count().collect()
+    labels = store.read("folds").select(*KEYS, "y")
+    joined = wide.join(labels, list(KEYS), "left").select(*KEYS, "fold", "split", "y", *[f"p_{m}" for m in models])
+    joined = joined.persist(StorageLevel.MEMORY_AND_DISK)  # checked, then written: pivot once
+    try:
+        no_label = F.col("y").isNull()  # y is non-null in folds: null here means no folds row
+        n_no_label = joined.filter(no_label).count()
+        if n_no_label:
+            raise DataValidationError("folds", [(
+                "user_id,month", f"{n_no_label} (user_id, month) rows of {OOF_TABLE} have no row in folds (no label "
+                                 f"y), e.g. {_example_keys(joined, no_label)}: rebuild the base models on these folds")])
+        meta = add_meta_features(joined, models)
+        version = store.write_table(meta, TABLE)
+        per_split = joined.groupBy("split").count().collect()  # the rows just written, from the cache
+    finally:
+        joined.unpersist()
     return {
-        "models": models, "version": version, "meta_features": 4 * len(models) + 6, "columns": len(written.columns),
+        "models": models, "version": version, "meta_features": 4 * len(models) + 6, "columns": len(meta.columns),
         "rows": {r["split"]: r["count"] for r in sorted(per_split, key=lambda r: r["split"])},
     }

@@ -40,6 +40,11 @@ class FeatureSpec:
     numeric: list[str]
     categorical: dict[str, list[str]]
 
+    def __post_init__(self) -> None:
+        # one canonical column order: sidecars are JSON with sorted keys, so a dict's insertion
+        # order would not survive a save/load and the model would read columns in another order
+        self.categorical = {c: list(self.categorical[c]) for c in sorted(self.categorical)}
+
     @property
     def columns(self) -> list[str]:
         return [*self.numeric, *self.categorical]

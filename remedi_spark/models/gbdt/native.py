@@ -93,8 +93,13 @@ def barrier_train(spark: SparkSession, data: DataFrame, valid: pd.DataFrame, col
     return rows[0]["model"], int(rows[0]["best"]), timings
 
 
+# Objectives for soft targets (distillation): the label column holds the teacher's probability.
+SOFT_OBJECTIVES = {"mse": ("regression", "l2"), "xentropy": ("cross_entropy", "cross_entropy")}
+
+
 class NativeLightGBM(BaseModel):
-    """LightGBM (logloss or focal objective) on the barrier backend."""
+    """LightGBM on the barrier backend: logloss or focal on 0/1 labels; mse (a regressor whose raw
+    output, clipped to [0, 1], is the probability) or xentropy on soft targets in [0, 1]."""
 
     def _objective_params(self) -> tuple[dict[str, Any], Any]:
         """LightGBM params with the objective set, and the feval for early stopping (or None)."""
@@ -103,6 +108,9 @@ class NativeLightGBM(BaseModel):
             focal = self.settings.focal
             params.update(objective=focal_objective(focal.alpha, focal.gamma, focal.min_hessian), metric="None")
             return params, focal_eval(focal.alpha, focal.gamma)
+        if self.spec.objective in SOFT_OBJECTIVES:
+            params["objective"], params["metric"] = SOFT_OBJECTIVES[self.spec.objective]
+            return params, None
         params["objective"] = "binary"
         return params, None
 
@@ -130,12 +138,14 @@ class NativeLightGBM(BaseModel):
         spark = df.sparkSession
         text = spark.sparkContext.broadcast(self._text)
         columns, init = self.features.columns, float(self.info.get("init_score", 0.0))
+        regression = self.spec.objective == "mse"
 
         def score(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
             booster = _booster(text.value)
             for b in batches:
                 z = booster.predict(b[columns].to_numpy(dtype=np.float64), raw_score=True) + init
-                yield pd.DataFrame({"user_id": b["user_id"], "month": b["month"], "p": 1.0 / (1.0 + np.exp(-z))})
+                p = np.clip(z, 0.0, 1.0) if regression else 1.0 / (1.0 + np.exp(-z))
+                yield pd.DataFrame({"user_id": b["user_id"], "month": b["month"], "p": p})
 
         return df.select(*KEYS, *columns).mapInPandas(score, "user_id long, month string, p double")
 
@@ -143,7 +153,13 @@ class NativeLightGBM(BaseModel):
         return self._text.encode("utf-8")
 
     def _restore(self, spark: SparkSession, data: bytes) -> None:
-        self._text = data.decode("utf-8")
+        text = data.decode("utf-8")
+        names = next((line.split("=", 1)[1].split() for line in text.splitlines() if line.startswith("feature_names=")),
+                     None)
+        if names is not None and names != self.features.columns:
+            raise ValueError(f"{self.name}: the LightGBM model was trained on columns {names} but its sidecar "
+                             f"lists {self.features.columns}; retrain it (train-base --models {self.name})")
+        self._text = text
 
 
 def imbalance_params(mode: str, n: int, positives: int) -> dict[str, Any]:

@@ -1,0 +1,167 @@
+"""The KDEF K-table: does knowledge distillation between sub-networks beat independent ensembling?
+
+For K = 1..max_k the first K sub-network types of ``kdef_study.subnets`` are trained two ways on
+the same rows, with the same training parameters as the configured KDEF base model:
+
+* ``kdef``: one KDEF model (shared embedding, examination-weighted distillation); its members
+  are the K heads, its ensemble the teacher σ(mean_k z_k).
+* ``independent``: each sub-network trained alone on its own embedding (a KDEF with one head,
+  whose loss is then plain BCE); its ensemble is the mean fusion σ(mean_k z_k) of those nets.
+
+Every member and ensemble gets AUC and LogLoss on the held-out split, and the ensembles get the
+knowledge abundance (KA) of their embeddings. The study trains in one process over in-memory
+arrays (the loop the distributed trainer runs per rank), so its numbers do not depend on the
+cluster; K = 1 KDEF equals the independent first sub-network and is trained once.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import asdict
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from pyspark.sql import SparkSession
+from pyspark.sql import functions as F
+
+from ..config import Config, ConfigError
+from ..io.schemas import load_schema
+from ..io.store import TableStore
+from ..metrics import lead_metrics
+from ..models.base import LABEL, FeatureSpec
+from ..models.neural.base import Batch, RemediModel, build_config
+from ..models.neural.feature_map import FeatureMap
+from ..models.neural.layers import FieldEmbedding
+from ..models.neural.loop import make_module, train_in_process
+from ..models.neural.model import TorchTrainParams
+from .oof import ES, training_frame
+
+Arrays = tuple[np.ndarray, np.ndarray, np.ndarray]
+
+
+def knowledge_abundance(model: torch.nn.Module, tau: float) -> float:
+    """Share of singular values above ``tau`` of the model's normalised embedding matrix.
+
+    The matrix stacks every embedding vector (categorical rows without the OOV slot, and the
+    numeric field vectors) with each row scaled to unit length; singular values are divided by
+    the largest, so ``tau`` is scale-free. 1.0 = every dimension carries information; values
+    near 1/D mean the embeddings collapsed onto one direction. Averaged over embedding modules.
+    """
+    shares = []
+    for emb in (m for m in model.modules() if isinstance(m, FieldEmbedding)):
+        rows = [t.weight[1:] for t in emb.categorical] + [emb.numeric]
+        w = torch.cat(rows).detach().double()
+        w = w / w.norm(dim=1, keepdim=True).clamp_min(1e-12)
+        sigma = torch.linalg.svdvals(w)
+        shares.append(float((sigma / sigma.max() > tau).double().mean()))
+    return float(np.mean(shares))
+
+
+def _logits(model: RemediModel, data: Arrays) -> np.ndarray:
+    """(N, K) sub-network logits (K = 1 for a single-head model)."""
+    model.eval()
+    with torch.no_grad():
+        out = model(Batch(torch.from_numpy(data[0]), torch.from_numpy(data[1])))
+    z = out.get("logits", out["logit"].unsqueeze(1))
+    return z.numpy().astype(np.float64)
+
+
+def _scores(y: np.ndarray, logit: np.ndarray) -> dict[str, float]:
+    m = lead_metrics(y, 1.0 / (1.0 + np.exp(-logit)), k=max(1, len(y) // 10))
+    return {"auc": m["auc"], "logloss": m["logloss"]}
+
+
+def kdef_k_table(train: Arrays, valid: Arrays, test: Arrays, vocab_sizes: list[int], num_numeric: int,
+                 model_cfg: dict, params: dict[str, Any], subnets: list[str], max_k: int, tau: float
+                 ) -> pd.DataFrame:
+    """One row per (k, variant, member): AUC and LogLoss on ``test``; ensembles also carry KA."""
+    if not 1 <= max_k <= len(subnets):
+        raise ConfigError(f"kdef_study.max_k must be in 1..{len(subnets)} (number of subnets), got {max_k}")
+    y = test[2]
+
+    def fit(kinds: list[str]) -> tuple[RemediModel, dict[str, Any]]:
+        model = make_module("kdef", {**model_cfg, "subnets": kinds}, vocab_sizes, num_numeric, seed=params["seed"])
+        start = time.perf_counter()
+        result = train_in_process(model, train, params, valid)
+        model.load_state_dict(result["state"])
+        return model, {"epochs": result["epochs"], "seconds": time.perf_counter() - start}
+
+    alone = [fit([kind]) for kind in subnets[:max_k]]
+    alone_z = [_logits(m, test)[:, 0] for m, _ in alone]
+    rows = []
+    for k in range(1, max_k + 1):
+        kinds = subnets[:k]
+        model, info = alone[0] if k == 1 else fit(kinds)
+        z = _logits(model, test)
+        ka = knowledge_abundance(model, tau)
+        for j, kind in enumerate(kinds):
+            rows.append({"k": k, "variant": "kdef", "member": kind, **_scores(y, z[:, j]), "knowledge_abundance": ka})
+        rows.append({"k": k, "variant": "kdef", "member": "ensemble", **_scores(y, z.mean(axis=1)),
+                     "knowledge_abundance": ka, "epochs": info["epochs"], "train_seconds": info["seconds"]})
+        for j, kind in enumerate(kinds):
+            rows.append({"k": k, "variant": "independent", "member": kind, **_scores(y, alone_z[j]),
+                         "knowledge_abundance": knowledge_abundance(alone[j][0], tau)})
+        rows.append({"k": k, "variant": "independent", "member": "ensemble",
+                     **_scores(y, np.mean(alone_z[:k], axis=0)),
+                     "knowledge_abundance": float(np.mean([knowledge_abundance(m, tau) for m, _ in alone[:k]])),
+                     "epochs": int(max(i["epochs"] for _, i in alone[:k])),
+                     "train_seconds": float(sum(i["seconds"] for _, i in alone[:k]))})
+    table = pd.DataFrame(rows)
+    table["epochs"] = table["epochs"].astype("Int64")
+    return table
+
+
+def run_kdef_study(spark: SparkSession, cfg: Config, store: TableStore) -> dict[str, Any]:
+    """Stage ``kdef-study``: the K-table on the training split, evaluated on the held-out split,
+    written to the ``kdef_study`` table; the summary holds the table as records."""
+    study = cfg.kdef_study
+    specs = [s for s in cfg.base_models.models if s.name == study.model]
+    if not specs or specs[0].family != "kdef":
+        raise ConfigError(f"kdef_study.model: {study.model!r} is not a configured base model of family kdef")
+    params = build_config(TorchTrainParams, specs[0].params)
+    data = training_frame(store, cfg)
+    features = FeatureSpec.from_frame(data.filter(F.col("split") == "train").drop("fold", "split", ES))
+    encoded = features.encode(data, extra=(LABEL, "split", ES))
+    if study.max_train_rows:
+        encoded = encoded.filter((F.col("split") == "test") | (F.rand(seed=params.seed) <
+                                                              study.max_train_rows / max(1, encoded.count())))
+    fit_rows = encoded.filter((F.col("split") == "train") & ~F.col(ES))
+    fmap = FeatureMap.fit(fit_rows, features.columns, vocab=features.categorical,
+                          numeric_encoding=params.numeric_encoding, n_buckets=params.n_buckets)
+
+    def arrays(df) -> Arrays:
+        pdf = df.select(*fmap.columns, LABEL).toPandas()
+        dense, ids = fmap.transform(pdf)
+        return dense, ids, pdf[LABEL].to_numpy(dtype=np.float32)
+
+    train = arrays(fit_rows)
+    valid = arrays(encoded.filter((F.col("split") == "train") & F.col(ES)))
+    test = arrays(encoded.filter(F.col("split") == "test"))
+    run = {k: v for k, v in asdict(params).items() if k not in ("model", "numeric_encoding", "n_buckets")}
+    table = kdef_k_table(train, valid, test, fmap.vocab_sizes, len(fmap.numeric), params.model, run,
+                         list(study.subnets), study.max_k, study.tau)
+    table["run_id"] = store.run.run_id if store.run else "adhoc"
+    schema = load_schema("kdef_study").struct()
+    out = table[[f.name for f in schema.fields]].astype(object).where(table.notna(), None)
+    store.write_table(spark.createDataFrame(out.values.tolist(), schema), "kdef_study")
+    return {"rows": {"train": len(train[2]), "valid": len(valid[2]), "test": len(test[2])},
+            "table": table.drop(columns="run_id").round(4).to_dict("records")}
+
+
+def format_k_table(records: list[dict[str, Any]]) -> str:
+    """Markdown: per K, the KDEF teacher and the mean fusion side by side, plus members' range."""
+    table = pd.DataFrame(records)
+    lines = ["| K | KDEF teacher AUC | KDEF teacher LogLoss | KDEF members AUC (min–max) | KA (KDEF) "
+             "| mean-fusion AUC | mean-fusion LogLoss | independent AUC (min–max) | KA (independent) |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for k, rows in table.groupby("k"):
+        cells = []
+        for variant in ("kdef", "independent"):
+            part = rows[rows["variant"] == variant]
+            ens = part[part["member"] == "ensemble"].iloc[0]
+            members = part[part["member"] != "ensemble"]["auc"]
+            cells += [f"{ens['auc']:.4f}", f"{ens['logloss']:.5f}", f"{members.min():.4f}–{members.max():.4f}",
+                      f"{ens['knowledge_abundance']:.3f}"]
+        lines.append(f"| {k} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
