@@ -1,4 +1,4 @@
-# remedi-spark: `make demo` (sets up, then runs the foundation on 50k synthetic users) and `make test`.
+# remedi-spark: `make demo` (sets up, then runs the whole pipeline on 50k synthetic owners) and `make test`.
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
@@ -41,6 +41,7 @@ bench: setup
 	$(PY) bench/gbdt.py --out bench/results/gbdt.json
 	$(PY) bench/neural.py --out bench/results/neural.json
 	$(PY) bench/fusion.py --out bench/results/fusion.json
+	$(PY) bench/scoring.py --out bench/results/scoring.json
 
 clean:
 	rm -rf data/demo data/local spark-warehouse metastore_db derby.log

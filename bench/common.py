@@ -19,3 +19,19 @@ def write_result(out: dict, path: str) -> None:
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     Path(path).write_text(json.dumps({**out, "machine": machine()}, indent=2) + "\n")
     print(f"wrote {path}")
+
+
+def labelled_features(cfg, app_name: str):
+    """(spark, labelled feature rows, FeatureSpec) of ``cfg``'s table root; the foundation is built
+    first when the features table is missing."""
+    from remedi_spark.io.store import TableStore
+    from remedi_spark.models.base import FeatureSpec
+    from remedi_spark.pipeline import run_foundation
+    from remedi_spark.spark import get_spark
+
+    spark = get_spark(cfg.spark, app_name=app_name)
+    store = TableStore(spark, cfg.tables.root)
+    if not store.exists("features"):
+        run_foundation(spark, cfg)
+    labelled = store.read("features").filter("label_complete")
+    return spark, labelled, FeatureSpec.from_frame(labelled)

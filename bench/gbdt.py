@@ -20,14 +20,10 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 
-from common import write_result  # noqa: E402
+from common import labelled_features, write_result  # noqa: E402
 
 from remedi_spark.config import ModelSpec, load_config, replace  # noqa: E402
-from remedi_spark.io.store import TableStore  # noqa: E402
-from remedi_spark.models.base import FeatureSpec  # noqa: E402
 from remedi_spark.models.registry import build_model  # noqa: E402
-from remedi_spark.pipeline import run_foundation  # noqa: E402
-from remedi_spark.spark import get_spark  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -39,12 +35,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     cfg = load_config(args.conf)
     cfg = replace(cfg, base_models={"early_stopping_rounds": args.rounds + 1})
-    spark = get_spark(cfg.spark, app_name="remedi-bench-gbdt")
-    store = TableStore(spark, cfg.tables.root)
-    if not store.exists("features"):
-        run_foundation(spark, cfg)
-    labelled = store.read("features").filter("label_complete")
-    features = FeatureSpec.from_frame(labelled)
+    spark, labelled, features = labelled_features(cfg, "remedi-bench-gbdt")
     params = {**cfg.base_models.lightgbm, "num_iterations": args.rounds}
     results = []
     for size in [int(s) for s in args.sizes.split(",")]:

@@ -23,16 +23,13 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 
-from common import write_result  # noqa: E402
+from common import labelled_features, write_result  # noqa: E402
 
 from remedi_spark.config import ModelSpec, load_config  # noqa: E402
-from remedi_spark.io.store import TableStore  # noqa: E402
 from remedi_spark.models.base import FeatureSpec  # noqa: E402
 from remedi_spark.models.neural.feature_map import FeatureMap  # noqa: E402
 from remedi_spark.models.neural.loop import make_module, train_in_process  # noqa: E402
 from remedi_spark.models.registry import build_model  # noqa: E402
-from remedi_spark.pipeline import run_foundation  # noqa: E402
-from remedi_spark.spark import get_spark  # noqa: E402
 
 
 def single_process(train, valid, features: FeatureSpec, spec: ModelSpec, params) -> dict:
@@ -60,12 +57,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default=str(REPO / "bench" / "results" / "neural.json"))
     args = parser.parse_args(argv)
     cfg = load_config(args.conf)
-    spark = get_spark(cfg.spark, app_name="remedi-bench-neural")
-    store = TableStore(spark, cfg.tables.root)
-    if not store.exists("features"):
-        run_foundation(spark, cfg)
-    labelled = store.read("features").filter("label_complete")
-    features = FeatureSpec.from_frame(labelled)
+    spark, labelled, features = labelled_features(cfg, "remedi-bench-neural")
     encoded = features.encode(labelled, extra=("y",)).orderBy(F.xxhash64("user_id", "month")).limit(args.rows + 20_000)
     encoded = encoded.withColumn("_r", F.monotonically_increasing_id()).cache()
     encoded.count()  # materialise the cache before timing

@@ -22,7 +22,12 @@ DESCRIPTIONS = {
     "kdef-study": "KDEF K-table: K = 1..4 sub-networks with distillation vs the same nets trained independently",
     "meta-features": "pivot the OOF predictions and compute REMEDI's relative meta-features (Algorithm 1)",
     "fusion": "train the hybrid-expert teacher and the fusion baselines on OOF rows; results table and ablations",
-    "demo": "generate → features → folds on the configured profile and print per-month rows and positive rate",
+    "distill": "distill the teacher into one LightGBM student (and the Table 4 ablations); save the student",
+    "score": "score every owner of a month with the student (scores table, replaced per month)",
+    "lead-list": "top-K lead list of a scored month after the business filters, with reasons; CRM export",
+    "foundation": "generate → features → folds and print per-month rows and positive rate",
+    "pipeline": "the whole pipeline: foundation → base models → fusion → distillation → scoring → lead list",
+    "demo": "the whole pipeline (same as pipeline; `make demo` runs it on conf/demo.yaml): foundation → base models → fusion → distillation → scoring → lead list",
 }
 
 
@@ -44,6 +49,8 @@ def build_parser() -> argparse.ArgumentParser:
         if stage in ("train-base", "meta-features"):
             p.add_argument("--models", type=lambda v: [m.strip() for m in v.split(",") if m.strip()], default=None,
                            metavar="NAMES", help="comma-separated model names from conf (default: all)")
+        if stage in ("score", "lead-list"):
+            p.add_argument("--month", default=None, help="YYYY-MM (default: scoring.month or the newest month)")
         if stage == "features":
             p.add_argument("--months", type=_months_arg, default=None, metavar="SPEC",
                            help="months to (re)build: 2024-09, 2024-06..2025-01 or a comma list (default: all)")
@@ -67,6 +74,27 @@ def format_demo(summaries: dict[str, dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def format_pipeline(out: dict[str, Any]) -> str:
+    """The demo's closing summary: data, base models, fusion, student, lead lists, evaluation."""
+    from .distill.students import format_distill
+    from .fusion.train import format_results
+
+    lines = [format_demo({k: out[k] for k in ("generate", "features", "folds")}), "", "base models (held-out owners):"]
+    for name, r in out["train-base"]["models"].items():
+        lines.append(f"  {name:14} P@K {100 * r['precision_at_k']:.2f}%  AUC {r['auc']:.4f}  ({r['train_seconds']:.0f} s)")
+    lines += ["", format_results(out["fusion"]["results"], "user_split"), "",
+              format_results(out["fusion"]["results"], "out_of_time"), "", format_distill(out["distill"]["results"]), ""]
+    for key in [k for k in out if k.startswith("lead-list[")]:
+        r = out[key]
+        lines.append(f"{key}: {r['leads']:,} leads of {r['scored']:,} scored owners in {r['month']} "
+                     f"(eligible {r['eligible']:,}; excluded {r['excluded']}); export {r['export']}")
+    e = out["evaluation"]
+    lines.append(f"out-of-time month {e['month']}: lead list precision {100 * e['precision']:.2f}% "
+                 f"({e['hits']} buyers in {e['leads']:,} leads), oracle {100 * e['oracle_precision']:.2f}% "
+                 f"({e['oracle_hits']}); business recall {100 * e['business_recall']:.1f}%")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run one stage; exit 0 on success, 2 on a config or input error (message on stderr)."""
     args = build_parser().parse_args(argv)
@@ -83,12 +111,19 @@ def _run(args: argparse.Namespace) -> int:
     from .spark import get_spark
 
     spark = get_spark(cfg.spark, app_name=f"remedi-{args.stage}")
-    if args.stage == "demo":
+    if args.stage == "foundation":
         print(format_demo(run_foundation(spark, cfg)))
+        return 0
+    if args.stage in ("pipeline", "demo"):
+        from .pipeline import run_pipeline
+
+        print(format_pipeline(run_pipeline(spark, cfg)))
         return 0
     options = {"months": args.months} if args.stage == "features" else {}
     if args.stage in ("train-base", "meta-features"):
         options = {"models": args.models}
+    if args.stage in ("score", "lead-list"):
+        options = {"month": args.month}
     summary = run_stage(spark, cfg, args.stage, **options)
     print(json.dumps(summary, indent=2, default=str))
     if args.stage == "kdef-study":
@@ -100,6 +135,10 @@ def _run(args: argparse.Namespace) -> int:
 
         for evaluation in ("user_split", "out_of_time"):
             print(format_results(summary["results"], evaluation))
+    if args.stage == "distill":
+        from .distill.students import format_distill
+
+        print(format_distill(summary["results"]))
     return 0
 
 

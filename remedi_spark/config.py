@@ -127,6 +127,38 @@ class FusionSettings:
 
 
 @dataclass(frozen=True)
+class DistillSettings:
+    """Students distilled from the teacher (stage distill); ``student`` is the one scoring uses."""
+
+    student: str
+    students: list[dict]
+    timing_rows: int
+
+
+@dataclass(frozen=True)
+class ScoringSettings:
+    """Scoring job: which month (null = newest month of the features table), and where the
+    student lives (null = ``<tables.root>/models/student``)."""
+
+    month: str | None
+    model_dir: str | None
+
+
+@dataclass(frozen=True)
+class LeadListSettings:
+    """Top-K lead list after business filters (stage lead-list)."""
+
+    k: int
+    exclude_purchase_months: int
+    exclude_do_not_contact: bool
+    min_vehicle_age_months: int
+    cap_column: str | None
+    cap_per_value: int | None
+    export_dir: str | None
+    export_formats: list[str]
+
+
+@dataclass(frozen=True)
 class Config:
     spark: SparkSettings
     tables: TableSettings
@@ -136,6 +168,9 @@ class Config:
     base_models: BaseModelSettings
     kdef_study: KdefStudySettings
     fusion: FusionSettings
+    distill: DistillSettings
+    scoring: ScoringSettings
+    lead_list: LeadListSettings
 
     def to_dict(self) -> dict[str, Any]:
         """Plain-dict view (for run manifests and logs)."""
@@ -151,6 +186,8 @@ _CHOICES = {
     "features.source": {"builtin", "custom"},
     "base_models.imbalance": {"none", "is_unbalance", "scale_pos_weight"},
     "kdef_study.subnets": {"mlp", "cross", "cin", "fm"},  # list items
+    "lead_list.cap_column": {"region_id", "dealer_id"},
+    "lead_list.export_formats": {"csv", "parquet"},
     "fusion.ablations": {"trees_only", "neural_only", "without_focal", "without_subset"},
 }
 _ITEM_CHOICES = {  # choices for fields of list items, by field name

@@ -25,7 +25,7 @@ from pyspark.sql import functions as F
 
 from ..config import Config, ConfigError, ModelSpec
 from ..io import files
-from ..io.schemas import load_schema
+from ..io.schemas import frame_from_pandas, load_schema
 from ..io.store import TableStore
 from ..metrics import k_for, lead_metrics
 from ..models.neural.base import build_config
@@ -120,17 +120,14 @@ def train_fusion(spark: SparkSession, cfg: Config, store: TableStore) -> dict[st
         rows += _rows("oracle", "oracle", [], y, pdf["p_oracle"].to_numpy(np.float64), sets, k_fraction)
     run_id = store.run.run_id if store.run else "adhoc"
     results = pd.DataFrame(rows).assign(run_id=run_id)
-    schema = load_schema("fusion_results").struct()
-    store.write_table(spark.createDataFrame(results[[f.name for f in schema.fields]].values.tolist(), schema),
-                      "fusion_results")
+    store.write_table(frame_from_pandas(spark, results, "fusion_results"), "fusion_results")
     teacher: HybridExpert = fitted["hybrid_expert"]  # type: ignore[assignment]
     state, meta_json = teacher.to_bytes({"models": models, "run_id": run_id})
     files.write_bytes(spark, f"{teacher_path(store)}/model.pt", state)
     files.write_text(spark, f"{teacher_path(store)}/model.json", meta_json)
     teacher_pdf = pdf[["user_id", "month", "split"]].assign(p_teacher=teacher.predict(x), run_id=run_id)
-    tschema = load_schema("teacher_predictions").struct()
-    store.write_table(spark.createDataFrame(teacher_pdf[[f.name for f in tschema.fields]].values.tolist(), tschema),
-                      "teacher_predictions")
+    schema = load_schema("teacher_predictions").struct()  # ~all labelled rows: through Arrow, not tuples
+    store.write_table(spark.createDataFrame(teacher_pdf[[f.name for f in schema.fields]], schema), "teacher_predictions")
     return {"models": models, "fit_rows": int(fit.sum()), "train_seconds": seconds,
             "teacher_valid_auc": round(teacher.valid_auc, 4), "results": results.drop(columns="run_id")
             .round(5).to_dict("records")}

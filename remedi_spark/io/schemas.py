@@ -181,3 +181,25 @@ def conform(df: DataFrame, table: str) -> DataFrame:
     schema = load_schema(table)
     extra = [c for c in df.columns if c not in schema.names]
     return df.select(*[F.col(c.name).cast(_TYPES[c.type]).alias(c.name) for c in schema.columns], *extra)
+
+
+def frame_from_pandas(spark: Any, pdf: Any, table: str) -> Any:
+    """A Spark DataFrame with ``table``'s exact schema from a small pandas frame built on the driver
+    (result tables): columns in schema order, NaN/NA → null, integral columns back to int."""
+    import pandas as pd
+
+    struct = load_schema(table).struct()
+    rows = []
+    for record in pdf.reindex(columns=[f.name for f in struct.fields]).itertuples(index=False):
+        row = []
+        for value, f in zip(record, struct.fields):
+            if value is None or (not isinstance(value, str) and pd.isna(value)):
+                row.append(None)
+            elif isinstance(f.dataType, (T.LongType, T.IntegerType)):
+                row.append(int(value))
+            elif isinstance(f.dataType, T.DoubleType):
+                row.append(float(value))
+            else:
+                row.append(value)
+        rows.append(tuple(row))
+    return spark.createDataFrame(rows, struct)

@@ -26,14 +26,14 @@ from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
 
 from ..config import Config, ConfigError
-from ..io.schemas import load_schema
+from ..io.schemas import frame_from_pandas
 from ..io.store import TableStore
 from ..metrics import lead_metrics
 from ..models.base import LABEL, FeatureSpec
-from ..models.neural.base import Batch, RemediModel, build_config
+from ..models.neural.base import RemediModel, build_config
 from ..models.neural.feature_map import FeatureMap
 from ..models.neural.layers import FieldEmbedding
-from ..models.neural.loop import make_module, train_in_process
+from ..models.neural.loop import make_module, predict_logits, train_in_process
 from ..models.neural.model import TorchTrainParams
 from .oof import ES, training_frame
 
@@ -60,11 +60,7 @@ def knowledge_abundance(model: torch.nn.Module, tau: float) -> float:
 
 def _logits(model: RemediModel, data: Arrays) -> np.ndarray:
     """(N, K) sub-network logits (K = 1 for a single-head model)."""
-    model.eval()
-    with torch.no_grad():
-        out = model(Batch(torch.from_numpy(data[0]), torch.from_numpy(data[1])))
-    z = out.get("logits", out["logit"].unsqueeze(1))
-    return z.numpy().astype(np.float64)
+    return predict_logits(model, data[0], data[1], key="logits").astype(np.float64)
 
 
 def _scores(y: np.ndarray, logit: np.ndarray) -> dict[str, float]:
@@ -142,9 +138,7 @@ def run_kdef_study(spark: SparkSession, cfg: Config, store: TableStore) -> dict[
     table = kdef_k_table(train, valid, test, fmap.vocab_sizes, len(fmap.numeric), params.model, run,
                          list(study.subnets), study.max_k, study.tau)
     table["run_id"] = store.run.run_id if store.run else "adhoc"
-    schema = load_schema("kdef_study").struct()
-    out = table[[f.name for f in schema.fields]].astype(object).where(table.notna(), None)
-    store.write_table(spark.createDataFrame(out.values.tolist(), schema), "kdef_study")
+    store.write_table(frame_from_pandas(spark, table, "kdef_study"), "kdef_study")
     return {"rows": {"train": len(train[2]), "valid": len(valid[2]), "test": len(test[2])},
             "table": table.drop(columns="run_id").round(4).to_dict("records")}
 

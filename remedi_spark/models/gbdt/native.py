@@ -157,8 +157,10 @@ class NativeLightGBM(BaseModel):
         names = next((line.split("=", 1)[1].split() for line in text.splitlines() if line.startswith("feature_names=")),
                      None)
         if names is not None and names != self.features.columns:
-            raise ValueError(f"{self.name}: the LightGBM model was trained on columns {names} but its sidecar "
-                             f"lists {self.features.columns}; retrain it (train-base --models {self.name})")
+            diff = [(i, a, b) for i, (a, b) in enumerate(zip(names, self.features.columns)) if a != b][:3]
+            raise ValueError(f"{self.name}: the LightGBM model's {len(names)} columns differ from its sidecar's "
+                             f"{len(self.features.columns)} (first differences as (position, model, sidecar): "
+                             f"{diff}); retrain it (train-base --models {self.name})")
         self._text = text
 
 

@@ -29,14 +29,26 @@ def embedding_penalty(model: nn.Module) -> torch.Tensor:
     return torch.stack(terms).sum() if terms else torch.zeros(())
 
 
+def predict_logits(model: RemediModel, dense: np.ndarray, ids: np.ndarray, chunk: int = 1024,
+                   key: str = "logit") -> np.ndarray:
+    """``model``'s output ``key`` for many rows, ``chunk`` rows at a time (interaction layers such as
+    CIN hold B × F × F × D activations: one pass over a whole validation set would not fit)."""
+    model.eval()
+    parts = []
+    with torch.no_grad():
+        for start in range(0, len(dense), chunk):
+            batch = Batch(torch.from_numpy(dense[start:start + chunk]), torch.from_numpy(ids[start:start + chunk]))
+            parts.append(model(batch)[key].numpy())
+    width = parts[0].shape[1:] if parts else ()
+    return np.concatenate(parts) if parts else np.zeros((0, *width), dtype=np.float32)
+
+
 def validation_score(model: RemediModel, valid: tuple[np.ndarray, np.ndarray, np.ndarray]) -> float:
     """AUC of ``model`` on (dense, cat_ids, y); minus the Brier score when ``y`` has one class."""
     from sklearn.metrics import roc_auc_score
 
     dense, ids, y = valid
-    model.eval()
-    with torch.no_grad():
-        p = torch.sigmoid(model(Batch(torch.from_numpy(dense), torch.from_numpy(ids)))["logit"]).numpy()
+    p = 1.0 / (1.0 + np.exp(-predict_logits(model, dense, ids).astype(np.float64)))
     return float(roc_auc_score(y, p)) if 0 < y.sum() < len(y) else -float(np.mean((p - y) ** 2))
 
 

@@ -96,15 +96,12 @@ class NeuralModel(BaseModel):
         columns = fmap.columns
 
         def score(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
-            import torch
-
-            from .base import Batch
+            from .loop import predict_logits
 
             model = _load(state.value, family, fmap.vocab_sizes, len(fmap.numeric), model_cfg)
             for b in batches:
                 dense, ids = fmap.transform(b)
-                with torch.no_grad():
-                    logit = model(Batch(torch.from_numpy(dense), torch.from_numpy(ids)))["logit"].numpy()
+                logit = predict_logits(model, dense, ids)
                 yield pd.DataFrame({"user_id": b["user_id"], "month": b["month"],
                                     "p": 1.0 / (1.0 + np.exp(-logit.astype(np.float64)))})
 

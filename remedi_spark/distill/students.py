@@ -1,0 +1,131 @@
+"""Distillation (REMEDI §3.5, Table 4): the teacher's probabilities → one LightGBM student.
+
+The teacher (base models + hybrid-expert) is too slow to run on every owner each month, so a
+single LightGBM is trained on the original features to reproduce its probabilities. Every
+student variant from ``distill.students`` is trained on the training owners' rows (with the
+same owner-grouped early-stopping share as the base models) and compared on the held-out
+owners: against the true labels (P@K, Business Recall@K, Lift, AUC, LogLoss) and against the
+teacher (MSE, Pearson correlation). The teacher's own row and the inference time per 1,000
+owners of teacher and student complete the table (``distill_results``). The student named
+``distill.student`` is saved under ``<root>/models/student/`` for the scoring job.
+
+Targets: ``teacher`` = the teacher's probability (``mse``: LightGBM regressor, the paper's
+student; ``xentropy``: cross-entropy to the soft target), ``label`` = the 0/1 label (the
+hard-label ablation).
+"""
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from pyspark import StorageLevel
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
+
+from ..config import Config, ConfigError, ModelSpec
+from ..io.schemas import frame_from_pandas
+from ..io.store import TableStore
+from ..metrics import k_for, lead_metrics
+from ..models.base import KEYS, LABEL, BaseModel, FeatureSpec
+from ..models.registry import build_model
+from ..training.oof import ES, training_frame
+
+METRICS = ("precision_at_k", "business_recall_at_k", "lift_at_k", "auc", "logloss")
+TARGETS = {"teacher": "p_teacher", "label": LABEL}
+
+
+def student_path(store: TableStore) -> str:
+    return f"{store.root}/models/student"
+
+
+def _spec(item: dict[str, Any]) -> ModelSpec:
+    unknown = sorted(set(item) - {"name", "objective", "target", "params"})
+    if unknown:
+        raise ConfigError(f"distill.students: unknown keys {unknown} in {item}")
+    if item.get("target") not in TARGETS:
+        raise ConfigError(f"distill.students[{item.get('name')}]: target must be one of {sorted(TARGETS)}")
+    return ModelSpec(name=item["name"], family="lgbm", backend="native", objective=item["objective"],
+                     feature_group=None, params=dict(item.get("params") or {}))
+
+
+def seconds_per_1000(frame: DataFrame, rows: int) -> float:
+    """Wall seconds to compute every row of ``frame`` (a `noop` write), per 1,000 rows."""
+    start = time.perf_counter()
+    frame.write.format("noop").mode("overwrite").save()
+    return (time.perf_counter() - start) / rows * 1000
+
+
+def _row(name: str, kind: str, scored: pd.DataFrame, p_col: str, k_fraction: float) -> dict[str, Any]:
+    y, p, t = scored[LABEL].to_numpy(), scored[p_col].to_numpy(), scored["p_teacher"].to_numpy()
+    m = lead_metrics(y, p, k_for(len(scored), k_fraction))
+    return {"name": name, "kind": kind, "rows": len(scored), "k": int(m["k"]), **{k: float(m[k]) for k in METRICS},
+            "mse_vs_teacher": float(np.mean((p - t) ** 2)), "corr_vs_teacher": float(np.corrcoef(p, t)[0, 1])}
+
+
+def train_students(spark: SparkSession, cfg: Config, store: TableStore) -> dict[str, Any]:
+    """Stage ``distill``: every configured student, the ``distill_results`` table, the saved student."""
+    dcfg = cfg.distill
+    specs = {item["name"]: (_spec(item), TARGETS[item["target"]]) for item in dcfg.students}
+    if dcfg.student not in specs:
+        raise ConfigError(f"distill.student: {dcfg.student!r} is not one of distill.students {sorted(specs)}")
+    teacher = store.read("teacher_predictions").select(*KEYS, "p_teacher")
+    data = training_frame(store, cfg).join(teacher, list(KEYS))
+    features = FeatureSpec.from_frame(data.filter(F.col("split") == "train").drop("fold", "split", ES, "p_teacher"))
+    encoded = features.encode(data, extra=(LABEL, "p_teacher", "split", ES)).persist(StorageLevel.MEMORY_AND_DISK)
+    train = encoded.filter(F.col("split") == "train")
+    test = encoded.filter(F.col("split") == "test")
+    truth = test.select(*KEYS, LABEL, "p_teacher").toPandas()
+    k_fraction = cfg.base_models.metric_k_fraction
+    rows = [_row("teacher", "teacher", truth.assign(p=truth["p_teacher"]), "p", k_fraction)]
+    saved: BaseModel | None = None
+    try:
+        for name, (spec, target) in specs.items():
+            frame = train.withColumn(LABEL, F.col(target).cast("double"))
+            start = time.perf_counter()
+            model = build_model(spec, cfg.base_models, features).fit(frame.filter(~F.col(ES)), frame.filter(F.col(ES)))
+            seconds = time.perf_counter() - start
+            scored = model.predict(test).join(test.select(*KEYS, LABEL, "p_teacher"), list(KEYS)).toPandas()
+            rows.append({**_row(name, "student", scored, "p", k_fraction), "train_seconds": round(seconds, 2),
+                         "best_iteration": int(model.info.get("best_iteration", 0))})
+            if name == dcfg.student:
+                saved = model
+        assert saved is not None
+        saved.save(spark, student_path(store), extra={"run_id": store.run.run_id if store.run else None,
+                                                      "data_versions": dict(store.run.reads) if store.run else {}})
+        timing = _inference_times(spark, cfg, store, saved, data.filter(F.col("split") == "test"), dcfg.timing_rows)
+    finally:
+        encoded.unpersist()
+    for r in rows:
+        r["seconds_per_1000"] = timing["teacher"] if r["kind"] == "teacher" else (
+            timing["student"] if r["name"] == dcfg.student else None)
+    run_id = store.run.run_id if store.run else "adhoc"
+    table = pd.DataFrame(rows).assign(run_id=run_id)
+    store.write_table(frame_from_pandas(spark, table, "distill_results"), "distill_results")
+    return {"student": dcfg.student, "inference": timing,
+            "results": table.drop(columns="run_id").round(5).to_dict("records")}
+
+
+def _inference_times(spark: SparkSession, cfg: Config, store: TableStore, student: BaseModel, rows: DataFrame,
+                     n: int) -> dict[str, float]:
+    """Seconds per 1,000 owners: the teacher (every base model + head) vs the student, same rows."""
+    from ..fusion.teacher import teacher_scores
+
+    sample = rows.drop("fold", "split", ES, "p_teacher", LABEL).limit(n).localCheckpoint()
+    count = sample.count()
+    teacher = seconds_per_1000(teacher_scores(spark, cfg, store, sample), count)
+    student_s = seconds_per_1000(student.predict(student.features.encode(sample)), count)
+    return {"rows": count, "teacher": round(teacher, 4), "student": round(student_s, 4),
+            "speedup": round(teacher / student_s, 1)}
+
+
+def format_distill(records: list[dict[str, Any]]) -> str:
+    lines = ["| name | P@K | Business Recall@K | AUC | LogLoss | MSE vs teacher | corr vs teacher | s / 1,000 owners |",
+             "|---|---|---|---|---|---|---|---|"]
+    for r in records:
+        t = r.get("seconds_per_1000")
+        lines.append(f"| {r['name']} | {100 * r['precision_at_k']:.2f}% | {100 * r['business_recall_at_k']:.1f}% "
+                     f"| {r['auc']:.4f} | {r['logloss']:.5f} | {r['mse_vs_teacher']:.2e} | {r['corr_vs_teacher']:.4f} "
+                     f"| {'' if t is None or t != t else f'{t:.3f}'} |")
+    return "\n".join(lines)

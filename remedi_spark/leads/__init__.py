@@ -1,0 +1,1 @@
+"""The monthly lead list: top K after business filters, and its CRM export."""

@@ -1,0 +1,136 @@
+"""Lead list: the month's top K owners by score after the business filters, with a reason each.
+
+Filters (``lead_list`` in conf): owners who bought in the scored month or the N − 1 before it,
+owners flagged do-not-contact, owners whose vehicle is younger than the minimum age, owners
+with no owner record; then an optional cap of leads per region or dealer. The K best remaining
+owners (ties by owner id) get ranks 1..K. The reason is the feature group whose student
+contributions (LightGBM ``pred_contrib``) raise the owner's score most. The ``lead_list`` table
+keeps the month's leads (replaced on re-run); the CRM export holds only id, rank, score, reason.
+"""
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import lightgbm as lgb
+import numpy as np
+import pandas as pd
+from pyspark.sql import DataFrame, SparkSession, Window
+from pyspark.sql import functions as F
+
+from ..config import Config, ConfigError
+from ..distill.students import student_path
+from ..io.store import TableStore
+from ..models.base import in_group, load_model
+from ..months import add_months
+
+REASONS = {"dealer": "dealer visits", "calls": "calls to the brand", "digital": "digital engagement",
+           "static": "owner and vehicle profile"}
+EXPORT_COLUMNS = ("user_id", "rank", "score", "reason")
+
+
+def export_root(cfg: Config, store: TableStore) -> str:
+    return cfg.lead_list.export_dir or f"{store.root}/exports/lead_list"
+
+
+def flag_exclusions(scores: DataFrame, owners: DataFrame, purchases: DataFrame, cfg: Config, month: str
+                    ) -> DataFrame:
+    """``scores`` joined with the owner fields and one boolean column per filter (true = excluded)."""
+    lc = cfg.lead_list
+    first = add_months(month, -(lc.exclude_purchase_months - 1)) if lc.exclude_purchase_months > 0 else None
+    recent = (purchases.filter((F.col("month") >= first) & (F.col("month") <= month)) if first
+              else purchases.limit(0)).select("user_id").distinct().withColumn("_bought", F.lit(True))
+    owner_cols = owners.select("user_id", "do_not_contact", "vehicle_start_month", "region_id", "dealer_id",
+                               F.lit(True).alias("_known"))
+    age = F.months_between(F.to_date(F.lit(month), "yyyy-MM"), F.to_date("vehicle_start_month", "yyyy-MM"))
+    return (scores.join(owner_cols, "user_id", "left").join(recent, "user_id", "left")
+            .withColumn("x_no_owner_record", F.col("_known").isNull())
+            .withColumn("x_recent_purchase", F.coalesce(F.col("_bought"), F.lit(False)))
+            .withColumn("x_do_not_contact", F.lit(lc.exclude_do_not_contact) & F.coalesce("do_not_contact", F.lit(False)))
+            .withColumn("x_vehicle_too_young", F.coalesce(age < lc.min_vehicle_age_months, F.lit(False)))
+            .drop("_known", "_bought"))
+
+
+def select_leads(flagged: DataFrame, cfg: Config) -> DataFrame:
+    """The top K of the rows no filter excluded, capped per ``cap_column``; adds ``lead_rank``."""
+    lc = cfg.lead_list
+    flags = [c for c in flagged.columns if c.startswith("x_")]
+    eligible = flagged.filter(~F.greatest(*[F.col(c) for c in flags]))
+    if lc.cap_column:
+        if not lc.cap_per_value:
+            raise ConfigError("lead_list.cap_per_value must be a positive integer when cap_column is set")
+        per = Window.partitionBy(lc.cap_column).orderBy(F.desc("score"), F.asc("user_id"))
+        eligible = eligible.withColumn("_n", F.row_number().over(per)).filter(F.col("_n") <= lc.cap_per_value).drop("_n")
+    order = Window.orderBy(F.desc("score"), F.asc("user_id"))
+    return eligible.withColumn("lead_rank", F.row_number().over(order)).filter(F.col("lead_rank") <= lc.k)
+
+
+def add_reasons(spark: SparkSession, cfg: Config, store: TableStore, leads: DataFrame, month: str) -> DataFrame:
+    """Reason per lead: the feature group with the largest summed student contribution."""
+    student = load_model(spark, cfg.scoring.model_dir or student_path(store), cfg.base_models)
+    columns = student.features.columns
+    groups = cfg.base_models.feature_groups
+    owner = [next((g for g, members in groups.items() if in_group(c, members)), "other") for c in columns]
+    names = sorted(set(owner))
+    index = np.array([names.index(g) for g in owner])
+    text = spark.sparkContext.broadcast(student.artifact().decode("utf-8"))
+    rows = student.features.encode(store.read("features", months=[month]).join(leads.select("user_id"), "user_id"))
+
+    def reason(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
+        booster = lgb.Booster(model_str=text.value)
+        for b in batches:
+            contrib = booster.predict(b[columns].to_numpy(np.float64), pred_contrib=True)[:, :-1]
+            sums = np.zeros((len(b), len(names)))
+            np.add.at(sums.T, index, contrib.T)
+            best = [names[i] for i in sums.argmax(axis=1)]
+            yield pd.DataFrame({"user_id": b["user_id"], "reason": [REASONS.get(g, g) for g in best]})
+
+    return leads.join(rows.mapInPandas(reason, "user_id long, reason string"), "user_id")
+
+
+def build_lead_list(spark: SparkSession, cfg: Config, store: TableStore, month: str | None = None) -> dict[str, Any]:
+    """Stage ``lead-list`` for ``month`` (default: the newest scored month)."""
+    scores = store.read("scores")
+    month = month or cfg.scoring.month or scores.agg(F.max("month")).first()[0]
+    scores = scores.filter(F.col("month") == month).select("user_id", "score", "model_version")
+    scored = scores.count()
+    if scored == 0:
+        raise FileNotFoundError(f"no scores for month {month}: run the scoring job for it first")
+    flagged = flag_exclusions(scores, store.read("owners"), store.read("purchases"), cfg, month).cache()
+    flags = [c for c in flagged.columns if c.startswith("x_")]
+    counts = flagged.agg(*[F.sum(F.col(c).cast("int")).alias(c) for c in flags],
+                         F.sum((~F.greatest(*[F.col(c) for c in flags])).cast("int")).alias("eligible")).first()
+    leads = add_reasons(spark, cfg, store, select_leads(flagged, cfg), month)
+    table = leads.select(F.lit(month).alias("month"), "user_id", "lead_rank", "score", "reason", "region_id",
+                         "dealer_id", "model_version", F.lit(store.run.run_id if store.run else "adhoc").alias("run_id"))
+    version = store.write_months(table, "lead_list", [month])
+    flagged.unpersist()
+    written = store.read("lead_list", months=[month])
+    export = export_root(cfg, store) + f"/month={month}"
+    crm = written.select("user_id", F.col("lead_rank").alias("rank"), "score", "reason").orderBy("rank")
+    for fmt in cfg.lead_list.export_formats:
+        crm.coalesce(1).write.mode("overwrite").option("header", True).format(fmt).save(f"{export}/{fmt}")
+    reasons = {r["reason"]: r["count"] for r in written.groupBy("reason").count().collect()}
+    return {"month": month, "scored": scored, "eligible": int(counts["eligible"]),
+            "excluded": {c[2:]: int(counts[c]) for c in flags}, "leads": written.count(), "k": cfg.lead_list.k,
+            "reasons": reasons, "version": version, "export": export}
+
+
+def evaluate_lead_list(spark: SparkSession, cfg: Config, store: TableStore, month: str) -> dict[str, Any]:
+    """For a month whose 3-month window has closed: precision of the lead list against the true
+    labels, beside the oracle's list (the simulator's true probability, same filters, same size)."""
+    leads = store.read("lead_list", months=[month]).select("user_id")
+    labels = store.read("features", months=[month]).filter("label_complete").select("user_id", "y")
+    n = leads.count()
+    hits = leads.join(labels, "user_id").agg(F.sum("y")).first()[0] or 0
+    scores = store.read("scores", months=[month]).select("user_id", "score", "model_version")
+    flagged = flag_exclusions(scores, store.read("owners"), store.read("purchases"), cfg, month)
+    flags = [c for c in flagged.columns if c.startswith("x_")]
+    eligible = flagged.filter(~F.greatest(*[F.col(c) for c in flags])).select("user_id")
+    oracle = store.read("oracle", months=[month]).select("user_id", "p_3m").join(eligible, "user_id")
+    top = oracle.join(labels, "user_id").orderBy(F.desc("p_3m"), "user_id").limit(n)
+    oracle_hits = top.agg(F.sum("y")).first()[0] or 0
+    positives = labels.agg(F.sum("y")).first()[0] or 0
+    return {"month": month, "leads": n, "hits": int(hits), "precision": hits / n if n else float("nan"),
+            "oracle_hits": int(oracle_hits), "oracle_precision": oracle_hits / n if n else float("nan"),
+            "business_recall": hits / (positives / 3) if positives else float("nan"), "positives": int(positives)}

@@ -1,0 +1,1 @@
+"""Scoring every owner of a month with the distilled student."""

@@ -1,0 +1,145 @@
+"""The pipeline end to end on a tiny population: OOF → meta-features → fusion → teacher scorer →
+distillation → scoring → lead list (one module: the stages share one expensive fixture)."""
+import numpy as np
+import pandas as pd
+import pytest
+from pyspark.sql import functions as F
+
+from remedi_spark.config import replace
+from remedi_spark.io.schemas import DataValidationError
+from remedi_spark.fusion.meta_features import meta_feature_names
+from remedi_spark.fusion.teacher import teacher_scores
+from remedi_spark.io.store import TableStore
+from remedi_spark.pipeline import run_stage
+
+FAST = {"num_iterations": 40, "learning_rate": 0.1, "min_data_in_leaf": 20}
+MODELS = [
+    {"name": "lgbm_logloss", "family": "lgbm", "backend": "native", "objective": "logloss", "feature_group": None,
+     "params": FAST},
+    {"name": "lgbm_focal", "family": "lgbm", "backend": "native", "objective": "focal", "feature_group": None,
+     "params": FAST},
+    {"name": "lgbm_dealer", "family": "lgbm", "backend": "native", "objective": "logloss", "feature_group": "dealer",
+     "params": FAST},
+    {"name": "mlp", "family": "mlp", "backend": "torch", "objective": "logloss", "feature_group": None,
+     "params": {"epochs": 1, "batch_size": 512, "model": {"emb_dim": 4, "hidden": [16]}}},
+]
+META = {"raw_hidden": [8], "relative_hidden": [16], "output_hidden": [8], "epochs": 15, "batch_size": 256, "lr": 0.01,
+        "patience": 15}
+STUDENTS = [{"name": "student", "objective": "mse", "target": "teacher", "params": FAST},
+            {"name": "hard_label", "objective": "logloss", "target": "label", "params": FAST}]
+K = 150
+
+
+@pytest.fixture(scope="module")
+def fused(spark, base_cfg, tmp_path_factory):
+    root = tmp_path_factory.mktemp("fusion")
+    cfg = replace(base_cfg, tables={"root": str(root / "t")}, synthetic={"n_users": 3000, "chunk_users": 1500},
+                  folds={"n_folds": 2}, base_models={"models": MODELS, "early_stopping_rounds": 10},
+                  fusion={"meta_model": META}, distill={"students": STUDENTS, "timing_rows": 500},
+                  lead_list={"k": K, "export_dir": str(root / "exports")})
+    for stage in ("generate", "features", "folds", "train-base", "meta-features"):
+        run_stage(spark, cfg, stage)
+    return cfg, run_stage(spark, cfg, "fusion"), TableStore(spark, cfg.tables.root)
+
+
+@pytest.fixture(scope="module")
+def distilled(spark, fused):
+    cfg, _, store = fused
+    summary = run_stage(spark, cfg, "distill")
+    month = store.read("folds").filter("oot_split = 'test'").agg(F.max("month")).first()[0]
+    return summary, month, run_stage(spark, cfg, "score", month=month), run_stage(spark, cfg, "lead-list", month=month)
+
+
+def test_results_table_has_every_row_kind(fused):
+    cfg, summary, store = fused
+    results = store.read("fusion_results").toPandas()
+    names = set(results["name"])
+    assert {m["name"] for m in MODELS} <= names
+    assert {"simple_average", "weighted_average", "stacking_lr", "stacking_gbdt", "no_hybrid", "hybrid_expert",
+            "oracle"} <= names
+    # trees_only = the three GBDTs, neural_only = the MLP alone (M = 1), plus without focal / subset models
+    assert {"hybrid_expert[trees_only]", "hybrid_expert[neural_only]", "hybrid_expert[without_focal]",
+            "hybrid_expert[without_subset]"} <= names
+    assert set(results["evaluation"]) == {"user_split", "out_of_time"}
+    assert (results["run_id"] == summary["run_id"]).all()
+    oot = results[results["evaluation"] == "out_of_time"]
+    user = results[results["evaluation"] == "user_split"]
+    assert (oot["rows"] < user["rows"].max()).all() and oot["rows"].nunique() == 1
+    assert results.loc[results["name"] == "oracle", "auc"].min() > 0.5  # tiny: ~30 held-out positives
+
+
+def test_meta_features_and_teacher_predictions_cover_the_oof_rows(fused):
+    cfg, summary, store = fused
+    meta = store.read("meta_features")
+    models = summary["models"]
+    assert meta.columns[-len(meta_feature_names(models)):] == meta_feature_names(models)
+    teacher = store.read("teacher_predictions")
+    assert teacher.count() == meta.count() == store.read("folds").count()
+    assert teacher.filter("p_teacher < 0 OR p_teacher > 1").count() == 0
+
+
+def test_teacher_scorer_reproduces_held_out_teacher_predictions(spark, fused):
+    """Held-out rows were scored by the refit base models, exactly what the scorer loads from disk."""
+    cfg, summary, store = fused
+    held = store.read("teacher_predictions").filter("split = 'test'")
+    features = store.read("features").join(held.select("user_id", "month"), ["user_id", "month"])
+    scored = teacher_scores(spark, cfg, store, features).withColumnRenamed("p_teacher", "p_scorer")
+    got = scored.join(held, ["user_id", "month"]).toPandas()
+    assert len(got) == held.count() > 0
+    np.testing.assert_allclose(got["p_scorer"], got["p_teacher"], rtol=1e-6, atol=1e-9)
+
+
+def test_student_follows_the_teacher(distilled):
+    summary = distilled[0]
+    rows = {r["name"]: r for r in summary["results"]}
+    assert set(rows) == {"teacher", "student", "hard_label"}
+    assert rows["student"]["corr_vs_teacher"] > 0.9
+    assert rows["student"]["mse_vs_teacher"] < rows["hard_label"]["mse_vs_teacher"]
+    assert summary["inference"]["teacher"] > 0 and summary["inference"]["student"] > 0
+
+
+def test_scores_cover_the_month_with_unique_ranks(fused, distilled):
+    cfg, _, store = fused
+    _, month, scored, _ = distilled
+    scores = store.read("scores", months=[month]).toPandas()
+    assert len(scores) == scored["owners"] == store.read("features", months=[month]).count()
+    assert sorted(scores["rank"]) == list(range(1, len(scores) + 1))
+    top = scores.sort_values("rank")
+    assert top["score"].is_monotonic_decreasing and top["percentile"].iloc[0] == 100.0
+
+
+def test_lead_list_has_k_unique_eligible_owners(spark, fused, distilled):
+    cfg, _, store = fused
+    _, month, _, summary = distilled
+    leads = store.read("lead_list", months=[month]).toPandas()
+    assert len(leads) == min(K, summary["eligible"]) and sorted(leads["lead_rank"]) == list(range(1, len(leads) + 1))
+    owners = store.read("owners").toPandas().set_index("user_id").loc[leads["user_id"]]
+    assert not owners["do_not_contact"].any()
+    first = str(pd.Period(month, "M") - (cfg.lead_list.exclude_purchase_months - 1))
+    window = (F.col("month") >= first) & (F.col("month") <= month)
+    recent = {r["user_id"] for r in store.read("purchases").filter(window).select("user_id").collect()}
+    assert not recent & set(leads["user_id"])
+    age = (pd.Period(month, "M") - pd.PeriodIndex(owners["vehicle_start_month"], freq="M")).map(lambda d: d.n)
+    assert (np.asarray(age) >= cfg.lead_list.min_vehicle_age_months).all()
+    assert set(leads["reason"]) <= {"dealer visits", "calls to the brand", "digital engagement",
+                                    "owner and vehicle profile", "other"}
+    export = spark.read.parquet(f"{summary['export']}/parquet")
+    assert export.columns == ["user_id", "rank", "score", "reason"] and export.count() == len(leads)
+
+
+def test_rescoring_a_month_replaces_it_and_caps_apply(spark, fused, distilled):
+    cfg, _, store = fused
+    _, month, scored, _ = distilled
+    run_stage(spark, cfg, "score", month=month)
+    assert store.read("scores", months=[month]).count() == scored["owners"]
+    capped = replace(cfg, lead_list={"cap_column": "region_id", "cap_per_value": 5})
+    run_stage(spark, capped, "lead-list", month=month)
+    leads = store.read("lead_list", months=[month]).toPandas()
+    assert leads.groupby("region_id").size().max() <= 5
+    assert store.read("lead_list").groupBy("month").count().count() == 1  # one month, replaced, not appended
+
+
+def test_a_month_without_features_is_a_clear_error(spark, fused, distilled):
+    cfg, _, store = fused
+    with pytest.raises(DataValidationError, match="no feature rows for month 2031-01"):
+        run_stage(spark, cfg, "score", month="2031-01")
