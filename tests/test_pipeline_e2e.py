@@ -89,13 +89,32 @@ def test_teacher_scorer_reproduces_held_out_teacher_predictions(spark, fused):
     np.testing.assert_allclose(got["p_scorer"], got["p_teacher"], rtol=1e-6, atol=1e-9)
 
 
-def test_student_follows_the_teacher(distilled):
+def test_distillation_table_compares_students_with_the_teacher(distilled):
     summary = distilled[0]
     rows = {r["name"]: r for r in summary["results"]}
     assert set(rows) == {"teacher", "student", "hard_label"}
-    assert rows["student"]["corr_vs_teacher"] > 0.9
-    assert rows["student"]["mse_vs_teacher"] < rows["hard_label"]["mse_vs_teacher"]
+    assert rows["teacher"]["corr_vs_teacher"] == pytest.approx(1.0)
+    assert all(np.isfinite(r["corr_vs_teacher"]) and r["mse_vs_teacher"] >= 0 for r in rows.values())
     assert summary["inference"]["teacher"] > 0 and summary["inference"]["student"] > 0
+
+
+def test_student_reproduces_a_known_teacher_on_held_out_owners(spark, fused, tmp_path):
+    """With ~10 held-out buyers the tiny pipeline's teacher is mostly noise, so the distillation
+    mechanics are checked against a teacher that is a known smooth function of the features."""
+    cfg, _, store = fused
+    other = replace(cfg, tables={"root": str(tmp_path / "t")}, distill={"timing_rows": 0})
+    copy = TableStore(spark, other.tables.root)
+    features = store.read("features")
+    copy.write_months(features, "features", [r[0] for r in features.select("month").distinct().collect()])
+    copy.write_table(store.read("folds"), "folds")
+    z = -5.0 + 0.8 * F.log1p(F.coalesce("visit_days_sum3", F.lit(0.0))) + 0.6 * F.log1p(
+        F.coalesce("voice_cnt_sum3", F.lit(0.0))) + 0.02 * F.coalesce("vehicle_age_months", F.lit(0.0))
+    teacher = store.read("folds").join(features, ["user_id", "month"]).select(
+        "user_id", "month", "split", (1 / (1 + F.exp(-z))).alias("p_teacher"), F.lit("known").alias("run_id"))
+    copy.write_table(teacher, "teacher_predictions")
+    rows = {r["name"]: r for r in run_stage(spark, other, "distill")["results"]}
+    assert rows["student"]["corr_vs_teacher"] > 0.95 and rows["student"]["rank_corr_vs_teacher"] > 0.9
+    assert rows["student"]["mse_vs_teacher"] < rows["hard_label"]["mse_vs_teacher"]
 
 
 def test_scores_cover_the_month_with_unique_ranks(fused, distilled):

@@ -61,7 +61,8 @@ def _row(name: str, kind: str, scored: pd.DataFrame, p_col: str, k_fraction: flo
     y, p, t = scored[LABEL].to_numpy(), scored[p_col].to_numpy(), scored["p_teacher"].to_numpy()
     m = lead_metrics(y, p, k_for(len(scored), k_fraction))
     return {"name": name, "kind": kind, "rows": len(scored), "k": int(m["k"]), **{k: float(m[k]) for k in METRICS},
-            "mse_vs_teacher": float(np.mean((p - t) ** 2)), "corr_vs_teacher": float(np.corrcoef(p, t)[0, 1])}
+            "mse_vs_teacher": float(np.mean((p - t) ** 2)), "corr_vs_teacher": float(np.corrcoef(p, t)[0, 1]),
+            "rank_corr_vs_teacher": float(pd.Series(p).corr(pd.Series(t), method="spearman"))}
 
 
 def train_students(spark: SparkSession, cfg: Config, store: TableStore) -> dict[str, Any]:
@@ -94,12 +95,13 @@ def train_students(spark: SparkSession, cfg: Config, store: TableStore) -> dict[
         assert saved is not None
         saved.save(spark, student_path(store), extra={"run_id": store.run.run_id if store.run else None,
                                                       "data_versions": dict(store.run.reads) if store.run else {}})
-        timing = _inference_times(spark, cfg, store, saved, data.filter(F.col("split") == "test"), dcfg.timing_rows)
+        timing = (_inference_times(spark, cfg, store, saved, data.filter(F.col("split") == "test"), dcfg.timing_rows)
+                  if dcfg.timing_rows > 0 else {})
     finally:
         encoded.unpersist()
     for r in rows:
-        r["seconds_per_1000"] = timing["teacher"] if r["kind"] == "teacher" else (
-            timing["student"] if r["name"] == dcfg.student else None)
+        r["seconds_per_1000"] = timing.get("teacher") if r["kind"] == "teacher" else (
+            timing.get("student") if r["name"] == dcfg.student else None)
     run_id = store.run.run_id if store.run else "adhoc"
     table = pd.DataFrame(rows).assign(run_id=run_id)
     store.write_table(frame_from_pandas(spark, table, "distill_results"), "distill_results")
