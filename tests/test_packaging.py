@@ -15,5 +15,6 @@ def test_every_table_written_has_a_schema():
     from remedi_spark.io.schemas import load_schema
 
     for table in ("owners", "monthly_activity", "purchases", "oracle", "features", "folds", "oof_predictions",
-                  "base_model_metrics"):
+                  "base_model_metrics", "kdef_study", "meta_features", "fusion_results", "teacher_predictions",
+                  "distill_results", "scores", "lead_list"):
         assert load_schema(table).table == table
