@@ -145,6 +145,8 @@ class ExpertConfig:
     relative_hidden: list[int] = field(default_factory=lambda: [64, 32])
     output_hidden: list[int] = field(default_factory=lambda: [16])
     dropout: float = 0.1
+    batch_norm: bool = False
+    weight_decay: float = 0.0
     epochs: int = 30
     batch_size: int = 2048
     lr: float = 1e-3
@@ -161,13 +163,13 @@ class ExpertNet(nn.Module):
         super().__init__()
         self.m, self.hybrid = m, hybrid
         if hybrid:
-            self.raw = MLPBlock(m, cfg.raw_hidden, cfg.dropout)
-            self.relative = MLPBlock(width - m, cfg.relative_hidden, cfg.dropout)
+            self.raw = MLPBlock(m, cfg.raw_hidden, cfg.dropout, batch_norm=cfg.batch_norm)
+            self.relative = MLPBlock(width - m, cfg.relative_hidden, cfg.dropout, batch_norm=cfg.batch_norm)
             joined = self.raw.output_dim + self.relative.output_dim
         else:
-            self.all = MLPBlock(width, cfg.relative_hidden, cfg.dropout)
+            self.all = MLPBlock(width, cfg.relative_hidden, cfg.dropout, batch_norm=cfg.batch_norm)
             joined = self.all.output_dim
-        self.over = MLPBlock(joined, cfg.output_hidden, cfg.dropout, output_dim=1)
+        self.over = MLPBlock(joined, cfg.output_hidden, cfg.dropout, output_dim=1, batch_norm=cfg.batch_norm)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = torch.cat([self.raw(x[:, : self.m]), self.relative(x[:, self.m:])], dim=1) if self.hybrid else self.all(x)
@@ -202,7 +204,7 @@ class HybridExpert(MetaModel):
         xv, yv = torch.from_numpy(inputs[hold]), y[hold]
         torch.manual_seed(cfg.seed)
         self.net = ExpertNet(self.m, inputs.shape[1], cfg, self.hybrid)
-        optimizer = torch.optim.Adam(self.net.parameters(), lr=cfg.lr)
+        optimizer = torch.optim.Adam(self.net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
         loss_fn = nn.BCEWithLogitsLoss()
         rng = np.random.default_rng(cfg.seed)
         best, best_state, stale = -np.inf, None, 0

@@ -12,6 +12,8 @@ class MLPBlock(nn.Module):
         hidden: hidden layer widths.
         dropout: dropout after each hidden layer.
         output_dim: add a last linear layer to this width (e.g. 1 for a logit), or None.
+        batch_norm: BatchNorm after each hidden linear layer (off for meta-models: with a few
+            hundred positives, batch statistics are mostly noise).
 
     Example::
 
@@ -19,12 +21,13 @@ class MLPBlock(nn.Module):
         mlp(torch.zeros(4, 16)).shape  # (4, 1)
     """
 
-    def __init__(self, input_dim: int, hidden: list[int], dropout: float = 0.0, output_dim: int | None = None):
+    def __init__(self, input_dim: int, hidden: list[int], dropout: float = 0.0, output_dim: int | None = None,
+                 batch_norm: bool = True):
         super().__init__()
         layers: list[nn.Module] = []
         width = input_dim
         for h in hidden:
-            layers += [nn.Linear(width, h), nn.BatchNorm1d(h), nn.ReLU(), nn.Dropout(dropout)]
+            layers += [nn.Linear(width, h), *([nn.BatchNorm1d(h)] if batch_norm else []), nn.ReLU(), nn.Dropout(dropout)]
             width = h
         if output_dim is not None:
             layers.append(nn.Linear(width, output_dim))
