@@ -117,7 +117,8 @@ def run_kdef_study(spark: SparkSession, cfg: Config, store: TableStore) -> dict[
         raise ConfigError(f"kdef_study.model: {study.model!r} is not a configured base model of family kdef")
     params = build_config(TorchTrainParams, specs[0].params)
     data = training_frame(store, cfg)
-    features = FeatureSpec.from_frame(data.filter(F.col("split") == "train").drop("fold", "split", ES))
+    members = cfg.base_models.feature_groups[specs[0].feature_group] if specs[0].feature_group else None
+    features = FeatureSpec.from_frame(data.filter(F.col("split") == "train").drop("fold", "split", ES), members)
     encoded = features.encode(data, extra=(LABEL, "split", ES))
     if study.max_train_rows:
         encoded = encoded.filter((F.col("split") == "test") | (F.rand(seed=params.seed) <
