@@ -42,7 +42,7 @@ def single_process(train, valid, features: FeatureSpec, spec: ModelSpec, params)
         dense, ids = fmap.transform(pdf)
         arrays.append((dense, ids, pdf["y"].to_numpy(dtype=np.float32)))
     prepare = time.perf_counter() - start
-    run = {k: v for k, v in asdict(params).items() if k not in ("model", "numeric_encoding", "n_buckets")}
+    run = params.loop_params()
     model = make_module(spec.family, params.model, fmap.vocab_sizes, len(fmap.numeric), seed=params.seed)
     result = train_in_process(model, arrays[0], {**run, "epochs": 1}, arrays[1])
     return {"epoch_seconds": result["epoch_seconds"][0], "wall_seconds": time.perf_counter() - start,

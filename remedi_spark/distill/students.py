@@ -40,6 +40,11 @@ def student_path(store: TableStore) -> str:
     return f"{store.root}/models/student"
 
 
+def scoring_model_dir(cfg: Config, store: TableStore) -> str:
+    """The student scoring uses: ``scoring.model_dir``, else the one distillation saved here."""
+    return cfg.scoring.model_dir or student_path(store)
+
+
 def _spec(item: dict[str, Any]) -> ModelSpec:
     unknown = sorted(set(item) - {"name", "objective", "target", "params"})
     if unknown:

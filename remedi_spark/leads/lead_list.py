@@ -19,7 +19,7 @@ from pyspark.sql import DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 
 from ..config import Config, ConfigError
-from ..distill.students import student_path
+from ..distill.students import scoring_model_dir
 from ..io.store import TableStore
 from ..models.base import in_group, load_model
 from ..months import add_months
@@ -51,11 +51,15 @@ def flag_exclusions(scores: DataFrame, owners: DataFrame, purchases: DataFrame, 
             .drop("_known", "_bought"))
 
 
+def is_eligible(flagged: DataFrame):
+    """Column: true where no filter of :func:`flag_exclusions` excluded the owner."""
+    return ~F.greatest(*[F.col(c) for c in flagged.columns if c.startswith("x_")])
+
+
 def select_leads(flagged: DataFrame, cfg: Config) -> DataFrame:
     """The top K of the rows no filter excluded, capped per ``cap_column``; adds ``lead_rank``."""
     lc = cfg.lead_list
-    flags = [c for c in flagged.columns if c.startswith("x_")]
-    eligible = flagged.filter(~F.greatest(*[F.col(c) for c in flags]))
+    eligible = flagged.filter(is_eligible(flagged))
     if lc.cap_column:
         if not lc.cap_per_value:
             raise ConfigError("lead_list.cap_per_value must be a positive integer when cap_column is set")
@@ -67,7 +71,7 @@ def select_leads(flagged: DataFrame, cfg: Config) -> DataFrame:
 
 def add_reasons(spark: SparkSession, cfg: Config, store: TableStore, leads: DataFrame, month: str) -> DataFrame:
     """Reason per lead: the feature group with the largest summed student contribution."""
-    student = load_model(spark, cfg.scoring.model_dir or student_path(store), cfg.base_models)
+    student = load_model(spark, scoring_model_dir(cfg, store), cfg.base_models)
     columns = student.features.columns
     groups = cfg.base_models.feature_groups
     owner = [next((g for g, members in groups.items() if in_group(c, members)), "other") for c in columns]
@@ -99,7 +103,7 @@ def build_lead_list(spark: SparkSession, cfg: Config, store: TableStore, month: 
     flagged = flag_exclusions(scores, store.read("owners"), store.read("purchases"), cfg, month).cache()
     flags = [c for c in flagged.columns if c.startswith("x_")]
     counts = flagged.agg(*[F.sum(F.col(c).cast("int")).alias(c) for c in flags],
-                         F.sum((~F.greatest(*[F.col(c) for c in flags])).cast("int")).alias("eligible")).first()
+                         F.sum(is_eligible(flagged).cast("int")).alias("eligible")).first()
     leads = add_reasons(spark, cfg, store, select_leads(flagged, cfg), month)
     table = leads.select(F.lit(month).alias("month"), "user_id", "lead_rank", "score", "reason", "region_id",
                          "dealer_id", "model_version", F.lit(store.run.run_id if store.run else "adhoc").alias("run_id"))
@@ -125,8 +129,7 @@ def evaluate_lead_list(spark: SparkSession, cfg: Config, store: TableStore, mont
     hits = leads.join(labels, "user_id").agg(F.sum("y")).first()[0] or 0
     scores = store.read("scores", months=[month]).select("user_id", "score", "model_version")
     flagged = flag_exclusions(scores, store.read("owners"), store.read("purchases"), cfg, month)
-    flags = [c for c in flagged.columns if c.startswith("x_")]
-    eligible = flagged.filter(~F.greatest(*[F.col(c) for c in flags])).select("user_id")
+    eligible = flagged.filter(is_eligible(flagged)).select("user_id")
     oracle = store.read("oracle", months=[month]).select("user_id", "p_3m").join(eligible, "user_id")
     top = oracle.join(labels, "user_id").orderBy(F.desc("p_3m"), "user_id").limit(n)
     oracle_hits = top.agg(F.sum("y")).first()[0] or 0

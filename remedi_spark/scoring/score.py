@@ -15,7 +15,7 @@ from pyspark.sql import DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 
 from ..config import Config
-from ..distill.students import student_path
+from ..distill.students import scoring_model_dir
 from ..io import files
 from ..io.schemas import DataValidationError
 from ..io.store import TableStore
@@ -37,7 +37,7 @@ def resolve_month(store: TableStore, month: str | None) -> str:
 def student_scores(spark: SparkSession, cfg: Config, store: TableStore, features: DataFrame
                    ) -> tuple[DataFrame, str]:
     """(user_id, month, score) of the saved student for ``features`` rows, and its model version."""
-    path = cfg.scoring.model_dir or student_path(store)
+    path = scoring_model_dir(cfg, store)
     student = load_model(spark, path, cfg.base_models)
     version = json.loads(files.read_text(spark, f"{path}/model.json")).get("run_id") or "unknown"
     scored = student.predict(student.features.encode(features)).withColumnRenamed("p", "score")

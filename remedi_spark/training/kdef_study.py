@@ -16,7 +16,6 @@ cluster; K = 1 KDEF equals the independent first sub-network and is trained once
 from __future__ import annotations
 
 import time
-from dataclasses import asdict
 from typing import Any
 
 import numpy as np
@@ -135,7 +134,7 @@ def run_kdef_study(spark: SparkSession, cfg: Config, store: TableStore) -> dict[
     train = arrays(fit_rows)
     valid = arrays(encoded.filter((F.col("split") == "train") & F.col(ES)))
     test = arrays(encoded.filter(F.col("split") == "test"))
-    run = {k: v for k, v in asdict(params).items() if k not in ("model", "numeric_encoding", "n_buckets")}
+    run = params.loop_params()
     table = kdef_k_table(train, valid, test, fmap.vocab_sizes, len(fmap.numeric), params.model, run,
                          list(study.subnets), study.max_k, study.tau)
     table["run_id"] = store.run.run_id if store.run else "adhoc"

@@ -38,6 +38,10 @@ class TorchTrainParams:
     seed: int = 7
     model: dict = field(default_factory=dict)
 
+    def loop_params(self) -> dict:
+        """The keys the epoch loop reads (not the model config or the feature encoding)."""
+        return {k: v for k, v in asdict(self).items() if k not in ("model", "numeric_encoding", "n_buckets")}
+
 
 def _load(state: bytes, family: str, vocab_sizes: list[int], num_numeric: int, model_cfg: dict):
     import torch
@@ -118,5 +122,5 @@ def train_distributed_call(spark: SparkSession, rows: DataFrame, family: str, pa
                            fmap: FeatureMap, valid: tuple[np.ndarray, np.ndarray, np.ndarray]) -> dict:
     from .distributed import train_distributed
 
-    run = {k: v for k, v in asdict(params).items() if k not in ("model", "numeric_encoding", "n_buckets")}
-    return train_distributed(spark, rows, family, params.model, fmap.vocab_sizes, len(fmap.numeric), run, valid)
+    return train_distributed(spark, rows, family, params.model, fmap.vocab_sizes, len(fmap.numeric),
+                             params.loop_params(), valid)
