@@ -25,6 +25,9 @@ DESCRIPTIONS = {
     "distill": "distill the teacher into one LightGBM student (and the Table 4 ablations); save the student",
     "score": "score every owner of a month with the student (scores table, replaced per month)",
     "lead-list": "top-K lead list of a scored month after the business filters, with reasons; CRM export",
+    "report": "HTML report, PNG figures and JSON of every number for a pipeline run (Tables 1-4, curves, data versions)",
+    "monitor": "realized precision/recall of closed months, feature and score drift (PSI), retraining decision "
+               "(exit status monitoring.retrain_exit_code when retraining is due)",
     "foundation": "generate → features → folds and print per-month rows and positive rate",
     "pipeline": "the whole pipeline: foundation → base models → fusion → distillation → scoring → lead list",
     "demo": "the whole pipeline (same as pipeline; `make demo` runs it on conf/demo.yaml): foundation → base models → fusion → distillation → scoring → lead list",
@@ -49,8 +52,11 @@ def build_parser() -> argparse.ArgumentParser:
         if stage in ("train-base", "meta-features"):
             p.add_argument("--models", type=lambda v: [m.strip() for m in v.split(",") if m.strip()], default=None,
                            metavar="NAMES", help="comma-separated model names from conf (default: all)")
-        if stage in ("score", "lead-list"):
-            p.add_argument("--month", default=None, help="YYYY-MM (default: scoring.month or the newest month)")
+        if stage in ("score", "lead-list", "monitor"):
+            p.add_argument("--month", default=None, help="YYYY-MM (default: scoring.month / monitoring.month, "
+                                                         "else the newest month)")
+        if stage == "report":
+            p.add_argument("--run", default=None, help="pipeline run id, or `latest` for the newest run of each stage (default: the newest pipeline run, else latest)")
         if stage == "features":
             p.add_argument("--months", type=_months_arg, default=None, metavar="SPEC",
                            help="months to (re)build: 2024-09, 2024-06..2025-01 or a comma list (default: all)")
@@ -92,6 +98,8 @@ def format_pipeline(out: dict[str, Any]) -> str:
     lines.append(f"out-of-time month {e['month']}: lead list precision {100 * e['precision']:.2f}% "
                  f"({e['hits']} buyers in {e['leads']:,} leads), oracle {100 * e['oracle_precision']:.2f}% "
                  f"({e['oracle_hits']}); business recall {100 * e['business_recall']:.1f}%")
+    if "report" in out:
+        lines.append(f"report: {out['report']['report']}")
     return "\n".join(lines)
 
 
@@ -122,10 +130,20 @@ def _run(args: argparse.Namespace) -> int:
     options = {"months": args.months} if args.stage == "features" else {}
     if args.stage in ("train-base", "meta-features"):
         options = {"models": args.models}
-    if args.stage in ("score", "lead-list"):
+    if args.stage in ("score", "lead-list", "monitor"):
         options = {"month": args.month}
+    if args.stage == "report":
+        options = {"run": args.run}
     summary = run_stage(spark, cfg, args.stage, **options)
     print(json.dumps(summary, indent=2, default=str))
+    if args.stage == "report":
+        print(f"report: {summary['report']}")
+    if args.stage == "monitor":
+        from .monitoring.monitor import format_monitor, publish_decision
+
+        print(format_monitor(summary))
+        publish_decision(spark, summary)
+        return cfg.monitoring.retrain_exit_code if summary["retrain"] else 0
     if args.stage == "kdef-study":
         from .training.kdef_study import format_k_table
 

@@ -159,6 +159,41 @@ class LeadListSettings:
 
 
 @dataclass(frozen=True)
+class TrackingSettings:
+    """MLflow tracking: one MLflow run per pipeline run (stages log into it with their name as a
+    prefix); a stage run on its own gets its own MLflow run."""
+
+    enabled: bool
+    uri: str | None
+    experiment: str
+
+
+@dataclass(frozen=True)
+class ReportSettings:
+    """The evaluation report (stage report)."""
+
+    dir: str | None
+    curve_points: int
+    calibration_bins: int
+    top_features: int
+
+
+@dataclass(frozen=True)
+class MonitoringSettings:
+    """Monthly monitoring and the retraining rules (stage monitor)."""
+
+    month: str | None
+    reference_rows: int
+    psi_bins: int
+    top_features: int
+    min_realized_precision: float
+    feature_psi_retrain: float
+    score_psi_retrain: float
+    max_model_age_months: int
+    retrain_exit_code: int
+
+
+@dataclass(frozen=True)
 class Config:
     spark: SparkSettings
     tables: TableSettings
@@ -171,6 +206,9 @@ class Config:
     distill: DistillSettings
     scoring: ScoringSettings
     lead_list: LeadListSettings
+    tracking: TrackingSettings
+    report: ReportSettings
+    monitoring: MonitoringSettings
 
     def to_dict(self) -> dict[str, Any]:
         """Plain-dict view (for run manifests and logs)."""

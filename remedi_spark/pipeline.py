@@ -1,7 +1,11 @@
 """Stage runner: each stage is ``(spark, cfg, store, **options) -> summary``; this module wraps
-one in a run manifest (run id, conf, Delta versions read and written) and chains stages."""
+one in a run manifest (run id, conf, Delta versions read and written), logs it to MLflow, and
+chains stages. A pipeline run gets a manifest of its own (job ``pipeline``) that names every
+stage run; each stage's manifest names the pipeline run as its ``parent``."""
 from __future__ import annotations
 
+import sys
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -16,8 +20,12 @@ from .fusion.train import train_fusion
 from .distill.students import train_students
 from .io.store import RunManifest, TableStore
 from .leads.lead_list import build_lead_list, evaluate_lead_list
+from .monitoring.monitor import monitor_month
+from .report.build import build_report, log_report
 from .scoring.score import score_month
 from .training.kdef_study import run_kdef_study
+from .distill.students import log_student
+from .tracking import PIPELINE_TAG, STAGE_TAG, Tracker
 from .training.oof import train_base_models
 
 StageFn = Callable[..., dict[str, Any]]
@@ -33,41 +41,68 @@ STAGES: dict[str, StageFn] = {
     "distill": train_students,
     "score": score_month,
     "lead-list": build_lead_list,
+    "report": build_report,
+    "monitor": monitor_month,
+}
+
+# Logged to MLflow after the stage (models and files, beyond the summary's numbers).
+AFTER_STAGE: dict[str, Callable[[SparkSession, Config, TableStore, Tracker, dict[str, Any]], None]] = {
+    "distill": log_student,
+    "report": log_report,
 }
 
 
-def run_stage(spark: SparkSession, cfg: Config, stage: str, **options: Any) -> dict[str, Any]:
-    """Run one stage with its own run manifest; returns its summary plus ``run_id``."""
+def run_stage(spark: SparkSession, cfg: Config, stage: str, pipeline_run_id: str = "", label: str | None = None,
+              **options: Any) -> dict[str, Any]:
+    """Run one stage with its own run manifest and log it to MLflow (into the pipeline's MLflow
+    run when ``pipeline_run_id`` is given, under ``label``); returns its summary plus ``run_id``."""
     if stage not in STAGES:
         raise KeyError(f"unknown stage {stage!r}; known: {sorted(STAGES)}")
-    store = TableStore(spark, cfg.tables.root, RunManifest(stage, cfg.to_dict()))
-    summary = STAGES[stage](spark, cfg, store, **options)
-    store.run.info = summary
-    summary["run_id"] = store.save_manifest()
+    store = TableStore(spark, cfg.tables.root, RunManifest(stage, cfg.to_dict(), parent=pipeline_run_id))
+    tracker = Tracker(cfg, store.root)
+    started = time.perf_counter()
+    print(f"[remedi] {label or stage}: started ({store.run.run_id})", file=sys.stderr, flush=True)
+    with tracker.run(store.run.run_id, {STAGE_TAG: store.run.run_id, "remedi.job": stage}):
+        summary = STAGES[stage](spark, cfg, store, **options)
+        store.run.info = summary
+        summary["run_id"] = store.save_manifest()
+        tracker.log_stage(label or stage, summary, store.run.to_dict())
+        if stage in AFTER_STAGE:
+            AFTER_STAGE[stage](spark, cfg, store, tracker, summary)
+    print(f"[remedi] {label or stage}: done in {time.perf_counter() - started:.0f} s", file=sys.stderr, flush=True)
     return summary
 
 
-def run_foundation(spark: SparkSession, cfg: Config) -> dict[str, dict[str, Any]]:
+def run_foundation(spark: SparkSession, cfg: Config, pipeline_run_id: str = "") -> dict[str, dict[str, Any]]:
     """generate → features → folds, each as its own run. Returns the three summaries."""
-    return {stage: run_stage(spark, cfg, stage) for stage in ("generate", "features", "folds")}
+    return {stage: run_stage(spark, cfg, stage, pipeline_run_id) for stage in ("generate", "features", "folds")}
 
 
 def run_pipeline(spark: SparkSession, cfg: Config) -> dict[str, Any]:
     """Every stage in order, each its own run: foundation → base models → fusion → distillation,
     then scoring and a lead list for the out-of-time month (evaluated against its labels and the
-    oracle) and for the newest month (the list sales gets)."""
-    out: dict[str, Any] = dict(run_foundation(spark, cfg))
-    for stage in ("train-base", "meta-features", "fusion", "distill"):
-        out[stage] = run_stage(spark, cfg, stage)
-    oot = out["folds"]["oot_test_month"]
-    newest = out["features"]["observed_through"]
-    months = {"evaluation": oot}
-    feature_months = sorted(out["features"]["per_month"])
-    if feature_months[-1] != oot:
-        months["current"] = feature_months[-1]
-    for role, month in months.items():
-        out[f"score[{role}]"] = run_stage(spark, cfg, "score", month=month)
-        out[f"lead-list[{role}]"] = run_stage(spark, cfg, "lead-list", month=month)
-    out["evaluation"] = evaluate_lead_list(spark, cfg, TableStore(spark, cfg.tables.root), oot)
-    out["evaluation"]["observed_through"] = newest
+    oracle) and for the newest month (the list sales gets), then the report. The pipeline's own
+    manifest (job ``pipeline``) names every stage run; everything logs into one MLflow run."""
+    run = RunManifest("pipeline", cfg.to_dict())
+    tracker = Tracker(cfg, TableStore(spark, cfg.tables.root).root)
+    with tracker.run(run.run_id, {PIPELINE_TAG: run.run_id, "remedi.job": "pipeline"}):
+        out: dict[str, Any] = dict(run_foundation(spark, cfg, run.run_id))
+        for stage in ("train-base", "meta-features", "fusion", "distill"):
+            out[stage] = run_stage(spark, cfg, stage, run.run_id)
+        oot = out["folds"]["oot_test_month"]
+        months = {"evaluation": oot}
+        feature_months = sorted(out["features"]["per_month"])
+        if feature_months[-1] != oot:
+            months["current"] = feature_months[-1]
+        for role, month in months.items():
+            out[f"score[{role}]"] = run_stage(spark, cfg, "score", run.run_id, f"score.{role}", month=month)
+            out[f"lead-list[{role}]"] = run_stage(spark, cfg, "lead-list", run.run_id, f"lead-list.{role}", month=month)
+        store = TableStore(spark, cfg.tables.root, run)
+        out["evaluation"] = evaluate_lead_list(spark, cfg, store, oot)
+        out["evaluation"]["observed_through"] = out["features"]["observed_through"]
+        tracker.log_stage("evaluation", out["evaluation"], run.to_dict())
+        run.info = {"stages": {key: summary["run_id"] for key, summary in out.items() if "run_id" in summary},
+                    "months": months, "evaluation": out["evaluation"]}
+        out["pipeline_run_id"] = store.save_manifest()
+        out["report"] = run_stage(spark, cfg, "report", run.run_id, run=run.run_id)
     return out

@@ -16,6 +16,7 @@ def base_cfg() -> Config:
         "spark.shuffle_partitions=4", "spark.driver_memory=4g",
         f"spark.jars_dir={REPO / '.jars'}",
         "spark.conf={'spark.ui.enabled': 'false'}",
+        "tracking.enabled=false",  # MLflow on where a test checks it (it adds seconds per stage)
     ])
 
 

@@ -1,5 +1,8 @@
-"""The pipeline end to end on a tiny population: OOF → meta-features → fusion → teacher scorer →
-distillation → scoring → lead list (one module: the stages share one expensive fixture)."""
+"""The pipeline end to end on a tiny population (``run_pipeline``): OOF → meta-features → fusion →
+teacher scorer → distillation → scoring → lead list → report, with MLflow tracking (one module:
+the stages share one expensive fixture)."""
+import json
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -10,7 +13,8 @@ from remedi_spark.io.schemas import DataValidationError
 from remedi_spark.fusion.meta_features import meta_feature_names
 from remedi_spark.fusion.teacher import teacher_scores
 from remedi_spark.io.store import TableStore
-from remedi_spark.pipeline import run_stage
+from remedi_spark.pipeline import run_pipeline, run_stage
+from remedi_spark.tracking import PIPELINE_TAG, Tracker
 
 FAST = {"num_iterations": 40, "learning_rate": 0.1, "min_data_in_leaf": 20}
 MODELS = [
@@ -31,23 +35,28 @@ K = 150
 
 
 @pytest.fixture(scope="module")
-def fused(spark, base_cfg, tmp_path_factory):
+def pipeline(spark, base_cfg, tmp_path_factory):
     root = tmp_path_factory.mktemp("fusion")
     cfg = replace(base_cfg, tables={"root": str(root / "t")}, synthetic={"n_users": 3000, "chunk_users": 1500},
                   folds={"n_folds": 2}, base_models={"models": MODELS, "early_stopping_rounds": 10},
                   fusion={"meta_model": META}, distill={"students": STUDENTS, "timing_rows": 500},
-                  lead_list={"k": K, "export_dir": str(root / "exports")})
-    for stage in ("generate", "features", "folds", "train-base", "meta-features"):
-        run_stage(spark, cfg, stage)
-    return cfg, run_stage(spark, cfg, "fusion"), TableStore(spark, cfg.tables.root)
+                  lead_list={"k": K, "export_dir": str(root / "exports")}, tracking={"enabled": True},
+                  report={"curve_points": 40, "top_features": 10})
+    return cfg, run_pipeline(spark, cfg)
 
 
 @pytest.fixture(scope="module")
-def distilled(spark, fused):
-    cfg, _, store = fused
-    summary = run_stage(spark, cfg, "distill")
-    month = store.read("folds").filter("oot_split = 'test'").agg(F.max("month")).first()[0]
-    return summary, month, run_stage(spark, cfg, "score", month=month), run_stage(spark, cfg, "lead-list", month=month)
+def fused(spark, pipeline):
+    cfg, out = pipeline
+    return cfg, out["fusion"], TableStore(spark, cfg.tables.root)
+
+
+@pytest.fixture(scope="module")
+def distilled(spark, pipeline):
+    cfg, out = pipeline
+    month = TableStore(spark, cfg.tables.root).read("folds").filter("oot_split = 'test'").agg(F.max("month")).first()[0]
+    assert out["evaluation"]["month"] == month
+    return out["distill"], month, out["score[evaluation]"], out["lead-list[evaluation]"]
 
 
 def test_results_table_has_every_row_kind(fused):
@@ -155,10 +164,71 @@ def test_rescoring_a_month_replaces_it_and_caps_apply(spark, fused, distilled):
     run_stage(spark, capped, "lead-list", month=month)
     leads = store.read("lead_list", months=[month]).toPandas()
     assert leads.groupby("region_id").size().max() <= 5
-    assert store.read("lead_list").groupBy("month").count().count() == 1  # one month, replaced, not appended
+    assert len(leads) == leads["user_id"].nunique()  # the month replaced, not appended to
 
 
 def test_a_month_without_features_is_a_clear_error(spark, fused, distilled):
     cfg, _, store = fused
     with pytest.raises(DataValidationError, match="no feature rows for month 2031-01"):
         run_stage(spark, cfg, "score", month="2031-01")
+
+
+def test_report_holds_every_table_and_figure(spark, pipeline):
+    cfg, out = pipeline
+    report = out["report"]
+    assert report["pipeline_run_id"] == out["pipeline_run_id"] and report["report"].endswith("report.html")
+    page = open(report["report"], encoding="utf-8").read()
+    for title in ("Table 1", "Table 2", "Table 3", "Table 4", "Data versions", "Month by month"):
+        assert title in page
+    names = {"gains", "lift", "precision_at_k", "business_recall_at_k", "score_histogram", "calibration",
+             "importance", "monthly"}
+    assert set(report["figures"]) == names
+    assert page.count("data:image/png;base64,") == len(names)  # self-contained: figures inline
+    for name in names:
+        with open(f"{report['dir']}/figures/{name}.png", "rb") as fh:
+            assert fh.read(8) == b"\x89PNG\r\n\x1a\n"
+    numbers = json.load(open(f"{report['dir']}/report.json"))
+    assert {"base_models", "fusion", "ablations", "distillation"} == set(numbers["tables"])
+    oracle = [r for r in numbers["tables"]["base_models"]["user_split"] if r["name"] == "oracle"]
+    assert len(oracle) == 1 and oracle[0]["share_of_oracle"] == pytest.approx(1.0)
+    ev = numbers["evaluation"]
+    assert ev["month"] == out["evaluation"]["month"] and ev["scorers"][0] == "student"
+    assert ev["k"] in ev["curves"]["student"]["k"]  # the chosen K is on every curve
+    months = {r["month"] for r in numbers["monthly"]}
+    assert len(months) == len(out["folds"]["months"])
+
+
+def test_report_data_versions_come_from_the_run_manifests(spark, pipeline):
+    cfg, out = pipeline
+    store = TableStore(spark, cfg.tables.root)
+    numbers = json.load(open(f"{out['report']['dir']}/report.json"))
+    versions = numbers["data_versions"]["tables"]
+    distill = store.load_manifest(out["distill"]["run_id"])
+    assert distill["parent"] == out["pipeline_run_id"]
+    assert versions["distill_results"] == distill["writes"][0]["version"]
+    assert versions["teacher_predictions"] == store.load_manifest(out["fusion"]["run_id"])["reads"].get(
+        "teacher_predictions", versions["teacher_predictions"])
+    stages = {r["run_id"] for r in numbers["data_versions"]["by_stage"]}
+    assert out["fusion"]["run_id"] in stages and out["score[evaluation]"]["run_id"] in stages
+
+
+def test_mlflow_run_holds_the_pipeline_metrics_report_and_student(spark, pipeline):
+    cfg, out = pipeline
+    tracker = Tracker(cfg, TableStore(spark, cfg.tables.root).root)
+    run_id = tracker.find_run(PIPELINE_TAG, out["pipeline_run_id"])
+    assert run_id is not None
+    client = tracker.mlflow.tracking.MlflowClient()
+    run = client.get_run(run_id)
+    fusion_auc = {r["name"]: r["auc"] for r in out["fusion"]["results"]
+                  if r["section"] == "fusion" and r["evaluation"] == "user_split"}
+    assert run.data.metrics["fusion.results.fusion.hybrid_expert.user_split.auc"] == pytest.approx(fusion_auc["hybrid_expert"])
+    assert run.data.metrics["evaluation.precision"] == pytest.approx(out["evaluation"]["precision"])
+    assert run.data.params["lead_list.k"] == str(K)
+    artifacts = {a.path for a in client.list_artifacts(run_id, "report")}
+    assert {"report/report.html", "report/report.json", "report/figures"} <= artifacts
+    models = tracker.mlflow.search_logged_models(experiment_ids=[run.info.experiment_id], output_format="list")
+    student = [m for m in models if m.source_run_id == run_id and m.name == "student"]
+    assert student, "the student was not logged as an MLflow model"
+    loaded = tracker.mlflow.pyfunc.load_model(student[0].model_uri)
+    inputs = loaded.metadata.get_input_schema().input_names()
+    assert len(inputs) > 10 and "vehicle_age_months" in inputs

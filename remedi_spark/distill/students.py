@@ -28,7 +28,7 @@ from ..config import Config, ConfigError, ModelSpec
 from ..io.schemas import frame_from_pandas
 from ..io.store import TableStore
 from ..metrics import k_for, lead_metrics
-from ..models.base import KEYS, LABEL, BaseModel, FeatureSpec
+from ..models.base import KEYS, LABEL, BaseModel, FeatureSpec, in_group, load_model
 from ..models.registry import build_model
 from ..training.oof import ES, training_frame
 
@@ -125,6 +125,35 @@ def _inference_times(spark: SparkSession, cfg: Config, store: TableStore, studen
     student_s = seconds_per_1000(student.predict(student.features.encode(sample)), count)
     return {"rows": count, "teacher": round(teacher, 4), "student": round(student_s, 4),
             "speedup": round(teacher / student_s, 1)}
+
+
+def log_student(spark: SparkSession, cfg: Config, store: TableStore, tracker: Any, summary: dict[str, Any]) -> None:
+    """Log the saved student to MLflow as a LightGBM model with its input/output signature
+    (called by the stage runner after ``distill``)."""
+    if not tracker.enabled:
+        return
+    student = load_model(spark, student_path(store), cfg.base_models)
+    if not hasattr(student, "booster"):
+        return  # only the native backend keeps a plain booster to log
+    features = store.read("features").limit(200)
+    sample = student.features.encode(features).select(*student.features.columns).toPandas().astype("float64")
+    tracker.log_lightgbm(student.booster(), sample, "student",
+                         f"distilled student {summary['student']}: score = clip(output, 0, 1) for mse students")
+
+
+def student_importance(spark: SparkSession, cfg: Config, store: TableStore) -> pd.DataFrame:
+    """Gain importance of every student feature, with its feature group and share of total gain."""
+    student = load_model(spark, scoring_model_dir(cfg, store), cfg.base_models)
+    if not hasattr(student, "booster"):
+        return pd.DataFrame(columns=["feature", "group", "gain", "share"])
+    booster = student.booster()
+    gain = booster.feature_importance(importance_type="gain")
+    groups = cfg.base_models.feature_groups
+    names = booster.feature_name()
+    group = [next((g for g, members in groups.items() if in_group(n, members)), "other") for n in names]
+    out = pd.DataFrame({"feature": names, "group": group, "gain": gain.astype(float)})
+    out["share"] = out["gain"] / out["gain"].sum() if out["gain"].sum() > 0 else 0.0
+    return out.sort_values("gain", ascending=False, kind="stable").reset_index(drop=True)
 
 
 def format_distill(records: list[dict[str, Any]]) -> str:

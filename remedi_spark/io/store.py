@@ -46,6 +46,7 @@ class RunManifest:
     job: str
     conf: dict[str, Any]
     run_id: str = ""
+    parent: str = ""  # the pipeline run this stage ran in ("" when run on its own)
     started_at: dt.datetime = field(default_factory=_now)
     reads: dict[str, int] = field(default_factory=dict)
     writes: list[dict[str, Any]] = field(default_factory=list)
@@ -56,7 +57,8 @@ class RunManifest:
             self.run_id = f"{self.job}-{self.started_at:%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:8]}"
 
     def to_dict(self) -> dict[str, Any]:
-        return {"run_id": self.run_id, "job": self.job, "started_at": self.started_at.isoformat(),
+        return {"run_id": self.run_id, "job": self.job, "parent": self.parent,
+                "started_at": self.started_at.isoformat(),
                 "conf": self.conf, "reads": self.reads, "writes": self.writes, "info": self.info}
 
 
@@ -167,6 +169,14 @@ class TableStore:
         self.spark.createDataFrame([row], _RUNS_SCHEMA).write.format("delta").mode("append") \
             .save(self.path(RUNS_TABLE))
         return self.run.run_id
+
+    def manifests(self) -> list[dict[str, Any]]:
+        """Every run manifest, oldest first (the runs table is small: one row per job run)."""
+        if not self.exists(RUNS_TABLE):
+            return []
+        rows = self.spark.read.format("delta").load(self.path(RUNS_TABLE)).orderBy("started_at") \
+            .select("manifest").collect()
+        return [json.loads(r["manifest"]) for r in rows]
 
     def load_manifest(self, run_id: str) -> dict[str, Any]:
         """The manifest of ``run_id`` as a dict."""

@@ -152,6 +152,11 @@ class NativeLightGBM(BaseModel):
     def artifact(self) -> bytes:
         return self._text.encode("utf-8")
 
+    def booster(self) -> lgb.Booster:
+        """The trained LightGBM booster (its raw output plus ``info['init_score']`` is the logit,
+        or for an mse regressor the probability before clipping to [0, 1])."""
+        return _booster(self._text)
+
     def _restore(self, spark: SparkSession, data: bytes) -> None:
         text = data.decode("utf-8")
         names = next((line.split("=", 1)[1].split() for line in text.splitlines() if line.startswith("feature_names=")),

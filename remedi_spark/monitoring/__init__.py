@@ -1,0 +1,1 @@
+"""Monthly monitoring: realized precision/recall, feature and score drift (PSI), retraining rules."""

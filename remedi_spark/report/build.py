@@ -1,0 +1,251 @@
+"""Stage ``report``: one self-contained HTML page, PNG figures and a JSON of every number for one
+pipeline run, written to ``<tables.root>/reports/<pipeline run id>/`` (or ``report.dir``).
+
+Contents: REMEDI Tables 1–4 analogs (base models, fusion strategies, diversity ablations,
+distillation), each with the oracle ceiling beside it; cumulative gains, lift, precision and
+business recall as functions of K (the chosen K marked), the score histogram by label,
+calibration, the student's gain importance and month-by-month metrics, all on held-out owners
+(never in any training set); the lead list's own evaluation; and the Delta version of every
+table the numbers came from.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import tempfile
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from pyspark.sql import SparkSession
+
+from ..config import Config
+from ..io import files
+from ..io.store import TableStore
+from ..metrics import curve_ks, lead_metrics, ranked_curves
+from . import figures
+from .collect import SCORERS, ReportData, collect, data_version_rows, monthly_metrics
+from .html import figure, page, table
+
+METRIC_COLUMNS = ["precision_at_k", "business_recall_at_k", "lift_at_k", "auc", "logloss"]
+TABLES = {  # key: (fusion_results section, title)
+    "base_models": ("base", "Table 1 — base models"),
+    "fusion": ("fusion", "Table 2 — fusion strategies"),
+    "ablations": ("ablation", "Table 3 — diversity ablations (hybrid expert without a model family)"),
+}
+EVALUATIONS = {"user_split": "held-out owners (random 20% of owners, all labelled months)",
+               "out_of_time": "held-out owners in the newest labelled month (out of time)"}
+FIGURES = {
+    "gains": "Cumulative gains, held-out owners of the evaluation month",
+    "lift": "Lift, held-out owners of the evaluation month",
+    "precision_at_k": "Precision at K (chosen K dashed)",
+    "business_recall_at_k": "Business Recall at K: buyers in the list / average buyers per month",
+    "score_histogram": "Student score distribution by label",
+    "calibration": "Calibration (reliability) curve",
+    "importance": "Student feature importance (gain), coloured by feature group",
+    "monthly": "Month-by-month metrics on held-out owners",
+}
+
+
+def finite(obj: Any) -> Any:
+    """``obj`` with NaN/inf floats as None, so the JSON is strict (browsers' JSON.parse)."""
+    if isinstance(obj, dict):
+        return {k: finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [finite(v) for v in obj]
+    if isinstance(obj, (float, np.floating)):
+        return float(obj) if np.isfinite(obj) else None
+    if isinstance(obj, np.integer):
+        return int(obj)
+    return obj
+
+
+def _records(frame: pd.DataFrame) -> list[dict[str, Any]]:
+    return json.loads(frame.to_json(orient="records"))
+
+
+def _with_oracle_share(rows: pd.DataFrame, oracle_precision: float | None) -> pd.DataFrame:
+    rows = rows.copy()
+    rows["share_of_oracle"] = rows["precision_at_k"] / oracle_precision if oracle_precision else np.nan
+    return rows
+
+
+def result_tables(data: ReportData) -> dict[str, dict[str, list[dict[str, Any]]]]:
+    """Tables 1–3 per evaluation (oracle row last, P@K as a share of the oracle's) and Table 4."""
+    fr = data.fusion_results
+    out: dict[str, dict[str, list[dict[str, Any]]]] = {}
+    for key, (section, _) in TABLES.items():
+        out[key] = {}
+        for evaluation in EVALUATIONS:
+            oracle = fr[(fr["section"] == "oracle") & (fr["evaluation"] == evaluation)]
+            rows = fr[(fr["section"] == section) & (fr["evaluation"] == evaluation)] \
+                .sort_values("auc", ascending=False, kind="stable")
+            rows = pd.concat([rows, oracle]) if len(oracle) else rows
+            ceiling = float(oracle["precision_at_k"].iloc[0]) if len(oracle) else None
+            out[key][evaluation] = _records(_with_oracle_share(rows, ceiling).drop(columns=["run_id"]))
+    oracle = fr[(fr["section"] == "oracle") & (fr["evaluation"] == "user_split")]
+    distill = data.distill_results.drop(columns=["run_id"])
+    if len(oracle):
+        distill = pd.concat([distill, oracle.assign(kind="ceiling")[["name", "kind", "rows", "k", *METRIC_COLUMNS]]])
+    ceiling = float(oracle["precision_at_k"].iloc[0]) if len(oracle) else None
+    out["distillation"] = {"user_split": _records(_with_oracle_share(distill, ceiling))}
+    return out
+
+
+def evaluation_numbers(data: ReportData, points: int, bins: int) -> dict[str, Any]:
+    """Metrics at the chosen K, curves and calibration of every scorer on the evaluation month."""
+    rows = data.evaluation_rows
+    y = rows["y"].to_numpy()
+    scorers = [s for s in SCORERS if s in rows and not rows[s].isna().any()]
+    ks = curve_ks(len(rows), points, extra=(data.k,))
+    metrics, curves, calibration = {}, {}, {}
+    from sklearn.calibration import calibration_curve
+
+    for s in scorers:
+        p = rows[s].to_numpy(dtype=float)
+        metrics[s] = lead_metrics(y, p, data.k)
+        curves[s] = {k: v.tolist() for k, v in ranked_curves(y, p, ks).items()}
+        observed, predicted = calibration_curve(y, np.clip(p, 0, 1), n_bins=bins, strategy="quantile")
+        calibration[s] = {"predicted": predicted.tolist(), "observed": observed.tolist()}
+    return {"month": data.evaluation_month, "rows": len(rows), "positives": int(y.sum()), "k": data.k,
+            "scorers": scorers, "metrics": metrics, "curves": curves, "calibration": calibration}
+
+
+def report_numbers(data: ReportData, cfg: Config) -> dict[str, Any]:
+    """Every number the report shows, as plain JSON-able values."""
+    importance = data.importance
+    groups = importance.groupby("group")["share"].sum().sort_values(ascending=False) if len(importance) else pd.Series()
+    monthly = monthly_metrics(data.held_out, cfg.base_models.metric_k_fraction)
+    return {
+        "pipeline_run_id": data.pipeline["run_id"],
+        "pipeline_started_at": data.pipeline["started_at"],
+        "generated_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "k_fraction": cfg.base_models.metric_k_fraction,
+        "best_base_model": data.best_base,
+        "tables": result_tables(data),
+        "kdef_study": _records(data.kdef_study.drop(columns=["run_id"], errors="ignore"))
+        if data.kdef_study is not None else None,
+        "evaluation": evaluation_numbers(data, cfg.report.curve_points, cfg.report.calibration_bins),
+        "monthly": _records(monthly),
+        "importance": {"top": _records(importance.head(cfg.report.top_features)),
+                       "groups": {g: float(v) for g, v in groups.items()}},
+        "lead_list": data.pipeline.get("info", {}).get("evaluation"),
+        "data_versions": {"tables": data.versions, "by_stage": data_version_rows(data.pipeline, data.stages)},
+        "warnings": data.warnings,
+    }
+
+
+def render_figures(data: ReportData, numbers: dict[str, Any], cfg: Config) -> dict[str, bytes]:
+    """Every figure as PNG bytes, keyed by the names in :data:`FIGURES`."""
+    ev = numbers["evaluation"]
+    curves = {s: {k: np.asarray(v) for k, v in c.items()} for s, c in ev["curves"].items()}
+    k, share = ev["k"], ev["k"] / ev["rows"]
+    rows = data.evaluation_rows
+    out = {
+        "gains": figures.gains_chart(curves, share, k),
+        "lift": figures.lift_chart(curves, share, k),
+        "precision_at_k": figures.at_k_chart(curves, "precision", "Precision", k),
+        "business_recall_at_k": figures.at_k_chart(curves, "business_recall", "Business recall", k),
+        "score_histogram": figures.score_histogram(rows["student"].to_numpy(float), rows["y"].to_numpy(), "student"),
+        "calibration": figures.calibration_chart(rows, [s for s in ev["scorers"] if s != "oracle"],
+                                                 cfg.report.calibration_bins),
+        "monthly": figures.monthly_chart(pd.DataFrame(numbers["monthly"]), cfg.base_models.metric_k_fraction),
+    }
+    if len(data.importance):
+        out["importance"] = figures.importance_chart(data.importance, cfg.report.top_features)
+    return out
+
+
+def _headline(numbers: dict[str, Any]) -> str:
+    ev = numbers["evaluation"]
+    cells = []
+    for s in ev["scorers"]:
+        m = ev["metrics"][s]
+        cells.append(f"<div>{SCORERS[s]}<b>{100 * m['precision_at_k']:.2f}%</b>P@K · AUC {m['auc']:.4f} · "
+                     f"lift {m['lift_at_k']:.1f}</div>")
+    return (f"<p>Held-out owners of {ev['month']}: {ev['rows']:,} rows, {ev['positives']:,} buyers in T+1..T+3, "
+            f"K = {ev['k']:,} ({100 * numbers['k_fraction']:.1f}%).</p><div class='kpi'>{''.join(cells)}</div>")
+
+
+def render_html(numbers: dict[str, Any], pngs: dict[str, bytes]) -> str:
+    """The report page (see the module docstring for its sections)."""
+    cols = ["name", "rows", "k", *METRIC_COLUMNS, "share_of_oracle"]
+    sections: list[tuple[str, str]] = []
+    if numbers["warnings"]:
+        sections.append(("Warnings", "".join(f"<p class='warn'>{w}</p>" for w in numbers["warnings"])))
+    sections.append(("Headline: the evaluation month", _headline(numbers)))
+    for key, (_, title) in TABLES.items():
+        inner = "".join(f"<h3>{EVALUATIONS[e]}</h3>" + table(numbers["tables"][key][e], cols)
+                        for e in EVALUATIONS)
+        sections.append((title, inner))
+    distill_cols = ["name", "kind", *METRIC_COLUMNS, "corr_vs_teacher", "rank_corr_vs_teacher", "mse_vs_teacher",
+                    "best_iteration", "seconds_per_1000", "share_of_oracle"]
+    sections.append(("Table 4 — distillation (teacher → one LightGBM student)",
+                     "<p>Held-out owners; <i>seconds_per_1000</i> is the inference time per 1,000 owners.</p>"
+                     + table(numbers["tables"]["distillation"]["user_split"], distill_cols)))
+    if numbers["kdef_study"]:
+        kcols = [c for c in ["k", "subnets", "method", "auc", "logloss", "precision_at_k", "ka_mean"]
+                 if c in numbers["kdef_study"][0]]
+        sections.append(("KDEF study (newest kdef-study run)", table(numbers["kdef_study"], kcols)))
+    sections.append(("Curves", "<div class='figs'>" + "".join(
+        figure(pngs[n], FIGURES[n]) for n in ("gains", "lift", "precision_at_k", "business_recall_at_k")) + "</div>"))
+    sections.append(("Scores and calibration", "<div class='figs'>" + "".join(
+        figure(pngs[n], FIGURES[n]) for n in ("score_histogram", "calibration")) + "</div>"))
+    if "importance" in pngs:
+        groups = [{"name": g, "share": v} for g, v in numbers["importance"]["groups"].items()]
+        sections.append(("What drives the score", figure(pngs["importance"], FIGURES["importance"])
+                         + "<h3>share of gain by feature group</h3>" + table(groups, ["name", "share"])))
+    monthly_cols = ["month", "scorer", "rows", "positives", "k", *METRIC_COLUMNS]
+    sections.append(("Month by month", figure(pngs["monthly"], FIGURES["monthly"])
+                     + table(numbers["monthly"], monthly_cols)))
+    lead = numbers["lead_list"]
+    if lead:
+        sections.append(("Lead list of the evaluation month", table([{"name": "lead list", **lead}], [
+            "name", "month", "leads", "hits", "precision", "oracle_hits", "oracle_precision", "business_recall"])
+            + "<p class='meta'>All owners of the month after the business filters; owners of the training split "
+              "are included, so this is optimistic next to the held-out numbers above.</p>"))
+    dv = numbers["data_versions"]
+    sections.append(("Data versions", "<p>Every number above was read at these Delta versions (time travel: "
+                     "<code>versionAsOf</code>).</p>" + table(
+                         [{"name": t, "version": v} for t, v in sorted(dv["tables"].items())], ["name", "version"])
+                     + "<h3>per stage run</h3>" + table(
+                         [{"name": r["stage"], **r} for r in dv["by_stage"]],
+                         ["name", "run_id", "table", "read_version", "written_version"])))
+    meta = (f"pipeline run <code>{numbers['pipeline_run_id']}</code> · started {numbers['pipeline_started_at']} · "
+            f"report generated {numbers['generated_at']}")
+    return page("remedi-spark evaluation report", sections, meta)
+
+
+def report_dir(cfg: Config, store: TableStore, pipeline_run_id: str) -> str:
+    return f"{(cfg.report.dir or f'{store.root}/reports').rstrip('/')}/{pipeline_run_id}"
+
+
+def build_report(spark: SparkSession, cfg: Config, store: TableStore, run: str | None = None) -> dict[str, Any]:
+    """Stage ``report`` for pipeline run ``run`` (default: the newest). Returns the report's path
+    and its headline numbers."""
+    data = collect(spark, cfg, store, run)
+    numbers = report_numbers(data, cfg)
+    pngs = render_figures(data, numbers, cfg)
+    out = report_dir(cfg, store, data.pipeline["run_id"])
+    for name, png in pngs.items():
+        files.write_bytes(spark, f"{out}/figures/{name}.png", png)
+    files.write_text(spark, f"{out}/report.json", json.dumps(finite(numbers), indent=2, sort_keys=True, allow_nan=False))
+    files.write_text(spark, f"{out}/report.html", render_html(numbers, pngs))
+    ev = numbers["evaluation"]
+    return {"pipeline_run_id": data.pipeline["run_id"], "report": f"{out}/report.html", "dir": out,
+            "figures": sorted(pngs), "evaluation_month": ev["month"],
+            "headline": {s: {m: ev["metrics"][s][m] for m in METRIC_COLUMNS} for s in ev["scorers"]}}
+
+
+def log_report(spark: SparkSession, cfg: Config, store: TableStore, tracker: Any, summary: dict[str, Any]) -> None:
+    """Copy the report's files into the MLflow run as artifacts under ``report/``."""
+    if not tracker.enabled:
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        names = ["report.html", "report.json", *[f"figures/{f}.png" for f in summary["figures"]]]
+        for name in names:
+            os.makedirs(os.path.dirname(f"{tmp}/{name}"), exist_ok=True)
+            with open(f"{tmp}/{name}", "wb") as fh:
+                fh.write(files.read_bytes(spark, f"{summary['dir']}/{name}"))
+        tracker.log_artifacts(tmp, "report")

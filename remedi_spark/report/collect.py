@@ -1,0 +1,183 @@
+"""Everything the report shows, read at the Delta versions one pipeline run wrote.
+
+The pipeline's manifest names its stage runs; their manifests give the version of every table
+they read and wrote. The report reads each table at the version the pipeline left it
+(time travel), so rebuilding a report later shows the same numbers even after newer runs.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
+
+from ..config import Config
+from ..distill.students import scoring_model_dir, student_importance
+from ..io import files
+from ..io.store import TableStore
+from ..metrics import k_for, lead_metrics
+from ..models.base import load_model
+
+# score columns of the evaluation frame, in the order the report lists them
+SCORERS = {"student": "distilled student", "teacher": "teacher (base models + hybrid expert)",
+           "best_base": "best base model", "oracle": "oracle (true simulator probability)"}
+
+
+@dataclass
+class ReportData:
+    """Inputs of one report (pandas frames are small: held-out owners and result tables)."""
+
+    pipeline: dict[str, Any]
+    stages: list[dict[str, Any]]
+    versions: dict[str, int]
+    evaluation_month: str
+    k: int
+    fusion_results: pd.DataFrame
+    distill_results: pd.DataFrame
+    held_out: pd.DataFrame          # user_id, month, y + one column per scorer (held-out owners)
+    best_base: str
+    importance: pd.DataFrame        # feature, group, gain, share
+    warnings: list[str] = field(default_factory=list)
+    kdef_study: pd.DataFrame | None = None
+
+    @property
+    def evaluation_rows(self) -> pd.DataFrame:
+        return self.held_out[self.held_out["month"] == self.evaluation_month]
+
+
+PIPELINE_JOBS = ("generate", "features", "folds", "train-base", "meta-features", "fusion", "distill")
+
+
+def latest_runs(manifests: list[dict[str, Any]]) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """A pipeline assembled from separately run stages (as scheduled jobs run them): the newest
+    run of each stage job, plus every score and lead-list run since the newest distillation."""
+    newest = {m["job"]: m for m in manifests if m["job"] in PIPELINE_JOBS}
+    missing = [j for j in PIPELINE_JOBS if j not in newest and j != "generate"]
+    if missing:
+        raise FileNotFoundError(f"no pipeline run, and no run yet of the stages {missing}: run them (or the "
+                                "pipeline: `make demo` / `python -m remedi_spark pipeline`) first")
+    since = newest["distill"]["started_at"]
+    scoring = [m for m in manifests if m["job"] in ("score", "lead-list") and m["started_at"] >= since]
+    stages = sorted([*newest.values(), *scoring], key=lambda m: m["started_at"])
+    oot = newest["folds"]["info"].get("oot_test_month")
+    pipeline = {"run_id": f"latest-{stages[-1]['run_id']}", "job": "pipeline", "started_at": stages[0]["started_at"],
+                "info": {"months": {"evaluation": oot}, "stages": {m["job"]: m["run_id"] for m in stages}}}
+    return pipeline, stages
+
+
+def resolve_pipeline(store: TableStore, run: str | None) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """The pipeline manifest for ``run`` and its stage manifests, oldest first. ``run`` is a
+    pipeline run id, a stage run id inside one, or ``latest`` (the newest run of every stage, see
+    :func:`latest_runs`); by default the newest pipeline run, else ``latest``."""
+    manifests = store.manifests()
+    pipelines = [m for m in manifests if m["job"] == "pipeline"]
+    if run == "latest" or (run is None and not pipelines):
+        return latest_runs(manifests)
+    if run is None:
+        pipeline = pipelines[-1]
+    else:
+        match = [m for m in manifests if m["run_id"] == run]
+        if not match:
+            known = ", ".join(m["run_id"] for m in pipelines[-5:]) or "none"
+            raise FileNotFoundError(f"no run {run!r} in {store.path('runs')}; newest pipeline runs: {known}")
+        pipeline = match[0]
+        if pipeline["job"] != "pipeline":
+            parent = pipeline.get("parent")
+            if not parent:
+                raise ValueError(f"run {run!r} is a {pipeline['job']!r} stage run outside any pipeline; a report "
+                                 "needs a pipeline run id")
+            pipeline = next(m for m in manifests if m["run_id"] == parent)
+    stages = [m for m in manifests if m.get("parent") == pipeline["run_id"] and m["job"] != "report"]
+    return pipeline, stages
+
+
+def table_versions(stages: list[dict[str, Any]]) -> dict[str, int]:
+    """Each table at the version the pipeline left it: its last write, else its last read."""
+    versions: dict[str, int] = {}
+    for m in stages:
+        for table, version in m["reads"].items():
+            versions.setdefault(table, int(version))
+    for m in stages:
+        for w in m["writes"]:
+            versions[w["table"]] = int(w["version"])
+    return versions
+
+
+def data_version_rows(pipeline: dict[str, Any], stages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One row per (stage run, table): the Delta version read and/or written."""
+    labels = {run_id: key for key, run_id in pipeline.get("info", {}).get("stages", {}).items()}
+    rows = []
+    for m in stages:
+        written = {w["table"]: w["version"] for w in m["writes"]}
+        for table in sorted(set(m["reads"]) | set(written)):
+            rows.append({"stage": labels.get(m["run_id"], m["job"]), "run_id": m["run_id"], "table": table,
+                         "read_version": m["reads"].get(table), "written_version": written.get(table)})
+    return rows
+
+
+def _pinned(store: TableStore, versions: dict[str, int], table: str) -> DataFrame:
+    return store.read(table, version=versions.get(table))
+
+
+def _held_out_frame(spark: SparkSession, cfg: Config, store: TableStore, versions: dict[str, int], best_base: str,
+                    warnings: list[str]) -> pd.DataFrame:
+    """Held-out owners (never in any training set) of every labelled month with the label, the
+    student's score (computed here with the saved student), the teacher, the best base model
+    and, on synthetic data, the oracle."""
+    folds = _pinned(store, versions, "folds").filter(F.col("split") == "test").select("user_id", "month")
+    features = _pinned(store, versions, "features").filter("label_complete").join(folds, ["user_id", "month"])
+    frame = features.select("user_id", "month", "y")
+    path = scoring_model_dir(cfg, store)
+    student = load_model(spark, path, cfg.base_models)
+    student_run = json.loads(files.read_text(spark, f"{path}/model.json")).get("run_id")
+    distill_runs = [m["run_id"] for m in store.manifests() if m["run_id"] == student_run]
+    if not distill_runs:
+        warnings.append(f"the student at {path} comes from run {student_run}, which is not in this table root's runs")
+    scored = student.predict(student.features.encode(features)).withColumnRenamed("p", "student")
+    frame = frame.join(scored, ["user_id", "month"], "left")
+    teacher = _pinned(store, versions, "teacher_predictions").select("user_id", "month", F.col("p_teacher").alias("teacher"))
+    base = _pinned(store, versions, "oof_predictions").filter(F.col("model") == best_base) \
+        .select("user_id", "month", F.col("p").alias("best_base"))
+    frame = frame.join(teacher, ["user_id", "month"], "left").join(base, ["user_id", "month"], "left")
+    if store.exists("oracle"):
+        oracle = _pinned(store, versions, "oracle").select("user_id", "month", F.col("p_3m").alias("oracle"))
+        frame = frame.join(oracle, ["user_id", "month"], "left")
+    return frame.toPandas().sort_values(["month", "user_id"], kind="stable").reset_index(drop=True)
+
+
+def monthly_metrics(held_out: pd.DataFrame, k_fraction: float) -> pd.DataFrame:
+    """Per month and scorer: P@K (K = ``k_fraction`` of the month's held-out owners), Business
+    Recall@K, Lift, AUC and LogLoss."""
+    rows = []
+    for month, part in held_out.groupby("month", sort=True):
+        y = part["y"].to_numpy()
+        for scorer in [s for s in SCORERS if s in part]:
+            p = part[scorer].to_numpy(dtype=float)
+            if np.isnan(p).any():
+                continue
+            rows.append({"month": month, "scorer": scorer, **lead_metrics(y, p, k_for(len(part), k_fraction))})
+    return pd.DataFrame(rows)
+
+
+def collect(spark: SparkSession, cfg: Config, store: TableStore, run: str | None) -> ReportData:
+    """Read everything one pipeline run produced (see the module docstring)."""
+    pipeline, stages = resolve_pipeline(store, run)
+    versions = table_versions(stages)
+    fusion = _pinned(store, versions, "fusion_results").toPandas()
+    distill = _pinned(store, versions, "distill_results").toPandas()
+    base = fusion[(fusion["section"] == "base") & (fusion["evaluation"] == "user_split")]
+    best_base = str(base.sort_values("auc", ascending=False).iloc[0]["name"])
+    warnings: list[str] = []
+    held_out = _held_out_frame(spark, cfg, store, versions, best_base, warnings)
+    months = pipeline.get("info", {}).get("months", {})
+    evaluation_month = months.get("evaluation") or str(held_out["month"].max())
+    n_eval = int((held_out["month"] == evaluation_month).sum())
+    kdef = store.read("kdef_study").toPandas() if store.exists("kdef_study") else None
+    return ReportData(pipeline=pipeline, stages=stages, versions=versions, evaluation_month=evaluation_month,
+                      k=k_for(n_eval, cfg.base_models.metric_k_fraction), fusion_results=fusion,
+                      distill_results=distill, held_out=held_out, best_base=best_base,
+                      importance=student_importance(spark, cfg, store), warnings=warnings, kdef_study=kdef)

@@ -1,0 +1,130 @@
+"""The report's figures (matplotlib, Agg backend): each function takes plain frames/arrays and
+returns PNG bytes, so figures can be tested and written anywhere."""
+from __future__ import annotations
+
+import io
+
+import matplotlib
+
+matplotlib.use("Agg")  # no display on clusters or CI
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+from sklearn.calibration import calibration_curve  # noqa: E402
+
+COLORS = {"student": "#1f77b4", "teacher": "#ff7f0e", "best_base": "#2ca02c", "oracle": "#7f7f7f"}
+
+
+def _png(fig: plt.Figure) -> bytes:
+    buf = io.BytesIO()
+    fig.tight_layout()
+    fig.savefig(buf, format="png", dpi=110)
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def _mark_k(ax: plt.Axes, x: float, label: str) -> None:
+    ax.axvline(x, color="crimson", linestyle="--", linewidth=1)
+    ax.annotate(label, xy=(x, ax.get_ylim()[1]), xytext=(4, -14), textcoords="offset points", color="crimson",
+                fontsize=8)
+
+
+def gains_chart(curves: dict[str, dict[str, np.ndarray]], k_share: float, k: int) -> bytes:
+    """Cumulative gains: share of buyers reached vs share of owners contacted."""
+    fig, ax = plt.subplots(figsize=(6, 4.5))
+    for name, c in curves.items():
+        ax.plot(c["contacted"], c["gain"], label=name, color=COLORS.get(name))
+    ax.plot([0, 1], [0, 1], color="black", linestyle=":", linewidth=1, label="random")
+    ax.set(xlabel="share of owners contacted", ylabel="share of buyers reached", title="Cumulative gains",
+           xlim=(0, 1), ylim=(0, 1.02))
+    _mark_k(ax, k_share, f"K = {k:,}")
+    ax.legend(loc="lower right", fontsize=8)
+    return _png(fig)
+
+
+def lift_chart(curves: dict[str, dict[str, np.ndarray]], k_share: float, k: int) -> bytes:
+    """Lift (precision / base rate) vs share of owners contacted."""
+    fig, ax = plt.subplots(figsize=(6, 4.5))
+    for name, c in curves.items():
+        ax.plot(c["contacted"], c["lift"], label=name, color=COLORS.get(name))
+    ax.axhline(1.0, color="black", linestyle=":", linewidth=1, label="random")
+    ax.set_xscale("log")  # the top 0.5% is a handful of owners: its lift is noise, so start there
+    ax.set(xlabel="share of owners contacted (log scale)", ylabel="lift", title="Lift", xlim=(0.005, 1))
+    _mark_k(ax, k_share, f"K = {k:,}")
+    ax.legend(loc="upper right", fontsize=8)
+    return _png(fig)
+
+
+def at_k_chart(curves: dict[str, dict[str, np.ndarray]], key: str, ylabel: str, k: int) -> bytes:
+    """Precision or business recall as a function of the list length K."""
+    fig, ax = plt.subplots(figsize=(6, 4.5))
+    for name, c in curves.items():
+        ax.plot(c["k"], c[key], label=name, color=COLORS.get(name))
+    ax.set(xlabel="K (owners in the list)", ylabel=ylabel, title=f"{ylabel} at K")
+    ax.set_xscale("log")
+    _mark_k(ax, k, f"K = {k:,}")
+    ax.legend(fontsize=8)
+    return _png(fig)
+
+
+def score_histogram(scores: np.ndarray, labels: np.ndarray, name: str) -> bytes:
+    """Score distribution of buyers and non-buyers (each normalized to density)."""
+    fig, ax = plt.subplots(figsize=(6, 4.5))
+    # purchase probabilities span orders of magnitude: log-spaced bins, log x axis
+    low = max(float(np.quantile(scores[scores > 0], 0.001)) if (scores > 0).any() else 1e-6, 1e-6)
+    bins = np.geomspace(low, max(float(np.max(scores)), low * 10), 50)
+    scores = np.clip(scores, low, None)
+    for value, text, color in ((0, "no purchase", "#9ecae1"), (1, "purchase in T+1..T+3", "#d62728")):
+        part = scores[labels == value]
+        if len(part):
+            ax.hist(part, bins=bins, weights=np.full(len(part), 1 / len(part)), alpha=0.6, label=f"{text} ({len(part):,})", color=color)
+    ax.set(xlabel=f"{name} score (log scale)", ylabel="share of the group per bin",
+           title="Score distribution by label")
+    ax.set_xscale("log")
+    ax.legend(fontsize=8)
+    return _png(fig)
+
+
+def calibration_chart(frame: pd.DataFrame, scorers: list[str], bins: int) -> bytes:
+    """Reliability curve: mean predicted vs observed purchase rate in score quantile bins."""
+    fig, ax = plt.subplots(figsize=(6, 4.5))
+    top = 0.0
+    for name in scorers:
+        observed, predicted = calibration_curve(frame["y"], frame[name].clip(0, 1), n_bins=bins, strategy="quantile")
+        ax.plot(predicted, observed, marker="o", markersize=3, label=name, color=COLORS.get(name))
+        top = max(top, float(predicted.max()), float(observed.max()))
+    ax.plot([0, top], [0, top], color="black", linestyle=":", linewidth=1, label="perfectly calibrated")
+    ax.set(xlabel="mean predicted probability", ylabel="observed purchase rate",
+           title=f"Calibration ({bins} quantile bins, symlog axes)")
+    ax.set_xscale("symlog", linthresh=1e-3)  # most owners sit below 0.5%: a linear axis hides them
+    ax.set_yscale("symlog", linthresh=1e-3)
+    ax.legend(fontsize=8)
+    return _png(fig)
+
+
+def importance_chart(importance: pd.DataFrame, top: int) -> bytes:
+    """The student's top features by total gain, coloured by feature group."""
+    head = importance.head(top).iloc[::-1]
+    groups = sorted(importance["group"].unique())
+    palette = dict(zip(groups, plt.cm.tab10.colors))
+    fig, ax = plt.subplots(figsize=(7, max(3.0, 0.22 * len(head) + 1)))
+    ax.barh(head["feature"], head["share"], color=[palette[g] for g in head["group"]])
+    ax.set(xlabel="share of total gain", title=f"Student feature importance (gain), top {len(head)}")
+    ax.tick_params(axis="y", labelsize=7)
+    handles = [plt.Rectangle((0, 0), 1, 1, color=palette[g]) for g in groups]
+    ax.legend(handles, groups, fontsize=7, loc="lower right")
+    return _png(fig)
+
+
+def monthly_chart(monthly: pd.DataFrame, k_fraction: float) -> bytes:
+    """Precision at K and AUC per month and scorer (held-out owners)."""
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
+    for name, part in monthly.groupby("scorer", sort=False):
+        left.plot(part["month"], part["precision_at_k"], marker="o", label=name, color=COLORS.get(name))
+        right.plot(part["month"], part["auc"], marker="o", label=name, color=COLORS.get(name))
+    left.set(title=f"Precision at K ({100 * k_fraction:.1f}% of owners)", ylabel="P@K")
+    right.set(title="AUC", ylabel="AUC")
+    for ax in (left, right):
+        ax.tick_params(axis="x", rotation=45, labelsize=8)
+    left.legend(fontsize=8)
+    return _png(fig)

@@ -1,0 +1,42 @@
+"""Report and tracking helpers without Spark: cell formatting, tables, strict JSON, MLflow keys."""
+import math
+
+import numpy as np
+
+from remedi_spark.report.build import finite
+from remedi_spark.report.html import fmt, table
+from remedi_spark.tracking import flatten_metrics, flatten_params, metric_key
+
+
+def test_cells_format_by_column_kind():
+    assert fmt("precision_at_k", 0.0387) == "3.87%"
+    assert fmt("auc", 0.84123) == "0.8412"
+    assert fmt("rows", 49995) == "49,995"
+    assert fmt("auc", float("nan")) == "" and fmt("name", None) == ""
+    assert fmt("name", "<b>") == "&lt;b&gt;"  # escaped
+
+
+def test_table_greys_the_oracle_row_and_labels_columns():
+    html = table([{"name": "m", "auc": 0.8}, {"name": "oracle", "auc": 0.9}], ["name", "auc"])
+    assert "<th>AUC</th>" in html and '<tr class="oracle"><td>oracle</td>' in html
+
+
+def test_json_numbers_are_strict():
+    out = finite({"a": [float("nan"), np.float64(1.5), np.int64(2)], "b": math.inf})
+    assert out == {"a": [None, 1.5, 2], "b": None}
+
+
+def test_summary_numbers_flatten_to_safe_metric_keys():
+    summary = {"results": [{"section": "fusion", "name": "hybrid_expert[trees_only]", "evaluation": "user_split",
+                            "auc": 0.8, "rows": 10, "models": "a,b"}],
+               "inference": {"speedup": 17.5, "ok": True, "none": None, "nan": float("nan")}, "month": "2024-10"}
+    assert flatten_metrics(summary, "fusion") == {
+        "fusion.results.fusion.hybrid_expert_trees_only_.user_split.auc": 0.8,
+        "fusion.results.fusion.hybrid_expert_trees_only_.user_split.rows": 10.0,
+        "fusion.inference.speedup": 17.5}
+    assert metric_key("score[evaluation]", "x") == "score_evaluation_.x"
+
+
+def test_config_flattens_to_section_key_params():
+    params = flatten_params({"lead_list": {"k": 60000, "export_formats": ["csv"]}, "spark": {"conf": {"a": 1}}})
+    assert params == {"lead_list.k": "60000", "lead_list.export_formats": '["csv"]', "spark.conf": '{"a": 1}'}
