@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 PETASTORM := petastorm==0.13.1
 
-.PHONY: setup demo train-base kdef-study test bench clean
+.PHONY: setup demo monitor-demo train-base kdef-study test bench clean
 
 setup: $(VENV)/.installed .jars/.resolved
 
@@ -26,6 +26,10 @@ $(VENV)/.installed: pyproject.toml
 demo: setup
 	$(PY) -m remedi_spark demo --conf conf/demo.yaml
 
+# A world whose digital activity shifts after training: drift and a retraining decision per month.
+monitor-demo: setup
+	$(PY) -m remedi_spark monitor-demo --conf conf/monitor_demo.yaml
+
 train-base: setup
 	$(PY) -m remedi_spark train-base --conf conf/demo.yaml
 
@@ -44,4 +48,4 @@ bench: setup
 	$(PY) bench/scoring.py --out bench/results/scoring.json
 
 clean:
-	rm -rf data/demo data/local spark-warehouse metastore_db derby.log
+	rm -rf data/demo data/monitor_demo data/local spark-warehouse metastore_db derby.log

@@ -28,13 +28,17 @@ DESCRIPTIONS = {
     "report": "HTML report, PNG figures and JSON of every number for a pipeline run (Tables 1-4, curves, data versions)",
     "monitor": "realized precision/recall of closed months, feature and score drift (PSI), retraining decision "
                "(exit status monitoring.retrain_exit_code when retraining is due)",
+    "monitor-demo": "simulated months with a behaviour shift: pipeline, then score, lead list and monitor every "
+                    "later month (`make monitor-demo` on conf/monitor_demo.yaml)",
     "foundation": "generate → features → folds and print per-month rows and positive rate",
     "pipeline": "the whole pipeline: foundation → base models → fusion → distillation → scoring → lead list",
     "demo": "the whole pipeline (same as pipeline; `make demo` runs it on conf/demo.yaml): foundation → base models → fusion → distillation → scoring → lead list",
 }
 
 
-def _months_arg(spec: str) -> list[str]:
+def _months_arg(spec: str) -> list[str] | None:
+    if not spec.strip():
+        return None  # an empty scheduler parameter: all months
     try:
         return parse_month_spec(spec)
     except ValueError as exc:
@@ -122,6 +126,11 @@ def _run(args: argparse.Namespace) -> int:
     if args.stage == "foundation":
         print(format_demo(run_foundation(spark, cfg)))
         return 0
+    if args.stage == "monitor-demo":
+        from .monitoring.demo import format_monitor_demo, run_monitor_demo
+
+        print(format_monitor_demo(run_monitor_demo(spark, cfg)))
+        return 0
     if args.stage in ("pipeline", "demo"):
         from .pipeline import run_pipeline
 
@@ -131,7 +140,7 @@ def _run(args: argparse.Namespace) -> int:
     if args.stage in ("train-base", "meta-features"):
         options = {"models": args.models}
     if args.stage in ("score", "lead-list", "monitor"):
-        options = {"month": args.month}
+        options = {"month": args.month or None}  # "" from a scheduler parameter = the default month
     if args.stage == "report":
         options = {"run": args.run}
     summary = run_stage(spark, cfg, args.stage, **options)

@@ -111,8 +111,6 @@ def drive(owners: dict[str, np.ndarray], vehicle_start: np.ndarray, t: int, para
     d -= 0.01 * np.abs(owners["owner_age"] - 45)
     d += owners["propensity"]
     d += 0.15 * np.cos(2 * np.pi * ((t % 12) - 3) / 12.0)  # spring peak
-    if params.drift_month_index is not None and t >= params.drift_month_index:
-        d += 0.5 * params.drift_strength
     return d
 
 
@@ -190,8 +188,14 @@ def emit_activity(
     # older owners barely show intent online: the digital signal is damped for them (segment-specific effect)
     online_gain = np.where(age > 58, 0.3, 1.0)
     vehicle_age_y = (t - vehicle_start) / 12.0
+    intent_link = 1.0  # how strongly digital activity follows intent
     if params.drift_month_index is not None and t >= params.drift_month_index:
-        digital = digital * (1.0 + params.drift_strength)  # digital channels inflate after the shift
+        # the shift (monitoring demos): a campaign inflates digital activity for every owner and
+        # drowns its link to purchase intent; buying itself is unchanged, so the features drift
+        # and a model that leans on digital signals loses precision
+        digital = digital * (1.0 + 3.0 * params.drift_strength)
+        intent_link = max(0.0, 1.0 - params.drift_strength)
+        online_gain = online_gain * intent_link
 
     def lift(table: list[float], states: np.ndarray, gain: np.ndarray | float = 1.0) -> np.ndarray:
         return np.exp(gain * np.log(np.asarray(table))[states])
@@ -223,7 +227,7 @@ def emit_activity(
     web = _negbin(rng, 2.0 * digital * lift([1.0, 2.2, 3.4, 3.8], s_now, online_gain), 0.6)
     analysis = _negbin(rng, 0.6 * digital * lift([1.0, 2.8, 4.5, 5.0], np.maximum(s_now, s_prev), online_gain), 0.5)
     applet_on = rng.random(n) < np.clip(0.35 * digital, 0.05, 0.9)
-    applet = np.where(applet_on, rng.lognormal(np.log(3.0 * digital) + 0.5 * (s_now >= 2), 1.3), 0.0)
+    applet = np.where(applet_on, rng.lognormal(np.log(3.0 * digital) + 0.5 * intent_link * (s_now >= 2), 1.3), 0.0)
 
     # trade-in lookups: intent × vehicle age interaction; finance calculator: loan holders and economy owners
     used = rng.poisson(0.04 + np.array([0.0, 0.25, 0.9, 1.4])[s_now] * np.where(vehicle_age_y > 4, 1.5, 0.4))

@@ -45,6 +45,7 @@ FIGURES = {
     "calibration": "Calibration (reliability) curve",
     "importance": "Student feature importance (gain), coloured by feature group",
     "monthly": "Month-by-month metrics on held-out owners",
+    "monitoring": "Monitoring: realized precision of closed months and drift of each monitored month",
 }
 
 
@@ -112,6 +113,31 @@ def evaluation_numbers(data: ReportData, points: int, bins: int) -> dict[str, An
             "scorers": scorers, "metrics": metrics, "curves": curves, "calibration": calibration}
 
 
+def monitoring_numbers(monitoring: pd.DataFrame | None) -> dict[str, Any] | None:
+    """Per monitored month: decision, reasons' inputs, max/top PSI, score PSI; realized metrics of
+    the closed months as of the newest monitored month."""
+    if monitoring is None or monitoring.empty:
+        return None
+    months = []
+    for month, part in monitoring.groupby("month", sort=True):
+        psi = part[part["check"] == "feature_psi"].sort_values("value", ascending=False)
+        score = part[part["check"] == "score_psi"]["value"]
+        decision = part[part["check"] == "decision"]
+        flagged = part[part["flagged"] & (part["check"] != "decision")]
+        months.append({"month": month, "decision": str(decision["subject"].iloc[0]) if len(decision) else None,
+                       "max_feature_psi": float(psi["value"].max()) if len(psi) else None,
+                       "significant_features": int((psi["band"] == "significant").sum()),
+                       "moderate_features": int((psi["band"] == "moderate").sum()),
+                       "score_psi": float(score.iloc[0]) if len(score) else None,
+                       "flags": "; ".join(f"{r.check}:{r.subject}" for r in flagged.itertuples())[:300],
+                       "top_psi": _records(psi.head(8)[["subject", "value", "band"]])})
+    newest = monitoring[monitoring["month"] == monitoring["month"].max()]
+    realized = newest[newest["check"] == "realized"].pivot_table(index="evaluated_month", columns=["subject", "metric"],
+                                                                 values="value", aggfunc="first")
+    realized.columns = [f"{a}.{b}" for a, b in realized.columns]
+    return {"months": months, "realized": _records(realized.reset_index())}
+
+
 def report_numbers(data: ReportData, cfg: Config) -> dict[str, Any]:
     """Every number the report shows, as plain JSON-able values."""
     importance = data.importance
@@ -131,6 +157,7 @@ def report_numbers(data: ReportData, cfg: Config) -> dict[str, Any]:
         "importance": {"top": _records(importance.head(cfg.report.top_features)),
                        "groups": {g: float(v) for g, v in groups.items()}},
         "lead_list": data.pipeline.get("info", {}).get("evaluation"),
+        "monitoring": monitoring_numbers(data.monitoring),
         "data_versions": {"tables": data.versions, "by_stage": data_version_rows(data.pipeline, data.stages)},
         "warnings": data.warnings,
     }
@@ -154,6 +181,9 @@ def render_figures(data: ReportData, numbers: dict[str, Any], cfg: Config) -> di
     }
     if len(data.importance):
         out["importance"] = figures.importance_chart(data.importance, cfg.report.top_features)
+    if numbers["monitoring"]:
+        out["monitoring"] = figures.monitoring_chart(pd.DataFrame(numbers["monitoring"]["months"]),
+                                                     pd.DataFrame(numbers["monitoring"]["realized"]))
     return out
 
 
@@ -199,6 +229,22 @@ def render_html(numbers: dict[str, Any], pngs: dict[str, bytes]) -> str:
     monthly_cols = ["month", "scorer", "rows", "positives", "k", *METRIC_COLUMNS]
     sections.append(("Month by month", figure(pngs["monthly"], FIGURES["monthly"])
                      + table(numbers["monthly"], monthly_cols)))
+    mon = numbers["monitoring"]
+    if mon:
+        realized_cols = ["evaluated_month", "lead_list.precision", "lead_list.business_recall", "ranking.precision_at_k",
+                         "ranking.auc", "ranking.lift_at_k"]
+        realized = [{**r, "name": r["evaluated_month"]} for r in mon["realized"]]
+        months = [{**m, "name": m["month"]} for m in mon["months"]]
+        newest = mon["months"][-1]
+        sections.append(("Monitoring", figure(pngs["monitoring"], FIGURES["monitoring"])
+                         + "<h3>decision per monitored month</h3>" + table(months, [
+                             "month", "decision", "max_feature_psi", "significant_features", "moderate_features",
+                             "score_psi", "flags"])
+                         + "<h3>realized metrics of closed months</h3>" + table(realized, [
+                             c for c in realized_cols if any(c in r for r in realized)])
+                         + f"<h3>largest feature shifts in {newest['month']}</h3>" + table(
+                             [{"name": r["subject"], "psi": r["value"], "band": r["band"]} for r in newest["top_psi"]],
+                             ["name", "psi", "band"])))
     lead = numbers["lead_list"]
     if lead:
         sections.append(("Lead list of the evaluation month", table([{"name": "lead list", **lead}], [

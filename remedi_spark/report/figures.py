@@ -128,3 +128,24 @@ def monthly_chart(monthly: pd.DataFrame, k_fraction: float) -> bytes:
         ax.tick_params(axis="x", rotation=45, labelsize=8)
     left.legend(fontsize=8)
     return _png(fig)
+
+
+def monitoring_chart(months: pd.DataFrame, realized: pd.DataFrame) -> bytes:
+    """Realized lead-list precision per closed month; max feature PSI and score PSI per monitored
+    month with the 0.1 / 0.25 bands."""
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
+    if "lead_list.precision" in realized:
+        left.plot(realized["evaluated_month"], realized["lead_list.precision"], marker="o", label="lead list")
+    if "ranking.precision_at_k" in realized:
+        left.plot(realized["evaluated_month"], realized["ranking.precision_at_k"], marker="s", label="ranking P@K")
+    left.set(title="Realized precision (closed windows)", ylabel="precision")
+    left.legend(fontsize=8)
+    right.plot(months["month"], months["max_feature_psi"], marker="o", label="max feature PSI")
+    right.plot(months["month"], months["score_psi"], marker="s", label="score PSI")
+    for level, color in ((0.1, "#f0a030"), (0.25, "crimson")):
+        right.axhline(level, color=color, linestyle="--", linewidth=1)
+    right.set(title="Drift vs the training months", ylabel="PSI")
+    right.legend(fontsize=8)
+    for ax in (left, right):
+        ax.tick_params(axis="x", rotation=45, labelsize=8)
+    return _png(fig)

@@ -28,9 +28,9 @@ LABELS = {"precision_at_k": "P@K", "business_recall_at_k": "Business Recall@K", 
           "mse_vs_teacher": "MSE vs teacher", "seconds_per_1000": "s / 1,000 owners", "best_iteration": "trees",
           "read_version": "read version", "written_version": "written version", "run_id": "run id",
           "oracle_hits": "oracle hits", "oracle_precision": "oracle precision", "business_recall": "business recall"}
-PERCENT = {"precision_at_k", "business_recall_at_k", "precision", "oracle_precision", "business_recall",
+PERCENT = {"lead_list.precision", "lead_list.business_recall", "ranking.precision_at_k", "precision_at_k", "business_recall_at_k", "precision", "oracle_precision", "business_recall",
            "share_of_oracle", "share"}
-FOUR = {"auc", "logloss", "mse_vs_teacher", "corr_vs_teacher", "rank_corr_vs_teacher", "ka_mean", "seconds_per_1000",
+FOUR = {"ranking.auc", "psi", "max_feature_psi", "score_psi", "auc", "logloss", "mse_vs_teacher", "corr_vs_teacher", "rank_corr_vs_teacher", "ka_mean", "seconds_per_1000",
         "mean_score"}
 
 
