@@ -232,3 +232,29 @@ def test_mlflow_run_holds_the_pipeline_metrics_report_and_student(spark, pipelin
     loaded = tracker.mlflow.pyfunc.load_model(student[0].model_uri)
     inputs = loaded.metadata.get_input_schema().input_names()
     assert len(inputs) > 10 and "vehicle_age_months" in inputs
+
+
+def test_monitor_realized_metrics_equal_a_direct_computation(spark, pipeline):
+    from remedi_spark.metrics import lead_metrics
+
+    cfg, out = pipeline
+    store = TableStore(spark, cfg.tables.root)
+    month = out["evaluation"]["month"]
+    summary = run_stage(spark, cfg, "monitor", month=month)
+    assert month in summary["closed_months"]
+    realized = summary["realized"][month]
+    labels = store.read("features", months=[month]).select("user_id", "y")
+    leads = store.read("lead_list", months=[month]).select("user_id").join(labels, "user_id").toPandas()
+    assert realized["lead_list.precision"] == pytest.approx(leads["y"].mean())
+    ranking = store.read("scores", months=[month]).join(labels, "user_id").toPandas()
+    direct = lead_metrics(ranking["y"].to_numpy(), ranking["score"].to_numpy(), len(leads))
+    assert realized["ranking.precision_at_k"] == pytest.approx(direct["precision_at_k"])
+    assert realized["ranking.auc"] == pytest.approx(direct["auc"])
+    table = store.read("monitoring", months=[month]).toPandas()
+    decision = table[table["check"] == "decision"]
+    assert len(decision) == 1 and decision["flagged"].item() == summary["retrain"] == bool(summary["reasons"])
+    assert summary["model_age_months"] == 0  # the evaluation month is the newest training month
+    psi = table[table["check"] == "feature_psi"]
+    assert len(psi) > 10 and psi["value"].ge(0).all()
+    run_stage(spark, cfg, "monitor", month=month)
+    assert store.read("monitoring", months=[month]).count() == len(table)  # replaced, not appended
