@@ -73,6 +73,7 @@ class FoldSettings:
     seed: int
     test_fraction: float
     months: list[str] | None
+    include_open_windows: bool
 
 
 @dataclass(frozen=True)
@@ -194,6 +195,15 @@ class MonitoringSettings:
 
 
 @dataclass(frozen=True)
+class KamlStudySettings:
+    """The KAML ablation table (stage kaml-study): the full model against it without open-window
+    rows, without the ranking loss and with independent horizon heads."""
+
+    model: str
+    max_train_rows: int | None
+
+
+@dataclass(frozen=True)
 class Config:
     spark: SparkSettings
     tables: TableSettings
@@ -209,6 +219,7 @@ class Config:
     tracking: TrackingSettings
     report: ReportSettings
     monitoring: MonitoringSettings
+    kaml_study: KamlStudySettings
 
     def to_dict(self) -> dict[str, Any]:
         """Plain-dict view (for run manifests and logs)."""
@@ -229,7 +240,7 @@ _CHOICES = {
     "fusion.ablations": {"trees_only", "neural_only", "without_focal", "without_subset"},
 }
 _ITEM_CHOICES = {  # choices for fields of list items, by field name
-    "family": {"lgbm", "mlp", "deepfm", "xdeepfm", "kdef"},
+    "family": {"lgbm", "mlp", "deepfm", "xdeepfm", "kdef", "kaml"},
     "backend": {"synapseml", "native", "torch"},
     "objective": {"logloss", "focal", "mse", "xentropy"},
 }

@@ -8,6 +8,14 @@ never spans two folds, and the result depends only on the seed and the data.
 * ``split``: random hold-out by user (``folds.test_fraction``, 20% as in the paper), stratified
   the same way with an independent hash.
 * ``oot_split``: out-of-time: rows of the newest fully labelled month are ``test``.
+
+With ``folds.include_open_windows`` the table also holds the rows of the months after the newest
+fully labelled one, whose T+1..T+3 window is still open (some or all of y_h1..y_h3 unknown), for
+the users of the training split, with their user's fold and ``split = open`` (``oot_split =
+train``, ``y`` null unless an observed horizon is already 1). Only models that train on the
+horizon labels (KAML) read them; everything that filters ``split`` on ``train``/``test`` (OOF
+training and predictions, metrics, fusion, distillation, the report) never sees them. Held-out
+users' open rows are left out, so no label of a held-out user reaches any training run.
 """
 from __future__ import annotations
 
@@ -51,6 +59,22 @@ def fold_assignment(features: DataFrame, n_folds: int, seed: int, test_fraction:
     )
 
 
+OPEN = "open"
+
+
+def open_window_rows(features: DataFrame, folds: DataFrame) -> DataFrame:
+    """Rows of ``features`` after the newest month of ``folds`` whose label window is still open, for
+    the users of ``folds``' training split: (user_id, month, fold, split='open', oot_split='train', y).
+
+    Users without a fully labelled row have no fold and are left out.
+    """
+    newest = folds.agg(F.max("month")).first()[0]
+    users = folds.filter(F.col("split") == "train").select(ID, "fold").distinct()
+    rows = features.filter(~F.col("label_complete") & (F.col("month") > F.lit(newest))).select(ID, "month", "y")
+    return rows.join(users, ID, "inner").select(
+        ID, "month", "fold", F.lit(OPEN).alias("split"), F.lit("train").alias("oot_split"), "y")
+
+
 def assign_folds(spark: SparkSession, cfg: Config, store: TableStore) -> dict[str, Any]:
     """Write the ``folds`` table from the labelled rows of ``features`` (``folds.months`` or all)."""
     fc = cfg.folds
@@ -65,8 +89,12 @@ def assign_folds(spark: SparkSession, cfg: Config, store: TableStore) -> dict[st
     if not labelled:
         raise DataValidationError("features", [("label_complete", "no fully labelled rows to build folds from")])
     folds = fold_assignment(features, fc.n_folds, fc.seed, fc.test_fraction)
+    if fc.include_open_windows:
+        folds = folds.localCheckpoint()  # read twice below: assign once
+        folds = folds.unionByName(open_window_rows(store.read("features"), folds))
     version = store.write_table(folds, "folds")
-    written = store.read("folds", version=version)
+    everything = store.read("folds", version=version)
+    written = everything.filter(F.col("split") != OPEN)
     per_fold = written.groupBy("fold").agg(F.countDistinct(ID).alias("users"), F.count(F.lit(1)).alias("rows"),
                                            F.sum("y").alias("positives")).orderBy("fold").collect()
     per_split = written.groupBy("split").agg(F.countDistinct(ID).alias("users"), F.sum("y").alias("positives")).collect()
@@ -74,4 +102,5 @@ def assign_folds(spark: SparkSession, cfg: Config, store: TableStore) -> dict[st
         "months": sorted(labelled), "oot_test_month": max(labelled), "version": version,
         "folds": {r["fold"]: {"users": r["users"], "rows": r["rows"], "positives": r["positives"]} for r in per_fold},
         "split": {r["split"]: {"users": r["users"], "positives": r["positives"]} for r in per_split},
+        "open_rows": everything.filter(F.col("split") == OPEN).count() if fc.include_open_windows else 0,
     }

@@ -18,7 +18,17 @@ def _neural(family: str) -> type[BaseModel]:
     return NeuralModel
 
 
-NEURAL_FAMILIES = ("mlp", "deepfm", "xdeepfm", "kdef")
+NEURAL_FAMILIES = ("mlp", "deepfm", "xdeepfm", "kdef", "kaml")
+
+
+def needs_horizons(spec: ModelSpec) -> bool:
+    """True when the model trains on the per-horizon labels y_h1..y_h3 and so can use rows whose label
+    window is still open (folds ``split = open``); every other model trains on fully labelled rows."""
+    if spec.backend != "torch" or spec.family not in NEURAL_FAMILIES:
+        return False
+    from .neural.zoo import MODELS  # imports torch: only for neural models
+
+    return MODELS[spec.family].needs_horizons
 
 
 def build_model(spec: ModelSpec, settings: BaseModelSettings, features: FeatureSpec) -> BaseModel:

@@ -7,6 +7,10 @@ saved (LightGBM text + JSON sidecar with features, params and the Delta versions
 ``<root>/models/<name>/``, and scores the held-out split. Predictions go to ``oof_predictions``
 (one partition per model, replaced on re-run), held-out metrics to ``base_model_metrics``.
 For scoring, REMEDI uses the refit model (not an average of the fold models).
+
+Models that train on the horizon labels (KAML) also fit on the open-window rows of the folds
+table (``split = open``, written with ``folds.include_open_windows``) of the users outside the
+predicted fold; their predictions and metrics, like every model's, cover fully labelled rows only.
 """
 from __future__ import annotations
 
@@ -18,11 +22,13 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from ..config import Config, ConfigError, ModelSpec
+from ..folds.assign import OPEN
 from ..io.schemas import load_schema
 from ..io.store import TableStore
 from ..metrics import k_for, lead_metrics
 from ..models.base import BaseModel, FeatureSpec
-from ..models.registry import build_model
+from ..models.neural.model import HORIZON_COLS
+from ..models.registry import build_model, needs_horizons
 
 ES = "_early_stop"
 
@@ -31,9 +37,11 @@ def model_path(store: TableStore, name: str) -> str:
     return f"{store.root}/models/{name}"
 
 
-def training_frame(store: TableStore, cfg: Config) -> DataFrame:
-    """Labelled features joined with their folds and a seeded early-stopping flag per user."""
-    folds = store.read("folds").select("user_id", "month", "fold", "split")
+def training_frame(store: TableStore, cfg: Config, folds: DataFrame | None = None) -> DataFrame:
+    """Features joined with their folds (fully labelled rows, plus ``split = open`` rows when the folds
+    table holds them) and a seeded early-stopping flag per user. ``folds`` replaces the folds table
+    (the KAML study adds open-window rows to it)."""
+    folds = (store.read("folds") if folds is None else folds).select("user_id", "month", "fold", "split")
     data = store.read("features").join(folds, ["user_id", "month"], "inner")
     share = cfg.base_models.early_stopping_fraction
     bucket = F.pmod(F.xxhash64("user_id", F.lit(cfg.folds.seed), F.lit(3)), F.lit(10_000))
@@ -59,8 +67,10 @@ def select_models(cfg: Config, names: list[str] | None) -> list[ModelSpec]:
 
 
 def _fit(spec: ModelSpec, cfg: Config, features: FeatureSpec, rows: DataFrame) -> BaseModel:
+    """Fit on the rows of users outside the early-stopping share; stop early on that share's fully
+    labelled rows (its users' open-window rows are not used at all)."""
     model = build_model(spec, cfg.base_models, features)
-    return model.fit(rows.filter(~F.col(ES)), rows.filter(F.col(ES)))
+    return model.fit(rows.filter(~F.col(ES)), rows.filter(F.col(ES) & (F.col("split") == "train")))
 
 
 def train_model_oof(spark: SparkSession, cfg: Config, store: TableStore, spec: ModelSpec, data: DataFrame
@@ -69,18 +79,22 @@ def train_model_oof(spark: SparkSession, cfg: Config, store: TableStore, spec: M
     members = cfg.base_models.feature_groups[spec.feature_group] if spec.feature_group else None
     train = data.filter(F.col("split") == "train")
     features = FeatureSpec.from_frame(train.drop("fold", "split", ES), members)
-    encoded = features.encode(data, extra=("y", "fold", "split", ES)).persist(StorageLevel.MEMORY_AND_DISK)
+    horizons = needs_horizons(spec)
+    extra = ("y", *(HORIZON_COLS if horizons else ()), "fold", "split", ES)
+    encoded = features.encode(data, extra=extra).persist(StorageLevel.MEMORY_AND_DISK)
     enc_train = encoded.filter(F.col("split") == "train")
+    # horizon models also learn from the open-window rows; predictions stay on labelled rows
+    fit_pool = encoded.filter(F.col("split").isin("train", OPEN)) if horizons else enc_train
     start = time.perf_counter()
     parts = []
     for k in range(cfg.folds.n_folds):
-        model = _fit(spec, cfg, features, enc_train.filter(F.col("fold") != k))
+        model = _fit(spec, cfg, features, fit_pool.filter(F.col("fold") != k))
         parts.append(model.predict(enc_train.filter(F.col("fold") == k)).select(
             "user_id", "month", F.lit(k).alias("fold"), F.lit("train").alias("split"), "p"))
         # materialise now: the next fold's fit must not re-run this one lazily
         parts[-1] = parts[-1].persist(StorageLevel.MEMORY_AND_DISK)
         parts[-1].count()
-    final = _fit(spec, cfg, features, enc_train)
+    final = _fit(spec, cfg, features, fit_pool)
     seconds = time.perf_counter() - start
     final.save(spark, model_path(store, spec.name),
                extra={"run_id": store.run.run_id if store.run else None,

@@ -17,15 +17,21 @@ from torch import nn
 
 @dataclass(frozen=True)
 class Batch:
-    """dense (B, F_num) float, cat_ids (B, F_cat) long, label (B,) float or None."""
+    """dense (B, F_num) float, cat_ids (B, F_cat) long, label (B,) float or None.
+
+    ``horizons`` (B, H) float holds the per-horizon labels y_h1..y_hH for models that declare
+    ``needs_horizons`` (NaN = horizon not observed yet, never 0); None for every other model.
+    """
 
     dense: torch.Tensor
     cat_ids: torch.Tensor
     label: torch.Tensor | None = None
+    horizons: torch.Tensor | None = None
 
     def to(self, device: torch.device | str) -> "Batch":
         return Batch(self.dense.to(device), self.cat_ids.to(device),
-                     None if self.label is None else self.label.to(device))
+                     None if self.label is None else self.label.to(device),
+                     None if self.horizons is None else self.horizons.to(device))
 
 
 def build_config(cls: type, values: dict[str, Any]) -> Any:
@@ -42,6 +48,7 @@ class RemediModel(nn.Module, ABC):
 
     name: ClassVar[str]
     Config: ClassVar[type]
+    needs_horizons: ClassVar[bool] = False  # True: trains on Batch.horizons (and on open-window rows)
 
     @abstractmethod
     def forward(self, batch: Batch) -> dict[str, torch.Tensor]:

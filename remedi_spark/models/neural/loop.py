@@ -89,15 +89,18 @@ def fit_epochs(model: RemediModel, forward: Callable[[Batch], dict[str, torch.Te
     return {"state": best_state, "valid_auc": best, "epochs": epochs_run, "epoch_seconds": epoch_seconds}
 
 
-def array_batches(dense: np.ndarray, ids: np.ndarray, y: np.ndarray, batch_size: int, seed: int) -> Iterator[Batch]:
-    """Endless shuffled mini-batches over in-memory arrays (a fresh permutation every pass)."""
+def array_batches(dense: np.ndarray, ids: np.ndarray, y: np.ndarray, batch_size: int, seed: int,
+                  horizons: np.ndarray | None = None) -> Iterator[Batch]:
+    """Endless shuffled mini-batches over in-memory arrays (a fresh permutation every pass);
+    ``horizons`` (N, H) with NaN = not observed, for models that need them."""
     rng = np.random.default_rng(seed)
     n = len(y)
     while True:
         order = rng.permutation(n)
         for start in range(0, n - batch_size + 1, batch_size):
             i = order[start:start + batch_size]
-            yield Batch(torch.from_numpy(dense[i]), torch.from_numpy(ids[i]), torch.from_numpy(y[i]))
+            yield Batch(torch.from_numpy(dense[i]), torch.from_numpy(ids[i]), torch.from_numpy(y[i]),
+                        None if horizons is None else torch.from_numpy(horizons[i]))
 
 
 def make_module(family: str, model_cfg: dict, vocab_sizes: list[int], num_numeric: int,
@@ -112,14 +115,21 @@ def make_module(family: str, model_cfg: dict, vocab_sizes: list[int], num_numeri
     return cls(vocab_sizes, num_numeric, build_config(cls.Config, model_cfg))
 
 
-def train_in_process(model: RemediModel, train: tuple[np.ndarray, np.ndarray, np.ndarray], params: dict[str, Any],
+def train_in_process(model: RemediModel, train: tuple[np.ndarray, ...], params: dict[str, Any],
                      valid: tuple[np.ndarray, np.ndarray, np.ndarray]) -> dict[str, Any]:
-    """The same loop without Spark: one process over in-memory arrays (benchmarks, the KDEF study).
+    """The same loop without Spark: one process over in-memory arrays (benchmarks, the KDEF and KAML
+    studies). ``train`` is (dense, cat_ids, y) or (dense, cat_ids, y, horizons) for models that
+    need the horizon labels; ``valid`` is fully labelled (dense, cat_ids, y).
 
     Build ``model`` with :func:`make_module` and a seed for a reproducible run.
     """
+    if len(train) not in (3, 4):
+        raise ValueError(f"train must be (dense, cat_ids, y[, horizons]), got {len(train)} arrays")
+    if model.needs_horizons and len(train) != 4:
+        raise ValueError(f"model {model.name!r} trains on the horizon labels: pass (dense, cat_ids, y, horizons)")
     steps = max(1, len(train[2]) // params["batch_size"])
-    batches = array_batches(*train, batch_size=params["batch_size"], seed=params["seed"])
+    batches = array_batches(*train[:3], batch_size=params["batch_size"], seed=params["seed"],
+                            horizons=train[3] if len(train) == 4 else None)
     result = fit_epochs(model, model, batches, steps, params, lambda m: validation_score(m, valid))
     result["steps_per_epoch"] = steps
     return result

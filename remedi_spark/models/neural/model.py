@@ -1,9 +1,11 @@
-"""Neural base models (MLP, DeepFM, xDeepFM, KDEF) behind the common :class:`BaseModel` contract.
+"""Neural base models (MLP, DeepFM, xDeepFM, KDEF, KAML) behind the common :class:`BaseModel` contract.
 
 ``fit`` fits a :class:`FeatureMap` on the training rows, converts them to tensors and trains
 with TorchDistributor on Petastorm (see :mod:`.distributed`); ``predict`` scores a Spark
 DataFrame with ``mapInPandas`` (model loaded once per Python worker, ``weights_only=True``).
 The artifact is the best epoch's ``state_dict``; the sidecar keeps the feature map.
+Zoo models that declare ``needs_horizons`` (KAML) also get y_h1..y_h3 per row (column ``h``,
+NaN = horizon not observed), so their training rows may include open label windows.
 """
 from __future__ import annotations
 
@@ -20,6 +22,7 @@ from .base import build_config
 from .feature_map import FeatureMap
 
 _LOADED: dict[int, object] = {}
+HORIZON_COLS = ("y_h1", "y_h2", "y_h3")
 
 
 @dataclass(frozen=True)
@@ -65,6 +68,13 @@ class NeuralModel(BaseModel):
     def train_params(self) -> TorchTrainParams:
         return build_config(TorchTrainParams, self.spec.params)
 
+    @property
+    def needs_horizons(self) -> bool:
+        """True when the zoo model trains on the per-horizon labels (``Batch.horizons``)."""
+        from .zoo import MODELS
+
+        return MODELS[self.spec.family].needs_horizons
+
     def _feature_map(self) -> FeatureMap:
         return FeatureMap(**self.info["feature_map"])
 
@@ -75,17 +85,29 @@ class NeuralModel(BaseModel):
                               numeric_encoding=params.numeric_encoding, n_buckets=params.n_buckets)
         self.info["feature_map"] = asdict(fmap)
         columns = fmap.columns
+        horizons = list(HORIZON_COLS) if self.needs_horizons else []
+        missing = [c for c in horizons if c not in train.columns]
+        if missing:
+            raise ValueError(f"model {self.name!r} (family {self.spec.family}) trains on the horizon labels: "
+                             f"training rows lack columns {missing}")
 
         def to_tensors(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
             for b in batches:
                 dense, ids = fmap.transform(b)
-                yield pd.DataFrame({"dense": list(dense), "cat": list(ids), "y": b[LABEL].astype(np.float32)})
+                out = {"dense": list(dense), "cat": list(ids), "y": b[LABEL].astype(np.float32)}
+                if horizons:  # null (not observed) → NaN
+                    out["h"] = list(b[horizons].astype("float64").to_numpy(dtype=np.float32))
+                yield pd.DataFrame(out)
 
-        rows = train.select(*columns, LABEL).mapInPandas(to_tensors, "dense array<float>, cat array<bigint>, y float")
+        schema = "dense array<float>, cat array<bigint>, y float" + (", h array<float>" if horizons else "")
+        rows = train.select(*columns, LABEL, *horizons).mapInPandas(to_tensors, schema)
         valid_pdf = valid.select(*columns, LABEL).toPandas()
+        v_y = valid_pdf[LABEL].astype("float64").to_numpy(dtype=np.float32)
+        if np.isnan(v_y).any():
+            raise ValueError(f"model {self.name!r}: {int(np.isnan(v_y).sum())} early-stopping rows have a null "
+                             f"{LABEL!r} (open label windows): validate on fully labelled rows only")
         v_dense, v_ids = fmap.transform(valid_pdf)
-        result = train_distributed_call(spark, rows, self.spec.family, params, fmap,
-                                        (v_dense, v_ids, valid_pdf[LABEL].to_numpy(dtype=np.float32)))
+        result = train_distributed_call(spark, rows, self.spec.family, params, fmap, (v_dense, v_ids, v_y))
         self._state = result["state"]
         self.info.update(valid_auc=result["valid_auc"], epochs=result["epochs"],
                          steps_per_epoch=result["steps_per_epoch"],

@@ -1,9 +1,10 @@
 """The model zoo: one module per model, and the explicit name → class registry."""
 from .deepfm import DeepFM
+from .kaml import KAML
 from .kdef import KDEF
 from .mlp import MLP
 from .xdeepfm import XDeepFM
 
-MODELS = {m.name: m for m in (MLP, DeepFM, XDeepFM, KDEF)}
+MODELS = {m.name: m for m in (MLP, DeepFM, XDeepFM, KDEF, KAML)}
 
-__all__ = ["MODELS", "DeepFM", "KDEF", "MLP", "XDeepFM"]
+__all__ = ["MODELS", "DeepFM", "KAML", "KDEF", "MLP", "XDeepFM"]

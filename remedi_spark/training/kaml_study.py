@@ -1,0 +1,165 @@
+"""The KAML ablations: what do open-window rows, the ranking loss and hierarchical heads each add?
+
+Variants, all trained on the same training-split users with the configured KAML model's
+parameters (one process over in-memory arrays, like the KDEF study) and scored on the
+held-out split's fully labelled rows:
+
+* ``full``: KAML on the fully labelled rows plus the open-window rows of the same users.
+* ``without_open_windows``: the same model on the fully labelled rows only.
+* ``without_rank_loss``: ``rank_weight = 0`` (open-window rows still train the observed heads).
+* ``independent_heads``: ``shared = false``, no knowledge passed from shorter to longer horizons.
+* ``mlp_baseline``: a plain binary MLP with KAML's trunk on the fully labelled rows (what a
+  single-label base model can use).
+
+The open-window rows are the ``split = open`` rows of the folds table, or, when the folds were
+built without ``folds.include_open_windows``, the same rows derived from the features table
+(:func:`~remedi_spark.folds.assign.open_window_rows`), so the study never depends on that switch.
+"""
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
+from sklearn.metrics import roc_auc_score
+
+from ..config import Config, ConfigError
+from ..folds.assign import OPEN, open_window_rows
+from ..io.schemas import frame_from_pandas
+from ..io.store import TableStore
+from ..metrics import k_for, lead_metrics
+from ..models.base import LABEL, FeatureSpec
+from ..models.neural.base import build_config
+from ..models.neural.feature_map import FeatureMap
+from ..models.neural.loop import make_module, predict_logits, train_in_process
+from ..models.neural.model import HORIZON_COLS, TorchTrainParams
+from ..models.neural.zoo.kaml import KAML
+from .oof import ES, training_frame
+
+Arrays = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]  # dense, cat_ids, y, horizons (NaN = unknown)
+
+VARIANTS: dict[str, dict[str, Any]] = {
+    "full": {"family": "kaml", "open": True, "model": {}},
+    "without_open_windows": {"family": "kaml", "open": False, "model": {}},
+    "without_rank_loss": {"family": "kaml", "open": True, "model": {"rank_weight": 0.0}},
+    "independent_heads": {"family": "kaml", "open": True, "model": {"shared": False}},
+    "mlp_baseline": {"family": "mlp", "open": False, "model": {}},
+}
+_MLP_KEYS = ("emb_dim", "hidden", "dropout")
+
+
+def _concat(a: Arrays, b: Arrays) -> Arrays:
+    return tuple(np.concatenate([x, y]) for x, y in zip(a, b))  # type: ignore[return-value]
+
+
+def _auc(y: np.ndarray, p: np.ndarray) -> float | None:
+    return float(roc_auc_score(y, p)) if 0 < y.sum() < len(y) else None
+
+
+def _evaluate(model: Any, test: Arrays, k_fraction: float) -> dict[str, Any]:
+    """Union-probability metrics on ``test`` and, for horizon models, each head's AUC."""
+    dense, ids, y, horizons = test
+    p = 1.0 / (1.0 + np.exp(-predict_logits(model, dense, ids).astype(np.float64)))
+    m = lead_metrics(y, p, k_for(len(y), k_fraction))
+    row = {"auc": m["auc"], "logloss": m["logloss"], "precision_at_k": m["precision_at_k"]}
+    z = predict_logits(model, dense, ids, key="horizon_logits") if model.needs_horizons else None
+    for h in range(len(HORIZON_COLS)):
+        row[f"auc_h{h + 1}"] = None if z is None else _auc(horizons[:, h], z[:, h])
+    return row
+
+
+def kaml_ablation_table(train: Arrays, open_rows: Arrays, valid: Arrays, test: Arrays, vocab_sizes: list[int],
+                        num_numeric: int, model_cfg: dict, params: dict[str, Any], k_fraction: float
+                        ) -> pd.DataFrame:
+    """One row per variant of :data:`VARIANTS`: AUC, LogLoss and P@K of the union probability on the
+    fully labelled ``test`` rows, each horizon head's AUC, rows used, epochs and training seconds."""
+    if np.isnan(train[3]).any() or np.isnan(test[3]).any():
+        raise ValueError("kaml study: train and test rows must be fully labelled (open windows go in open_rows)")
+    rows = []
+    for variant, spec in VARIANTS.items():
+        if spec["family"] == "mlp":
+            cfg = {k: model_cfg[k] for k in _MLP_KEYS if k in model_cfg}
+        else:
+            cfg = {**model_cfg, **spec["model"]}
+        model = make_module(spec["family"], cfg, vocab_sizes, num_numeric, seed=params["seed"])
+        built = model.cfg if isinstance(model, KAML) else None  # the MLP baseline has no heads
+        data = _concat(train, open_rows) if spec["open"] else train
+        start = time.perf_counter()
+        result = train_in_process(model, data if model.needs_horizons else data[:3], params, valid[:3])
+        seconds = time.perf_counter() - start
+        model.load_state_dict(result["state"])
+        rows.append({"variant": variant, "family": spec["family"],
+                     "open_windows": bool(spec["open"]), "shared": bool(built.shared) if built else False,
+                     "rank_weight": float(built.rank_weight) if built else 0.0,
+                     "train_rows": len(data[2]), "open_rows": len(open_rows[2]) if spec["open"] else 0,
+                     **_evaluate(model, test, k_fraction), "epochs": result["epochs"], "train_seconds": seconds})
+    return pd.DataFrame(rows)
+
+
+def _arrays(df: DataFrame, fmap: FeatureMap) -> Arrays:
+    pdf = df.select(*fmap.columns, LABEL, *HORIZON_COLS).toPandas()
+    dense, ids = fmap.transform(pdf)
+    return (dense, ids, pdf[LABEL].astype("float64").to_numpy(dtype=np.float32),
+            pdf[list(HORIZON_COLS)].astype("float64").to_numpy(dtype=np.float32))
+
+
+def _study_folds(store: TableStore) -> DataFrame:
+    """The folds table, with open-window rows derived from ``features`` when it holds none."""
+    folds = store.read("folds")
+    if folds.filter(F.col("split") == OPEN).limit(1).count():
+        return folds
+    labelled = folds.filter(F.col("split") != OPEN)
+    return labelled.unionByName(open_window_rows(store.read("features"), labelled))
+
+
+def run_kaml_study(spark: SparkSession, cfg: Config, store: TableStore) -> dict[str, Any]:
+    """Stage ``kaml-study``: the ablation table of the configured KAML model, written to ``kaml_study``;
+    the summary holds the rows used and the table as records."""
+    study = cfg.kaml_study
+    specs = [s for s in cfg.base_models.models if s.name == study.model]
+    if not specs or specs[0].family != "kaml":
+        raise ConfigError(f"kaml_study.model: {study.model!r} is not a configured base model of family kaml")
+    params = build_config(TorchTrainParams, specs[0].params)
+    data = training_frame(store, cfg, _study_folds(store))
+    members = cfg.base_models.feature_groups[specs[0].feature_group] if specs[0].feature_group else None
+    features = FeatureSpec.from_frame(data.filter(F.col("split") == "train").drop("fold", "split", ES), members)
+    encoded = features.encode(data, extra=(LABEL, *HORIZON_COLS, "split", ES))
+    if study.max_train_rows:
+        share = study.max_train_rows / max(1, encoded.filter(F.col("split") == "train").count())
+        encoded = encoded.filter((F.col("split") == "test") | (F.rand(seed=params.seed) < share))
+    encoded = encoded.localCheckpoint()
+    fit_rows = encoded.filter((F.col("split") == "train") & ~F.col(ES))
+    fmap = FeatureMap.fit(fit_rows, features.columns, vocab=features.categorical,
+                          numeric_encoding=params.numeric_encoding, n_buckets=params.n_buckets)
+    train = _arrays(fit_rows, fmap)
+    open_rows = _arrays(encoded.filter((F.col("split") == OPEN) & ~F.col(ES)), fmap)
+    valid = _arrays(encoded.filter((F.col("split") == "train") & F.col(ES)), fmap)
+    test = _arrays(encoded.filter(F.col("split") == "test"), fmap)
+    if not len(open_rows[2]):
+        raise ConfigError("kaml study: the features table has no rows with an open label window after the newest "
+                          "fold month (features.observed_through); nothing to ablate")
+    table = kaml_ablation_table(train, open_rows, valid, test, fmap.vocab_sizes, len(fmap.numeric), params.model,
+                                params.loop_params(), cfg.base_models.metric_k_fraction)
+    table["run_id"] = store.run.run_id if store.run else "adhoc"
+    store.write_table(frame_from_pandas(spark, table, "kaml_study"), "kaml_study")
+    return {"rows": {"train": len(train[2]), "open": len(open_rows[2]), "valid": len(valid[2]),
+                     "test": len(test[2])},
+            "table": table.drop(columns="run_id").round(4).to_dict("records")}
+
+
+def format_kaml_table(records: list[dict[str, Any]]) -> str:
+    """Markdown: one line per variant (union AUC, LogLoss, P@K, per-horizon AUC, rows, seconds)."""
+    def cell(v: Any, fmt: str) -> str:
+        return "–" if v is None or (isinstance(v, float) and np.isnan(v)) else format(v, fmt)
+
+    lines = ["| variant | AUC | LogLoss | P@K | AUC T+1 | AUC T+2 | AUC T+3 | train rows (open) | seconds |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for r in records:
+        lines.append(f"| {r['variant']} | {cell(r['auc'], '.4f')} | {cell(r['logloss'], '.5f')} "
+                     f"| {cell(r['precision_at_k'], '.4f')} | {cell(r['auc_h1'], '.4f')} | {cell(r['auc_h2'], '.4f')} "
+                     f"| {cell(r['auc_h3'], '.4f')} | {r['train_rows']:,} ({r['open_rows']:,}) "
+                     f"| {cell(r['train_seconds'], '.1f')} |")
+    return "\n".join(lines)
