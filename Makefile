@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 PETASTORM := petastorm==0.13.1
 
-.PHONY: setup demo monitor-demo train-base kdef-study test bench clean
+.PHONY: setup demo monitor-demo cluster-demo train-base kdef-study test bench clean
 
 setup: $(VENV)/.installed .jars/.resolved
 
@@ -30,6 +30,10 @@ demo: setup
 monitor-demo: setup
 	$(PY) -m remedi_spark monitor-demo --conf conf/monitor_demo.yaml
 
+# The stages as separate spark-submits on a 2-worker standalone cluster (127.0.0.1), then local mode, compared.
+cluster-demo: setup
+	$(PY) -m remedi_spark.standalone --conf conf/cluster_demo.yaml
+
 train-base: setup
 	$(PY) -m remedi_spark train-base --conf conf/demo.yaml
 
@@ -48,4 +52,4 @@ bench: setup
 	$(PY) bench/scoring.py --out bench/results/scoring.json
 
 clean:
-	rm -rf data/demo data/monitor_demo data/local spark-warehouse metastore_db derby.log
+	rm -rf data/demo data/monitor_demo data/cluster_demo data/cluster_demo_local data/local build/cluster-demo spark-warehouse metastore_db derby.log
