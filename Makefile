@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 PETASTORM := petastorm==0.13.1
 
-.PHONY: setup demo monitor-demo cluster-demo train-base kdef-study test bench clean
+.PHONY: setup demo monitor-demo cluster-demo train-base kdef-study kaml-study test bench clean
 
 setup: $(VENV)/.installed .jars/.resolved
 
@@ -40,6 +40,10 @@ train-base: setup
 # KDEF K-table on the demo data (after train-base or demo): K = 1..4, KDEF vs independent nets.
 kdef-study: setup
 	$(PY) -m remedi_spark kdef-study --conf conf/demo.yaml
+
+# KAML ablations on the demo data (after train-base or demo): open windows, ranking loss, shared heads.
+kaml-study: setup
+	$(PY) -m remedi_spark kaml-study --conf conf/demo.yaml
 
 test: setup
 	$(PY) -m pytest

@@ -20,6 +20,8 @@ DESCRIPTIONS = {
     "folds": "assign user-grouped, stratified CV folds and the evaluation splits",
     "train-base": "train the base models out-of-fold, refit them, write OOF predictions and held-out metrics",
     "kdef-study": "KDEF K-table: K = 1..4 sub-networks with distillation vs the same nets trained independently",
+    "kaml-study": "KAML ablations: with/without open-window months, with/without ranking loss, shared vs "
+                  "independent horizon heads, vs an MLP",
     "meta-features": "pivot the OOF predictions and compute REMEDI's relative meta-features (Algorithm 1)",
     "fusion": "train the hybrid-expert teacher and the fusion baselines on OOF rows; results table and ablations",
     "distill": "distill the teacher into one LightGBM student (and the Table 4 ablations); save the student",
@@ -157,6 +159,10 @@ def _run(args: argparse.Namespace) -> int:
         from .training.kdef_study import format_k_table
 
         print(format_k_table(summary["table"]))
+    if args.stage == "kaml-study":
+        from .training.kaml_study import format_kaml_table
+
+        print(format_kaml_table(summary["table"]))
     if args.stage == "fusion":
         from .fusion.train import format_results
 

@@ -237,7 +237,7 @@ _CHOICES = {
     "kdef_study.subnets": {"mlp", "cross", "cin", "fm"},  # list items
     "lead_list.cap_column": {"region_id", "dealer_id"},
     "lead_list.export_formats": {"csv", "parquet"},
-    "fusion.ablations": {"trees_only", "neural_only", "without_focal", "without_subset"},
+    "fusion.ablations": {"trees_only", "neural_only", "without_focal", "without_subset", "without_kaml"},
 }
 _ITEM_CHOICES = {  # choices for fields of list items, by field name
     "family": {"lgbm", "mlp", "deepfm", "xdeepfm", "kdef", "kaml"},

@@ -23,6 +23,7 @@ from .leads.lead_list import build_lead_list, evaluate_lead_list
 from .monitoring.monitor import monitor_month
 from .report.build import build_report, log_report
 from .scoring.score import score_month
+from .training.kaml_study import run_kaml_study
 from .training.kdef_study import run_kdef_study
 from .distill.students import log_student
 from .tracking import PIPELINE_TAG, STAGE_TAG, Tracker
@@ -36,6 +37,7 @@ STAGES: dict[str, StageFn] = {
     "folds": assign_folds,
     "train-base": train_base_models,
     "kdef-study": run_kdef_study,
+    "kaml-study": run_kaml_study,
     "meta-features": build_meta_features,
     "fusion": train_fusion,
     "distill": train_students,

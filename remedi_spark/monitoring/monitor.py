@@ -71,7 +71,8 @@ def realized_metrics(spark: SparkSession, cfg: Config, store: TableStore, month:
 
 def reference_frame(store: TableStore, cfg: Config) -> DataFrame:
     """Feature rows of the training months (those in ``folds``), sampled to ``reference_rows``."""
-    months = [r[0] for r in store.read("folds").select("month").distinct().collect()]
+    labelled = store.read("folds").filter(F.col("split") != "open")  # open-window months are not training months
+    months = [r[0] for r in labelled.select("month").distinct().collect()]
     ref = store.read("features", months=months)
     n = ref.count()
     limit = cfg.monitoring.reference_rows
@@ -136,7 +137,7 @@ def monitor_month(spark: SparkSession, cfg: Config, store: TableStore, month: st
         if r["subject"] == "lead_list" and r["metric"] == "precision":
             r["flagged"] = bool(r["value"] < cfg.monitoring.min_realized_precision)
     rows += drift_rows(spark, cfg, store, month)
-    newest_training = store.read("folds").agg(F.max("month")).first()[0]
+    newest_training = store.read("folds").filter(F.col("split") != "open").agg(F.max("month")).first()[0]
     model_age = parse_month(month) - parse_month(newest_training)
     rows.append({"check": "model_age", "subject": "student", "evaluated_month": month, "metric": "months",
                  "value": float(model_age), "band": None,

@@ -152,6 +152,8 @@ def report_numbers(data: ReportData, cfg: Config) -> dict[str, Any]:
         "tables": result_tables(data),
         "kdef_study": _records(data.kdef_study.drop(columns=["run_id"], errors="ignore"))
         if data.kdef_study is not None else None,
+        "kaml_study": _records(data.kaml_study.drop(columns=["run_id"], errors="ignore"))
+        if data.kaml_study is not None else None,
         "evaluation": evaluation_numbers(data, cfg.report.curve_points, cfg.report.calibration_bins),
         "monthly": _records(monthly),
         "importance": {"top": _records(importance.head(cfg.report.top_features)),
@@ -215,9 +217,15 @@ def render_html(numbers: dict[str, Any], pngs: dict[str, bytes]) -> str:
                      "<p>Held-out owners; <i>seconds_per_1000</i> is the inference time per 1,000 owners.</p>"
                      + table(numbers["tables"]["distillation"]["user_split"], distill_cols)))
     if numbers["kdef_study"]:
-        kcols = [c for c in ["k", "subnets", "method", "auc", "logloss", "precision_at_k", "ka_mean"]
-                 if c in numbers["kdef_study"][0]]
-        sections.append(("KDEF study (newest kdef-study run)", table(numbers["kdef_study"], kcols)))
+        sections.append(("KDEF study (newest kdef-study run)", table(
+            [{"name": r["variant"], **r} for r in numbers["kdef_study"]],
+            ["name", "k", "member", "auc", "logloss", "knowledge_abundance", "epochs"])))
+    if numbers["kaml_study"]:
+        sections.append(("KAML study: multi-horizon model ablations (newest kaml-study run)", table(
+            [{"name": r["variant"], **r} for r in numbers["kaml_study"]],
+            ["name", "open_windows", "shared", "rank_weight", "train_rows", "open_rows", "auc", "logloss",
+             "precision_at_k", "auc_h1", "auc_h2", "auc_h3"])
+            + "<p class='meta'>Fully labelled held-out owners; open-window rows only ever used for training.</p>"))
     sections.append(("Curves", "<div class='figs'>" + "".join(
         figure(pngs[n], FIGURES[n]) for n in ("gains", "lift", "precision_at_k", "business_recall_at_k")) + "</div>"))
     sections.append(("Scores and calibration", "<div class='figs'>" + "".join(

@@ -43,6 +43,7 @@ class ReportData:
     importance: pd.DataFrame        # feature, group, gain, share
     warnings: list[str] = field(default_factory=list)
     kdef_study: pd.DataFrame | None = None
+    kaml_study: pd.DataFrame | None = None
     monitoring: pd.DataFrame | None = None
 
     @property
@@ -178,6 +179,7 @@ def collect(spark: SparkSession, cfg: Config, store: TableStore, run: str | None
     evaluation_month = months.get("evaluation") or str(held_out["month"].max())
     n_eval = int((held_out["month"] == evaluation_month).sum())
     kdef = store.read("kdef_study").toPandas() if store.exists("kdef_study") else None
+    kaml = store.read("kaml_study").toPandas() if store.exists("kaml_study") else None
     monitoring = None
     if store.exists("monitoring"):  # monitoring runs after the pipeline: its newest version
         versions["monitoring"] = store.version("monitoring")
@@ -185,5 +187,5 @@ def collect(spark: SparkSession, cfg: Config, store: TableStore, run: str | None
     return ReportData(pipeline=pipeline, stages=stages, versions=versions, evaluation_month=evaluation_month,
                       k=k_for(n_eval, cfg.base_models.metric_k_fraction), fusion_results=fusion,
                       distill_results=distill, held_out=held_out, best_base=best_base,
-                      importance=student_importance(spark, cfg, store), warnings=warnings, kdef_study=kdef,
+                      importance=student_importance(spark, cfg, store), warnings=warnings, kdef_study=kdef, kaml_study=kaml,
                       monitoring=monitoring)
