@@ -74,11 +74,12 @@ class DataValidationError(ValueError):
         super().__init__(f"table {table!r} failed validation, nothing was written:\n{lines}")
 
 
-def schemas_dir() -> Path:
-    """Where the schema files are: packaged in a wheel as ``remedi_spark.schemas``, else the
-    repository's ``schemas/`` folder (source checkouts and editable installs)."""
+def schemas_dir() -> Any:
+    """Where the schema files are: the ``remedi_spark.schemas`` package (a folder in an install, a
+    zip entry when the wheel is shipped with ``--py-files``, so a Traversable, not a Path), else the
+    repository's ``schemas/`` folder."""
     try:
-        return Path(str(resources.files("remedi_spark.schemas")))
+        return resources.files("remedi_spark.schemas")
     except ModuleNotFoundError:
         return Path(__file__).resolve().parents[2] / "schemas"
 
@@ -86,10 +87,11 @@ def schemas_dir() -> Path:
 @lru_cache(maxsize=None)
 def load_schema(table: str) -> TableSchema:
     """Read ``schemas/<table>.json``."""
-    path = schemas_dir() / f"{table}.json"
-    if not path.exists():
-        raise KeyError(f"no schema for table {table!r} in {path.parent}")
-    text = path.read_text()
+    root = schemas_dir()
+    entry = root.joinpath(f"{table}.json")
+    if not entry.is_file():
+        raise KeyError(f"no schema for table {table!r} in {root}")
+    text = entry.read_text(encoding="utf-8")
     raw: dict[str, Any] = json.loads(text)
     cols = tuple(
         Column(name=c["name"], type=c["type"], nullable=c["nullable"], nonnegative=c.get("nonnegative", False),
