@@ -191,8 +191,8 @@ def emit_activity(
     intent_link = 1.0  # how strongly digital activity follows intent
     if params.drift_month_index is not None and t >= params.drift_month_index:
         # the shift (monitoring demos): a campaign inflates digital activity for every owner and
-        # drowns its link to purchase intent; buying itself is unchanged, so the features drift
-        # and a model that leans on digital signals loses precision
+        # drowns its link to purchase intent, and showroom events add dealer visits (below);
+        # buying itself is unchanged, so the features drift and the model loses precision
         digital = digital * (1.0 + 3.0 * params.drift_strength)
         intent_link = max(0.0, 1.0 - params.drift_strength)
         online_gain = online_gain * intent_link
@@ -205,6 +205,8 @@ def emit_activity(
     service = service | (bought_prev & (rng.random(n) < 0.8))  # delivery/first service after a purchase
     shop_visits = rng.poisson(np.array([0.0, 0.02, 0.45, 1.9])[s_now])
     visit_days = service.astype(np.int64) + shop_visits
+    if intent_link < 1.0:  # the shift: dealers also log showroom-event visits, whatever the owner's intent
+        visit_days = visit_days + (rng.random(n) < 0.4 * (1.0 - intent_link)).astype(np.int64)
     other_brands = rng.binomial(np.minimum(shop_visits, 4), 0.55)
     visit_brand_cnt = np.where(visit_days > 0, np.where(service | (shop_visits > other_brands), 1, 0) + other_brands, 0)
     visit_brand_cnt = np.maximum(visit_brand_cnt, (visit_days > 0).astype(np.int64))
