@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 PETASTORM := petastorm==0.13.1
 
-.PHONY: setup demo monitor-demo cluster-demo train-base kdef-study kaml-study test bench clean
+.PHONY: setup demo monitor-demo cluster-demo train-base kdef-study kaml-study hm3-study test bench clean
 
 setup: $(VENV)/.installed .jars/.resolved
 
@@ -44,6 +44,10 @@ kdef-study: setup
 # KAML ablations on the demo data (after train-base or demo): open windows, ranking loss, shared heads.
 kaml-study: setup
 	$(PY) -m remedi_spark kaml-study --conf conf/demo.yaml
+
+# HM3 ablations on the demo data (after train-base or demo): auxiliary funnel tasks, hierarchical heads.
+hm3-study: setup
+	$(PY) -m remedi_spark hm3-study --conf conf/demo.yaml
 
 test: setup
 	$(PY) -m pytest

@@ -22,6 +22,7 @@ DESCRIPTIONS = {
     "kdef-study": "KDEF K-table: K = 1..4 sub-networks with distillation vs the same nets trained independently",
     "kaml-study": "KAML ablations: with/without open-window months, with/without ranking loss, shared vs "
                   "independent horizon heads, vs an MLP",
+    "hm3-study": "HM3 ablations: the behaviour-funnel model vs without auxiliary tasks and with flat heads",
     "meta-features": "pivot the OOF predictions and compute REMEDI's relative meta-features (Algorithm 1)",
     "fusion": "train the hybrid-expert teacher and the fusion baselines on OOF rows; results table and ablations",
     "distill": "distill the teacher into one LightGBM student (and the Table 4 ablations); save the student",
@@ -163,6 +164,10 @@ def _run(args: argparse.Namespace) -> int:
         from .training.kaml_study import format_kaml_table
 
         print(format_kaml_table(summary["table"]))
+    if args.stage == "hm3-study":
+        from .training.hm3_study import format_hm3_table
+
+        print(format_hm3_table(summary["table"]))
     if args.stage == "fusion":
         from .fusion.train import format_results
 

@@ -204,6 +204,15 @@ class KamlStudySettings:
 
 
 @dataclass(frozen=True)
+class Hm3StudySettings:
+    """The HM3 ablation table (stage hm3-study): the full funnel model against it without the
+    auxiliary tasks and with flat (independent) heads."""
+
+    model: str
+    max_train_rows: int | None
+
+
+@dataclass(frozen=True)
 class Config:
     spark: SparkSettings
     tables: TableSettings
@@ -220,6 +229,7 @@ class Config:
     report: ReportSettings
     monitoring: MonitoringSettings
     kaml_study: KamlStudySettings
+    hm3_study: Hm3StudySettings
 
     def to_dict(self) -> dict[str, Any]:
         """Plain-dict view (for run manifests and logs)."""
@@ -237,10 +247,11 @@ _CHOICES = {
     "kdef_study.subnets": {"mlp", "cross", "cin", "fm"},  # list items
     "lead_list.cap_column": {"region_id", "dealer_id"},
     "lead_list.export_formats": {"csv", "parquet"},
-    "fusion.ablations": {"trees_only", "neural_only", "without_focal", "without_subset", "without_kaml"},
+    "fusion.ablations": {"trees_only", "neural_only", "without_focal", "without_subset", "without_kaml",
+                         "without_hm3"},
 }
 _ITEM_CHOICES = {  # choices for fields of list items, by field name
-    "family": {"lgbm", "mlp", "deepfm", "xdeepfm", "kdef", "kaml"},
+    "family": {"lgbm", "mlp", "deepfm", "xdeepfm", "kdef", "kaml", "hm3"},
     "backend": {"synapseml", "native", "torch"},
     "objective": {"logloss", "focal", "mse", "xentropy"},
 }

@@ -23,6 +23,7 @@ from .leads.lead_list import build_lead_list, evaluate_lead_list
 from .monitoring.monitor import monitor_month
 from .report.build import build_report, log_report
 from .scoring.score import score_month
+from .training.hm3_study import run_hm3_study
 from .training.kaml_study import run_kaml_study
 from .training.kdef_study import run_kdef_study
 from .distill.students import log_student
@@ -38,6 +39,7 @@ STAGES: dict[str, StageFn] = {
     "train-base": train_base_models,
     "kdef-study": run_kdef_study,
     "kaml-study": run_kaml_study,
+    "hm3-study": run_hm3_study,
     "meta-features": build_meta_features,
     "fusion": train_fusion,
     "distill": train_students,

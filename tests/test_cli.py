@@ -7,7 +7,8 @@ import pytest
 from tests.conftest import REPO
 
 JOBS = {"generate": "generate.py", "features": "build_features.py", "folds": "make_folds.py", "demo": "demo.py",
-        "train-base": "train_base_models.py", "kdef-study": "kdef_study.py", "kaml-study": "kaml_study.py", "meta-features": "meta_features.py",
+        "train-base": "train_base_models.py", "kdef-study": "kdef_study.py", "kaml-study": "kaml_study.py",
+        "hm3-study": "hm3_study.py", "meta-features": "meta_features.py",
         "fusion": "fusion.py", "distill": "distill.py", "score": "score.py", "lead-list": "lead_list.py",
         "foundation": "foundation.py", "pipeline": "run_pipeline.py", "report": "report.py", "monitor": "monitor.py",
         "monitor-demo": "monitor_demo.py"}

@@ -19,9 +19,9 @@ def world(spark, cfg_at):
         for i, m in enumerate(MONTHS):
             complete = m != "2024-08"
             y = (1 if (u % 13 == 0 and i == 0) else 0) if complete else None
-            rows.append((u, m, y, y, 0 if complete else None, None, complete, float(u % 7)))
+            rows.append((u, m, y, y, 0 if complete else None, None, complete, None, None, float(u % 7)))
     df = spark.createDataFrame(rows, "user_id long, month string, y int, y_h1 int, y_h2 int, y_h3 int, "
-                                     "label_complete boolean, f double")
+                                     "label_complete boolean, y_engage int, y_visit int, f double")
     store.write_months(df, "features", MONTHS)
     return spark, cfg, store
 

@@ -267,9 +267,10 @@ def test_open_window_folds_leave_every_evaluation_on_labelled_rows(spark, cfg_at
             complete = i < 2
             y = (1 if u % 11 == 0 and i == 0 else 0) if complete else (1 if u % 17 == 0 and i == 2 else None)
             h1 = 0 if complete else (1 if u % 17 == 0 and i == 2 else (0 if i == 2 else None))
-            rows.append((u, m, y, h1, 0 if complete else None, 0 if complete else None, complete, float(u % 7)))
+            rows.append((u, m, y, h1, 0 if complete else None, 0 if complete else None, complete, None, None,
+                         float(u % 7)))
     df = spark.createDataFrame(rows, "user_id long, month string, y int, y_h1 int, y_h2 int, y_h3 int, "
-                                     "label_complete boolean, f double")
+                                     "label_complete boolean, y_engage int, y_visit int, f double")
     store.write_months(df, "features", ["2024-06", "2024-07", "2024-08", "2024-09"])
     summary = assign_folds(spark, cfg, store)
     folds = store.read("folds").toPandas()

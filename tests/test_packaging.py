@@ -16,5 +16,12 @@ def test_every_table_written_has_a_schema():
 
     for table in ("owners", "monthly_activity", "purchases", "oracle", "features", "folds", "oof_predictions",
                   "base_model_metrics", "kdef_study", "meta_features", "fusion_results", "teacher_predictions",
-                  "distill_results", "scores", "lead_list"):
+                  "distill_results", "scores", "lead_list", "hm3_study"):
         assert load_schema(table).table == table
+
+
+def test_schemas_come_from_the_checkout_the_package_was_imported_from():
+    # a worktree on PYTHONPATH next to another checkout's editable install reads its own schemas
+    from remedi_spark.io.schemas import schemas_dir
+
+    assert schemas_dir() == REPO / "schemas"

@@ -69,9 +69,9 @@ def test_disallowed_value(spark):
 
 
 def test_feature_tables_take_numeric_extras_only(spark):
-    base = spark.createDataFrame([(1, M, 0, 0, 0, 0, True, 1.5)],
+    base = spark.createDataFrame([(1, M, 0, 0, 0, 0, True, 0, 1, 1.5)],
                                  "user_id long, month string, y int, y_h1 int, y_h2 int, y_h3 int, "
-                                 "label_complete boolean, f1 double")
+                                 "label_complete boolean, y_engage int, y_visit int, f1 double")
     validate(base, "features")
     bad = base.withColumn("f2", F.array(F.lit(1)))
     assert _problems(bad, "features") == [("f2", "feature columns must be numeric, boolean or string, found array<int>")]

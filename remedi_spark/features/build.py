@@ -5,7 +5,8 @@ and means over the configured windows, month-over-month change, short-vs-long tr
 since the last dealer visit and since the last purchase, a few ratios and the owner's static
 attributes. Labels: ``y_h{k}`` = purchase in T+k, ``y`` = purchase in T+1..T+3. A horizon whose
 month is after ``observed_through`` is unknown (null), never 0; ``label_complete`` says all
-three are observed (``y`` is 1 as soon as one observed horizon is 1).
+three are observed (``y`` is 1 as soon as one observed horizon is 1). The funnel labels
+``y_engage`` and ``y_visit`` (see :func:`funnel_labels`) follow the same rule over T+1..T+3.
 
 ``features.source: custom`` imports the user's own table instead (see :func:`import_custom_features`).
 """
@@ -24,6 +25,14 @@ from .custom import import_custom_features
 
 ID = "user_id"
 HORIZONS = (1, 2, 3)
+FUNNEL_LABELS = ("y_engage", "y_visit")
+# digital engagement: shopping actions online (media-site visits, comparison views, manufacturer apps
+# used). Active days in the own brand's app (habitual use) and mini-program traffic in MB (a volume,
+# heavy-tailed) are left out: they measure use of the car's services, not shopping.
+ENGAGE_CHANNELS = ("web_query_cnt_s1", "analysis_cnt", "company_app_cnt")
+ENGAGE_BASELINE_MONTHS = 6  # the owner's usual level: mean over T-5..T
+ENGAGE_RATIO = 2.0          # engaged in a month: more than twice the usual level ...
+ENGAGE_MARGIN = 2.0         # ... plus 2 events (an owner without usual activity needs 3)
 
 
 def month_index(col: str | Column) -> Column:
@@ -121,6 +130,42 @@ def _labels(frame: DataFrame, observed_through: int) -> DataFrame:
                         complete.alias("label_complete")).drop(*[f"_b{h}" for h in HORIZONS])
 
 
+def funnel_labels(activity: DataFrame, observed_through: int, targets: list[int]) -> DataFrame:
+    """(user_id, mi, _engage, _visit) for the target months: 1 when an observed month of T+1..T+3 shows
+    digital engagement or a shopping dealer visit, else null (the caller applies the label rule).
+
+    ``activity`` holds the raw columns with the month index ``mi``. Engagement in month m: the sum
+    of :data:`ENGAGE_CHANNELS` (missing values count 0) exceeds ``ENGAGE_RATIO`` × the owner's mean
+    of that sum over T-5..T plus ``ENGAGE_MARGIN``. A plain "> 0" would mark nearly every owner
+    (media-site visits are habitual), so the label would carry no funnel information; the owner's
+    own baseline makes it a surge, comparable across heavy and light online users. A shopping visit:
+    ``visit_days − service_visit_cnt > 0`` (service and delivery visits are not a funnel step).
+    Months after ``observed_through`` are never read.
+    """
+    digital = sum((F.coalesce(F.col(c).cast("double"), F.lit(0.0)) for c in ENGAGE_CHANNELS), F.lit(0.0))
+    shopping = F.coalesce(F.col("visit_days"), F.lit(0)) - F.coalesce(F.col("service_visit_cnt"), F.lit(0))
+    act = activity.filter(F.col("mi") <= observed_through).select(
+        ID, "mi", digital.alias("_digital"), (shopping > 0).cast("int").alias("_shop"))
+    base = _spread_to_targets(act, targets, ENGAGE_BASELINE_MONTHS).groupBy(ID, "target_mi") \
+        .agg(F.avg("_digital").alias("_usual"))
+    wanted = F.array(*[F.lit(t) for t in sorted(targets)])
+    ahead = act.select("*", F.explode(F.filter(
+        wanted, lambda t: (F.col("mi") - t >= min(HORIZONS)) & (F.col("mi") - t <= max(HORIZONS)))).alias("target_mi"))
+    surge = F.col("_digital") > ENGAGE_RATIO * F.coalesce(F.col("_usual"), F.lit(0.0)) + ENGAGE_MARGIN
+    return ahead.join(base, [ID, "target_mi"], "left").groupBy(ID, "target_mi").agg(
+        F.max(F.when(surge, 1)).alias("_engage"), F.max(F.when(F.col("_shop") == 1, 1)).alias("_visit"),
+    ).withColumnRenamed("target_mi", "mi")
+
+
+def _funnel(frame: DataFrame, observed_through: int) -> DataFrame:
+    """``y_engage``/``y_visit``: 1 as soon as an observed month of the window shows the step, 0 when all
+    three months are observed without it, else null (the rule of ``y``)."""
+    complete = F.col("mi") + max(HORIZONS) <= observed_through
+    labels = [F.when(F.col(f"_{step}") == 1, 1).when(complete, 0).cast("int").alias(name)
+              for step, name in zip(("engage", "visit"), FUNNEL_LABELS)]
+    return frame.select("*", *labels).drop("_engage", "_visit")
+
+
 def _static(owners: DataFrame, purchases: DataFrame) -> tuple[DataFrame, DataFrame]:
     """Owner attributes and, per buyer, the array of purchase month indexes (small: broadcast)."""
     static = owners.select(
@@ -151,12 +196,15 @@ def builtin_features(spark: SparkSession, cfg: Config, store: TableStore, months
                      observed_through: int) -> DataFrame:
     """The ``features`` rows of ``months`` computed from owners, monthly_activity and purchases."""
     fc = cfg.features
-    lookback = max(max(fc.windows), fc.recency_lookback_months)
+    lookback = max(max(fc.windows), fc.recency_lookback_months, ENGAGE_BASELINE_MONTHS)
     first = add_months(min(months), -(lookback - 1))
-    activity = store.read("monthly_activity").filter(F.col("month").between(first, max(months)))
+    # the funnel labels read the activity of T+1..T+3 too (months after observed_through are dropped)
+    window = store.read("monthly_activity").filter(
+        F.col("month").between(first, add_months(max(months), max(HORIZONS))))
+    activity = window.filter(F.col("month") <= max(months))
     owners = store.read("owners")
     purchases = store.read("purchases")
-    for df, table in ((owners, "owners"), (activity, "monthly_activity"), (purchases, "purchases")):
+    for df, table in ((owners, "owners"), (window, "monthly_activity"), (purchases, "purchases")):
         validate(df, table)
     channels = [c for c in activity.columns if c not in (ID, "month")]
     act = activity.withColumn("mi", month_index("month"))
@@ -168,7 +216,9 @@ def builtin_features(spark: SparkSession, cfg: Config, store: TableStore, months
     frame = _vehicle_columns(frame)
     past = purchases.filter(month_index("month") <= F.lit(max(parse_month(m) for m in months) + 3))
     frame = frame.join(label_columns(past, observed_through), [ID, "mi"], "left")
-    return _labels(frame, observed_through).drop("mi")
+    ahead = window.withColumn("mi", month_index("month"))
+    frame = frame.join(funnel_labels(ahead, observed_through, targets), [ID, "mi"], "left")
+    return _funnel(_labels(frame, observed_through), observed_through).drop("mi")
 
 
 def activity_months(store: TableStore) -> list[str]:

@@ -2,8 +2,8 @@
 
 ``features.custom`` names the table (a Delta ``path`` or a metastore ``table``) and its id,
 month, label and feature columns. Months may be ``'YYYY-MM'`` strings, dates or timestamps.
-The result has the same keys and label columns as built-in features (per-horizon labels are
-unknown, so null; ``label_complete`` = label is not null) and is validated the same way.
+The result has the same keys and label columns as built-in features (per-horizon labels
+and funnel labels are unknown, so null; ``label_complete`` = label is not null) and is validated the same way.
 """
 from __future__ import annotations
 
@@ -35,7 +35,7 @@ def import_custom_features(spark: SparkSession, cfg: Config, months: list[str] |
     missing = [col for col in wanted if col not in df.columns]
     if missing:
         raise DataValidationError(table, [(col, "missing") for col in missing])
-    reserved = {"user_id", "month", "y", "y_h1", "y_h2", "y_h3", "label_complete"}
+    reserved = {"user_id", "month", "y", "y_h1", "y_h2", "y_h3", "label_complete", "y_engage", "y_visit"}
     clash = [col for col in c.feature_cols if col in reserved]
     if clash:
         raise DataValidationError(table, [(col, "feature column uses a reserved name") for col in clash])
@@ -61,6 +61,7 @@ def import_custom_features(spark: SparkSession, cfg: Config, months: list[str] |
         F.col(c.id_col).cast("long").alias("user_id"), month.alias("month"), label.alias("y"),
         *[F.lit(None).cast("int").alias(f"y_h{h}") for h in (1, 2, 3)],
         label.isNotNull().alias("label_complete"),
+        *[F.lit(None).cast("int").alias(name) for name in ("y_engage", "y_visit")],
         *[F.col(col) for col in c.feature_cols],
     )
     if months is None:

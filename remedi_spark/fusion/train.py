@@ -40,6 +40,7 @@ ABLATIONS = {
     # the feature-subset GBDTs (dealer/digital/calls); neural models on the `core` columns stay
     "without_subset": lambda s: not (s.family == "lgbm" and s.feature_group is not None),
     "without_kaml": lambda s: s.family != "kaml",  # the teacher with vs without the multi-horizon model
+    "without_hm3": lambda s: s.family != "hm3",  # ... and without the behaviour-funnel model
 }
 
 

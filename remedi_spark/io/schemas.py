@@ -75,13 +75,17 @@ class DataValidationError(ValueError):
 
 
 def schemas_dir() -> Any:
-    """Where the schema files are: the ``remedi_spark.schemas`` package (a folder in an install, a
-    zip entry when the wheel is shipped with ``--py-files``, so a Traversable, not a Path), else the
-    repository's ``schemas/`` folder."""
+    """Where the schema files are: the ``schemas/`` folder of the source checkout this package was
+    imported from (a git worktree on ``PYTHONPATH`` must not read the schemas of another checkout's
+    editable install), else the ``remedi_spark.schemas`` package (a folder in an install, a zip entry
+    when the wheel is shipped with ``--py-files``, so a Traversable, not a Path)."""
+    checkout = Path(__file__).resolve().parents[2]
+    if (checkout / "schemas" / "features.json").is_file() and (checkout / "remedi_spark").is_dir():
+        return checkout / "schemas"
     try:
         return resources.files("remedi_spark.schemas")
     except ModuleNotFoundError:
-        return Path(__file__).resolve().parents[2] / "schemas"
+        return checkout / "schemas"
 
 
 @lru_cache(maxsize=None)

@@ -22,7 +22,8 @@ from ..io.files import read_bytes, read_text, write_bytes, write_text
 
 KEYS = ("user_id", "month")
 LABEL = "y"
-NOT_FEATURES = {"user_id", "month", "y", "y_h1", "y_h2", "y_h3", "label_complete"}
+# keys and every label column: a label among the model inputs would be a leak
+NOT_FEATURES = {"user_id", "month", "y", "y_h1", "y_h2", "y_h3", "label_complete", "y_engage", "y_visit"}
 
 
 def in_group(column: str, members: list[str]) -> bool:

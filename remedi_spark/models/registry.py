@@ -18,7 +18,7 @@ def _neural(family: str) -> type[BaseModel]:
     return NeuralModel
 
 
-NEURAL_FAMILIES = ("mlp", "deepfm", "xdeepfm", "kdef", "kaml")
+NEURAL_FAMILIES = ("mlp", "deepfm", "xdeepfm", "kdef", "kaml", "hm3")
 
 
 def needs_horizons(spec: ModelSpec) -> bool:
@@ -29,6 +29,16 @@ def needs_horizons(spec: ModelSpec) -> bool:
     from .neural.zoo import MODELS  # imports torch: only for neural models
 
     return MODELS[spec.family].needs_horizons
+
+
+def aux_labels(spec: ModelSpec) -> tuple[str, ...]:
+    """The features-table label columns (besides ``y``) the model trains on as auxiliary tasks
+    (HM3: ``y_engage``, ``y_visit``); empty for every other model."""
+    if spec.backend != "torch" or spec.family not in NEURAL_FAMILIES:
+        return ()
+    from .neural.zoo import MODELS  # imports torch: only for neural models
+
+    return tuple(MODELS[spec.family].aux_labels)
 
 
 def build_model(spec: ModelSpec, settings: BaseModelSettings, features: FeatureSpec) -> BaseModel:

@@ -154,6 +154,8 @@ def report_numbers(data: ReportData, cfg: Config) -> dict[str, Any]:
         if data.kdef_study is not None else None,
         "kaml_study": _records(data.kaml_study.drop(columns=["run_id"], errors="ignore"))
         if data.kaml_study is not None else None,
+        "hm3_study": _records(data.hm3_study.drop(columns=["run_id"], errors="ignore"))
+        if data.hm3_study is not None else None,
         "evaluation": evaluation_numbers(data, cfg.report.curve_points, cfg.report.calibration_bins),
         "monthly": _records(monthly),
         "importance": {"top": _records(importance.head(cfg.report.top_features)),
@@ -226,6 +228,13 @@ def render_html(numbers: dict[str, Any], pngs: dict[str, bytes]) -> str:
             ["name", "open_windows", "shared", "rank_weight", "train_rows", "open_rows", "auc", "logloss",
              "precision_at_k", "auc_h1", "auc_h2", "auc_h3"])
             + "<p class='meta'>Fully labelled held-out owners; open-window rows only ever used for training.</p>"))
+    if numbers["hm3_study"]:
+        sections.append(("HM3 study: behaviour-funnel model ablations (newest hm3-study run)", table(
+            [{"name": r["variant"], **r} for r in numbers["hm3_study"]],
+            ["name", "hierarchical", "aux_weight", "train_rows", "auc", "logloss", "precision_at_k",
+             "auc_engage", "auc_visit"])
+            + "<p class='meta'>Fully labelled held-out owners; the teacher without HM3 is the fusion ablation "
+              "<i>without_hm3</i>.</p>"))
     sections.append(("Curves", "<div class='figs'>" + "".join(
         figure(pngs[n], FIGURES[n]) for n in ("gains", "lift", "precision_at_k", "business_recall_at_k")) + "</div>"))
     sections.append(("Scores and calibration", "<div class='figs'>" + "".join(

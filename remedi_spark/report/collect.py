@@ -44,6 +44,7 @@ class ReportData:
     warnings: list[str] = field(default_factory=list)
     kdef_study: pd.DataFrame | None = None
     kaml_study: pd.DataFrame | None = None
+    hm3_study: pd.DataFrame | None = None
     monitoring: pd.DataFrame | None = None
 
     @property
@@ -180,6 +181,7 @@ def collect(spark: SparkSession, cfg: Config, store: TableStore, run: str | None
     n_eval = int((held_out["month"] == evaluation_month).sum())
     kdef = store.read("kdef_study").toPandas() if store.exists("kdef_study") else None
     kaml = store.read("kaml_study").toPandas() if store.exists("kaml_study") else None
+    hm3 = store.read("hm3_study").toPandas() if store.exists("hm3_study") else None
     monitoring = None
     if store.exists("monitoring"):  # monitoring runs after the pipeline: its newest version
         versions["monitoring"] = store.version("monitoring")
@@ -188,4 +190,4 @@ def collect(spark: SparkSession, cfg: Config, store: TableStore, run: str | None
                       k=k_for(n_eval, cfg.base_models.metric_k_fraction), fusion_results=fusion,
                       distill_results=distill, held_out=held_out, best_base=best_base,
                       importance=student_importance(spark, cfg, store), warnings=warnings, kdef_study=kdef, kaml_study=kaml,
-                      monitoring=monitoring)
+                      hm3_study=hm3, monitoring=monitoring)

@@ -11,6 +11,7 @@ For scoring, REMEDI uses the refit model (not an average of the fold models).
 Models that train on the horizon labels (KAML) also fit on the open-window rows of the folds
 table (``split = open``, written with ``folds.include_open_windows``) of the users outside the
 predicted fold; their predictions and metrics, like every model's, cover fully labelled rows only.
+Models with auxiliary labels (HM3) also receive those columns of ``features`` (y_engage, y_visit).
 """
 from __future__ import annotations
 
@@ -28,7 +29,7 @@ from ..io.store import TableStore
 from ..metrics import k_for, lead_metrics
 from ..models.base import BaseModel, FeatureSpec
 from ..models.neural.model import HORIZON_COLS
-from ..models.registry import build_model, needs_horizons
+from ..models.registry import aux_labels, build_model, needs_horizons
 
 ES = "_early_stop"
 
@@ -80,7 +81,7 @@ def train_model_oof(spark: SparkSession, cfg: Config, store: TableStore, spec: M
     train = data.filter(F.col("split") == "train")
     features = FeatureSpec.from_frame(train.drop("fold", "split", ES), members)
     horizons = needs_horizons(spec)
-    extra = ("y", *(HORIZON_COLS if horizons else ()), "fold", "split", ES)
+    extra = ("y", *(HORIZON_COLS if horizons else ()), *aux_labels(spec), "fold", "split", ES)
     encoded = features.encode(data, extra=extra).persist(StorageLevel.MEMORY_AND_DISK)
     enc_train = encoded.filter(F.col("split") == "train")
     # horizon models also learn from the open-window rows; predictions stay on labelled rows

@@ -21,17 +21,22 @@ class Batch:
 
     ``horizons`` (B, H) float holds the per-horizon labels y_h1..y_hH for models that declare
     ``needs_horizons`` (NaN = horizon not observed yet, never 0); None for every other model.
+    ``aux`` (B, A) float holds the auxiliary label columns a model declares in ``aux_labels``, in
+    that order (NaN = unknown); None for models without any.
     """
 
     dense: torch.Tensor
     cat_ids: torch.Tensor
     label: torch.Tensor | None = None
     horizons: torch.Tensor | None = None
+    aux: torch.Tensor | None = None
 
     def to(self, device: torch.device | str) -> "Batch":
-        return Batch(self.dense.to(device), self.cat_ids.to(device),
-                     None if self.label is None else self.label.to(device),
-                     None if self.horizons is None else self.horizons.to(device))
+        def move(t: torch.Tensor | None) -> torch.Tensor | None:
+            return None if t is None else t.to(device)
+
+        return Batch(self.dense.to(device), self.cat_ids.to(device), move(self.label), move(self.horizons),
+                     move(self.aux))
 
 
 def build_config(cls: type, values: dict[str, Any]) -> Any:
@@ -49,6 +54,7 @@ class RemediModel(nn.Module, ABC):
     name: ClassVar[str]
     Config: ClassVar[type]
     needs_horizons: ClassVar[bool] = False  # True: trains on Batch.horizons (and on open-window rows)
+    aux_labels: ClassVar[tuple[str, ...]] = ()  # features-table label columns it trains on, as Batch.aux
 
     @abstractmethod
     def forward(self, batch: Batch) -> dict[str, torch.Tensor]:

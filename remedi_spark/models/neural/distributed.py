@@ -41,7 +41,8 @@ def _train_worker(converter: Any, model_name: str, model_cfg: dict, vocab_sizes:
     with converter.make_torch_dataloader(batch_size=params["batch_size"], cur_shard=rank, shard_count=world,
                                          num_epochs=None, workers_count=1) as loader:
         batches = (Batch(b["dense"].float(), b["cat"].long(), b["y"].float(),
-                         b["h"].float() if "h" in b else None) for b in loader)
+                         b["h"].float() if "h" in b else None, b["a"].float() if "a" in b else None)
+                   for b in loader)
         result = fit_epochs(model, ddp, batches, steps, params, agreed_score)
     dist.destroy_process_group()
     if rank != 0:
@@ -61,7 +62,8 @@ def train_distributed(spark: SparkSession, rows: DataFrame, model_name: str, mod
                       vocab_sizes: list[int], num_numeric: int, params: dict,
                       valid: tuple[np.ndarray, np.ndarray, np.ndarray]) -> dict[str, Any]:
     """Train on ``rows`` (columns dense array<float>, cat array<bigint>, y float and, for models that
-    need horizons, h array<float> with NaN = not observed); rank 0's result."""
+    need horizons, h array<float> with NaN = not observed, and for models with auxiliary labels
+    a array<float>, NaN = unknown); rank 0's result."""
     from petastorm.spark import make_spark_converter
     from pyspark.ml.torch.distributor import TorchDistributor
 

@@ -33,14 +33,28 @@ def predict_logits(model: RemediModel, dense: np.ndarray, ids: np.ndarray, chunk
                    key: str = "logit") -> np.ndarray:
     """``model``'s output ``key`` for many rows, ``chunk`` rows at a time (interaction layers such as
     CIN hold B × F × F × D activations: one pass over a whole validation set would not fit)."""
+    return predict_outputs(model, dense, ids, (key,), chunk)[key]
+
+
+def predict_outputs(model: RemediModel, dense: np.ndarray, ids: np.ndarray, keys: tuple[str, ...],
+                    chunk: int = 1024) -> dict[str, np.ndarray]:
+    """Several outputs of ``model``'s forward dict for many rows in one pass, ``chunk`` rows at a time."""
     model.eval()
-    parts = []
+    parts: dict[str, list[np.ndarray]] = {k: [] for k in keys}
     with torch.no_grad():
         for start in range(0, len(dense), chunk):
             batch = Batch(torch.from_numpy(dense[start:start + chunk]), torch.from_numpy(ids[start:start + chunk]))
-            parts.append(model(batch)[key].numpy())
-    width = parts[0].shape[1:] if parts else ()
-    return np.concatenate(parts) if parts else np.zeros((0, *width), dtype=np.float32)
+            out = model(batch)
+            missing = [k for k in keys if k not in out]
+            if missing:
+                raise KeyError(f"model {model.name!r} has no outputs {missing}; it returns {sorted(out)}")
+            for k in keys:
+                parts[k].append(out[k].numpy())
+    result = {}
+    for k, arrays in parts.items():
+        width = arrays[0].shape[1:] if arrays else ()
+        result[k] = np.concatenate(arrays) if arrays else np.zeros((0, *width), dtype=np.float32)
+    return result
 
 
 def validation_score(model: RemediModel, valid: tuple[np.ndarray, np.ndarray, np.ndarray]) -> float:
@@ -90,9 +104,10 @@ def fit_epochs(model: RemediModel, forward: Callable[[Batch], dict[str, torch.Te
 
 
 def array_batches(dense: np.ndarray, ids: np.ndarray, y: np.ndarray, batch_size: int, seed: int,
-                  horizons: np.ndarray | None = None) -> Iterator[Batch]:
+                  horizons: np.ndarray | None = None, aux: np.ndarray | None = None) -> Iterator[Batch]:
     """Endless shuffled mini-batches over in-memory arrays (a fresh permutation every pass);
-    ``horizons`` (N, H) with NaN = not observed, for models that need them."""
+    ``horizons`` (N, H) with NaN = not observed, for models that need them; ``aux`` (N, A) the
+    auxiliary labels (NaN = unknown) of models that declare ``aux_labels``."""
     rng = np.random.default_rng(seed)
     n = len(y)
     while True:
@@ -100,7 +115,8 @@ def array_batches(dense: np.ndarray, ids: np.ndarray, y: np.ndarray, batch_size:
         for start in range(0, n - batch_size + 1, batch_size):
             i = order[start:start + batch_size]
             yield Batch(torch.from_numpy(dense[i]), torch.from_numpy(ids[i]), torch.from_numpy(y[i]),
-                        None if horizons is None else torch.from_numpy(horizons[i]))
+                        None if horizons is None else torch.from_numpy(horizons[i]),
+                        None if aux is None else torch.from_numpy(aux[i]))
 
 
 def make_module(family: str, model_cfg: dict, vocab_sizes: list[int], num_numeric: int,
@@ -116,10 +132,12 @@ def make_module(family: str, model_cfg: dict, vocab_sizes: list[int], num_numeri
 
 
 def train_in_process(model: RemediModel, train: tuple[np.ndarray, ...], params: dict[str, Any],
-                     valid: tuple[np.ndarray, np.ndarray, np.ndarray]) -> dict[str, Any]:
-    """The same loop without Spark: one process over in-memory arrays (benchmarks, the KDEF and KAML
-    studies). ``train`` is (dense, cat_ids, y) or (dense, cat_ids, y, horizons) for models that
-    need the horizon labels; ``valid`` is fully labelled (dense, cat_ids, y).
+                     valid: tuple[np.ndarray, np.ndarray, np.ndarray], aux: np.ndarray | None = None
+                     ) -> dict[str, Any]:
+    """The same loop without Spark: one process over in-memory arrays (benchmarks, the KDEF, KAML and
+    HM3 studies). ``train`` is (dense, cat_ids, y) or (dense, cat_ids, y, horizons) for models that
+    need the horizon labels; ``aux`` (N, A) holds the columns of ``model.aux_labels`` (NaN =
+    unknown) for models that have them; ``valid`` is fully labelled (dense, cat_ids, y).
 
     Build ``model`` with :func:`make_module` and a seed for a reproducible run.
     """
@@ -127,9 +145,13 @@ def train_in_process(model: RemediModel, train: tuple[np.ndarray, ...], params: 
         raise ValueError(f"train must be (dense, cat_ids, y[, horizons]), got {len(train)} arrays")
     if model.needs_horizons and len(train) != 4:
         raise ValueError(f"model {model.name!r} trains on the horizon labels: pass (dense, cat_ids, y, horizons)")
+    if model.aux_labels and (aux is None or aux.shape != (len(train[2]), len(model.aux_labels))):
+        raise ValueError(f"model {model.name!r} trains on the auxiliary labels {list(model.aux_labels)}: "
+                         f"pass aux with shape ({len(train[2])}, {len(model.aux_labels)})")
     steps = max(1, len(train[2]) // params["batch_size"])
     batches = array_batches(*train[:3], batch_size=params["batch_size"], seed=params["seed"],
-                            horizons=train[3] if len(train) == 4 else None)
+                            horizons=train[3] if len(train) == 4 else None,
+                            aux=aux if model.aux_labels else None)
     result = fit_epochs(model, model, batches, steps, params, lambda m: validation_score(m, valid))
     result["steps_per_epoch"] = steps
     return result

@@ -1,11 +1,12 @@
-"""Neural base models (MLP, DeepFM, xDeepFM, KDEF, KAML) behind the common :class:`BaseModel` contract.
+"""Neural base models (MLP, DeepFM, xDeepFM, KDEF, KAML, HM3) behind the common :class:`BaseModel` contract.
 
 ``fit`` fits a :class:`FeatureMap` on the training rows, converts them to tensors and trains
 with TorchDistributor on Petastorm (see :mod:`.distributed`); ``predict`` scores a Spark
 DataFrame with ``mapInPandas`` (model loaded once per Python worker, ``weights_only=True``).
 The artifact is the best epoch's ``state_dict``; the sidecar keeps the feature map.
 Zoo models that declare ``needs_horizons`` (KAML) also get y_h1..y_h3 per row (column ``h``,
-NaN = horizon not observed), so their training rows may include open label windows.
+NaN = horizon not observed), so their training rows may include open label windows; models that
+declare ``aux_labels`` (HM3: y_engage, y_visit) get those columns (column ``a``, NaN = unknown).
 """
 from __future__ import annotations
 
@@ -75,6 +76,13 @@ class NeuralModel(BaseModel):
 
         return MODELS[self.spec.family].needs_horizons
 
+    @property
+    def aux_labels(self) -> list[str]:
+        """The auxiliary label columns the zoo model trains on (``Batch.aux``), in its order."""
+        from .zoo import MODELS
+
+        return list(MODELS[self.spec.family].aux_labels)
+
     def _feature_map(self) -> FeatureMap:
         return FeatureMap(**self.info["feature_map"])
 
@@ -86,10 +94,11 @@ class NeuralModel(BaseModel):
         self.info["feature_map"] = asdict(fmap)
         columns = fmap.columns
         horizons = list(HORIZON_COLS) if self.needs_horizons else []
-        missing = [c for c in horizons if c not in train.columns]
+        aux = self.aux_labels
+        missing = [c for c in [*horizons, *aux] if c not in train.columns]
         if missing:
-            raise ValueError(f"model {self.name!r} (family {self.spec.family}) trains on the horizon labels: "
-                             f"training rows lack columns {missing}")
+            raise ValueError(f"model {self.name!r} (family {self.spec.family}) trains on the label columns "
+                             f"{[*horizons, *aux]}: training rows lack columns {missing}")
 
         def to_tensors(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
             for b in batches:
@@ -97,10 +106,13 @@ class NeuralModel(BaseModel):
                 out = {"dense": list(dense), "cat": list(ids), "y": b[LABEL].astype(np.float32)}
                 if horizons:  # null (not observed) → NaN
                     out["h"] = list(b[horizons].astype("float64").to_numpy(dtype=np.float32))
+                if aux:  # null (unknown) → NaN
+                    out["a"] = list(b[aux].astype("float64").to_numpy(dtype=np.float32))
                 yield pd.DataFrame(out)
 
-        schema = "dense array<float>, cat array<bigint>, y float" + (", h array<float>" if horizons else "")
-        rows = train.select(*columns, LABEL, *horizons).mapInPandas(to_tensors, schema)
+        schema = ("dense array<float>, cat array<bigint>, y float" + (", h array<float>" if horizons else "")
+                  + (", a array<float>" if aux else ""))
+        rows = train.select(*columns, LABEL, *horizons, *aux).mapInPandas(to_tensors, schema)
         valid_pdf = valid.select(*columns, LABEL).toPandas()
         v_y = valid_pdf[LABEL].astype("float64").to_numpy(dtype=np.float32)
         if np.isnan(v_y).any():
@@ -115,6 +127,11 @@ class NeuralModel(BaseModel):
         return self
 
     def predict(self, df: DataFrame) -> DataFrame:
+        return self.predict_outputs(df)
+
+    def predict_outputs(self, df: DataFrame, outputs: tuple[str, ...] = ()) -> DataFrame:
+        """``user_id, month, p`` plus one double column per name in ``outputs``: per-row (B,) entries of
+        the model's forward dict (e.g. HM3's ``p_engage``, ``p_visit``), for analysis."""
         spark = df.sparkSession
         fmap = self._feature_map()
         state = spark.sparkContext.broadcast(self._state)
@@ -122,16 +139,23 @@ class NeuralModel(BaseModel):
         columns = fmap.columns
 
         def score(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
-            from .loop import predict_logits
+            from .loop import predict_outputs
 
             model = _load(state.value, family, fmap.vocab_sizes, len(fmap.numeric), model_cfg)
             for b in batches:
                 dense, ids = fmap.transform(b)
-                logit = predict_logits(model, dense, ids)
-                yield pd.DataFrame({"user_id": b["user_id"], "month": b["month"],
-                                    "p": 1.0 / (1.0 + np.exp(-logit.astype(np.float64)))})
+                values = predict_outputs(model, dense, ids, ("logit", *outputs))
+                out = {"user_id": b["user_id"], "month": b["month"],
+                       "p": 1.0 / (1.0 + np.exp(-values["logit"].astype(np.float64)))}
+                for name in outputs:
+                    if values[name].ndim != 1:
+                        raise ValueError(f"model {family!r}: output {name!r} has shape {values[name].shape[1:]} "
+                                         "per row; only one value per row can be a column")
+                    out[name] = values[name].astype(np.float64)
+                yield pd.DataFrame(out)
 
-        return df.select(*KEYS, *columns).mapInPandas(score, "user_id long, month string, p double")
+        schema = "user_id long, month string, p double" + "".join(f", {n} double" for n in outputs)
+        return df.select(*KEYS, *columns).mapInPandas(score, schema)
 
     def artifact(self) -> bytes:
         return self._state

@@ -1,10 +1,11 @@
 """The model zoo: one module per model, and the explicit name → class registry."""
 from .deepfm import DeepFM
+from .hm3 import HM3
 from .kaml import KAML
 from .kdef import KDEF
 from .mlp import MLP
 from .xdeepfm import XDeepFM
 
-MODELS = {m.name: m for m in (MLP, DeepFM, XDeepFM, KDEF, KAML)}
+MODELS = {m.name: m for m in (MLP, DeepFM, XDeepFM, KDEF, KAML, HM3)}
 
-__all__ = ["MODELS", "DeepFM", "KAML", "KDEF", "MLP", "XDeepFM"]
+__all__ = ["MODELS", "DeepFM", "HM3", "KAML", "KDEF", "MLP", "XDeepFM"]

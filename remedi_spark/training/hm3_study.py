@@ -1,0 +1,155 @@
+"""The HM3 ablations: what do the auxiliary funnel tasks and the conditional-probability heads add?
+
+Variants, all trained on the same training-split users with the configured HM3 model's
+parameters (one process over in-memory arrays, like the KDEF and KAML studies) and scored on
+the held-out split's fully labelled rows:
+
+* ``full``: the configured model (hierarchical heads, auxiliary tasks with ``aux_weight``).
+* ``without_aux``: ``aux_weight = 0``: the same heads, trained on the purchase label only.
+* ``flat_heads``: ``hierarchical = false``: independent engage/visit/buy heads on the trunk.
+
+Each row has AUC, LogLoss and P@K of P(buy) vs ``y`` and the AUC of the engage and visit
+outputs vs ``y_engage`` and ``y_visit``. The teacher with vs without HM3 is the fusion ablation
+``without_hm3``. :func:`funnel_scores` scores a frame with a trained HM3 base model and returns
+the funnel probabilities for analysis (the OOF table keeps its fixed schema).
+"""
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
+from sklearn.metrics import roc_auc_score
+
+from ..config import Config, ConfigError
+from ..io.schemas import frame_from_pandas
+from ..io.store import TableStore
+from ..metrics import k_for, lead_metrics
+from ..models.base import LABEL, FeatureSpec, load_model
+from ..models.neural.base import build_config
+from ..models.neural.feature_map import FeatureMap
+from ..models.neural.loop import make_module, predict_outputs, train_in_process
+from ..models.neural.model import NeuralModel, TorchTrainParams
+from ..models.neural.zoo.hm3 import AUX_LABELS
+from .oof import ES, model_path, training_frame
+
+Arrays = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]  # dense, cat_ids, y, aux (NaN = unknown)
+
+VARIANTS: dict[str, dict[str, Any]] = {
+    "full": {},
+    "without_aux": {"aux_weight": 0.0},
+    "flat_heads": {"hierarchical": False},
+}
+FUNNEL_OUTPUTS = ("p_engage", "p_visit")
+
+
+def _auc(y: np.ndarray, p: np.ndarray) -> float | None:
+    known = ~np.isnan(y)
+    y, p = y[known], p[known]
+    return float(roc_auc_score(y, p)) if 0 < y.sum() < len(y) else None
+
+
+def _evaluate(model: Any, test: Arrays, k_fraction: float) -> dict[str, Any]:
+    """P(buy) metrics on ``test`` and the AUC of P(engage), P(visit) vs their labels (known rows)."""
+    dense, ids, y, aux = test
+    out = predict_outputs(model, dense, ids, ("logit", *FUNNEL_OUTPUTS))
+    p = 1.0 / (1.0 + np.exp(-out["logit"].astype(np.float64)))
+    m = lead_metrics(y, p, k_for(len(y), k_fraction))
+    return {"auc": m["auc"], "logloss": m["logloss"], "precision_at_k": m["precision_at_k"],
+            "auc_engage": _auc(aux[:, 0], out["p_engage"]), "auc_visit": _auc(aux[:, 1], out["p_visit"])}
+
+
+def hm3_ablation_table(train: Arrays, valid: Arrays, test: Arrays, vocab_sizes: list[int], num_numeric: int,
+                       model_cfg: dict, params: dict[str, Any], k_fraction: float) -> pd.DataFrame:
+    """One row per variant of :data:`VARIANTS`: hierarchical, aux_weight, train rows, AUC, LogLoss and
+    P@K of P(buy) on ``test``, the engage and visit heads' AUC, epochs and training seconds."""
+    if np.isnan(train[2]).any() or np.isnan(test[2]).any():
+        raise ValueError(f"hm3 study: train and test rows need a known {LABEL!r} (fully labelled rows only)")
+    rows = []
+    for variant, change in VARIANTS.items():
+        model = make_module("hm3", {**model_cfg, **change}, vocab_sizes, num_numeric, seed=params["seed"])
+        start = time.perf_counter()
+        result = train_in_process(model, train[:3], params, valid[:3], aux=train[3])
+        seconds = time.perf_counter() - start
+        model.load_state_dict(result["state"])
+        rows.append({"variant": variant, "hierarchical": bool(model.cfg.hierarchical),
+                     "aux_weight": float(model.cfg.aux_weight), "train_rows": len(train[2]),
+                     **_evaluate(model, test, k_fraction), "epochs": result["epochs"], "train_seconds": seconds})
+    return pd.DataFrame(rows)
+
+
+def _arrays(df: DataFrame, fmap: FeatureMap) -> Arrays:
+    pdf = df.select(*fmap.columns, LABEL, *AUX_LABELS).toPandas()
+    dense, ids = fmap.transform(pdf)
+    return (dense, ids, pdf[LABEL].astype("float64").to_numpy(dtype=np.float32),
+            pdf[list(AUX_LABELS)].astype("float64").to_numpy(dtype=np.float32))
+
+
+def _study_spec(cfg: Config) -> Any:
+    specs = [s for s in cfg.base_models.models if s.name == cfg.hm3_study.model]
+    if not specs or specs[0].family != "hm3":
+        raise ConfigError(f"hm3_study.model: {cfg.hm3_study.model!r} is not a configured base model of family hm3")
+    return specs[0]
+
+
+def run_hm3_study(spark: SparkSession, cfg: Config, store: TableStore) -> dict[str, Any]:
+    """Stage ``hm3-study``: the ablation table of the configured HM3 model, written to ``hm3_study``;
+    the summary holds the rows used and the table as records."""
+    spec = _study_spec(cfg)
+    params = build_config(TorchTrainParams, spec.params)
+    data = training_frame(store, cfg).filter(F.col("split").isin("train", "test"))
+    missing = [c for c in AUX_LABELS if c not in data.columns]
+    if missing:
+        raise ConfigError(f"hm3 study: table 'features' lacks the funnel label columns {missing}: rebuild the "
+                          "features (stage features) with this version")
+    members = cfg.base_models.feature_groups[spec.feature_group] if spec.feature_group else None
+    features = FeatureSpec.from_frame(data.filter(F.col("split") == "train").drop("fold", "split", ES), members)
+    encoded = features.encode(data, extra=(LABEL, *AUX_LABELS, "split", ES))
+    if cfg.hm3_study.max_train_rows:
+        share = cfg.hm3_study.max_train_rows / max(1, encoded.filter(F.col("split") == "train").count())
+        encoded = encoded.filter((F.col("split") == "test") | (F.rand(seed=params.seed) < share))
+    encoded = encoded.localCheckpoint()
+    fit_rows = encoded.filter((F.col("split") == "train") & ~F.col(ES))
+    fmap = FeatureMap.fit(fit_rows, features.columns, vocab=features.categorical,
+                          numeric_encoding=params.numeric_encoding, n_buckets=params.n_buckets)
+    train = _arrays(fit_rows, fmap)
+    valid = _arrays(encoded.filter((F.col("split") == "train") & F.col(ES)), fmap)
+    test = _arrays(encoded.filter(F.col("split") == "test"), fmap)
+    table = hm3_ablation_table(train, valid, test, fmap.vocab_sizes, len(fmap.numeric), params.model,
+                               params.loop_params(), cfg.base_models.metric_k_fraction)
+    table["run_id"] = store.run.run_id if store.run else "adhoc"
+    store.write_table(frame_from_pandas(spark, table, "hm3_study"), "hm3_study")
+    return {"rows": {"train": len(train[2]), "valid": len(valid[2]), "test": len(test[2])},
+            "table": table.drop(columns="run_id").round(4).to_dict("records")}
+
+
+def funnel_scores(spark: SparkSession, cfg: Config, store: TableStore, df: DataFrame, model: str = "hm3"
+                  ) -> DataFrame:
+    """``user_id, month, p, p_engage, p_visit`` for the rows of ``df`` (a features frame) from the saved
+    HM3 base model ``model`` (``<root>/models/<model>/``, written by ``train-base``)."""
+    spec = next((s for s in cfg.base_models.models if s.name == model), None)
+    if spec is None or spec.family != "hm3":
+        raise ConfigError(f"funnel scores: {model!r} is not a configured base model of family hm3")
+    trained = load_model(spark, model_path(store, model), cfg.base_models)
+    if not isinstance(trained, NeuralModel):
+        raise ConfigError(f"funnel scores: the model saved at {model_path(store, model)} is not a torch model")
+    return trained.predict_outputs(trained.features.encode(df), FUNNEL_OUTPUTS)
+
+
+def format_hm3_table(records: list[dict[str, Any]]) -> str:
+    """Markdown: one line per variant (AUC, LogLoss, P@K of P(buy), engage/visit AUC, rows, seconds)."""
+    def cell(v: Any, fmt: str) -> str:
+        return "–" if v is None or (isinstance(v, float) and np.isnan(v)) else format(v, fmt)
+
+    lines = ["| variant | heads | aux weight | AUC | LogLoss | P@K | AUC engage | AUC visit | train rows | seconds |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in records:
+        heads = "hierarchical" if r["hierarchical"] else "flat"
+        lines.append(f"| {r['variant']} | {heads} | {cell(r['aux_weight'], '.2f')} | {cell(r['auc'], '.4f')} "
+                     f"| {cell(r['logloss'], '.5f')} | {cell(r['precision_at_k'], '.4f')} "
+                     f"| {cell(r['auc_engage'], '.4f')} | {cell(r['auc_visit'], '.4f')} | {r['train_rows']:,} "
+                     f"| {cell(r['train_seconds'], '.1f')} |")
+    return "\n".join(lines)
