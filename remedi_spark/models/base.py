@@ -77,6 +77,15 @@ class FeatureSpec:
         keep = [c for c in (*KEYS, *extra) if c in df.columns]
         return df.select(*keep, *[F.col(c).cast("double").alias(c) for c in self.numeric], *cats)
 
+    def unseen_counts(self, df: DataFrame) -> dict[str, int]:
+        """Per categorical column, how many non-null values of ``df`` are not in the training
+        vocabulary (they score as missing); columns with none are left out. One pass."""
+        if not self.categorical:
+            return {}
+        row = df.agg(*[F.sum((F.col(c).isNotNull() & ~F.col(c).isin(values)).cast("int")).alias(c)
+                       for c, values in self.categorical.items()]).first()
+        return {c: int(row[c]) for c in self.categorical if row[c]}
+
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
