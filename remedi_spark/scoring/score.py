@@ -21,7 +21,7 @@ from ..distill.students import scoring_model_dir
 from ..io import files
 from ..io.schemas import DataValidationError
 from ..io.store import TableStore
-from ..models.base import FeatureSpec, load_model
+from ..models.base import FeatureSpec, load_model, model_roots
 from ..months import parse_month
 
 
@@ -41,7 +41,7 @@ def student_scores(spark: SparkSession, cfg: Config, store: TableStore, features
     """(user_id, month, score) of the saved student for ``features`` rows, its model version and
     the student's feature spec (columns, categorical vocabularies)."""
     path = scoring_model_dir(cfg, store)
-    student = load_model(spark, path, cfg.base_models)
+    student = load_model(spark, path, cfg.base_models, model_roots(cfg, store.root))
     version = json.loads(files.read_text(spark, f"{path}/model.json")).get("run_id") or "unknown"
     scored = student.predict(student.features.encode(features)).withColumnRenamed("p", "score")
     return scored, version, student.features

@@ -119,6 +119,17 @@ def train_model_oof(spark: SparkSession, cfg: Config, store: TableStore, spec: M
     return predictions, row
 
 
+class BaseModelFailed(RuntimeError):
+    """A base model failed to train; ``model`` names it. Models before it in the list were written."""
+
+    def __init__(self, model: str, family: str, backend: str, cause: BaseException):
+        self.model = model
+        first = (str(cause).strip().splitlines() or [type(cause).__name__])[0][:300]
+        super().__init__(f"base model {model!r} ({family}, {backend}) failed to train: {type(cause).__name__}: "
+                         f"{first}. The stage stopped; fix the model's conf or drop it from base_models.models "
+                         "(fusion refuses an OOF table without every configured model)")
+
+
 def train_base_models(spark: SparkSession, cfg: Config, store: TableStore, models: list[str] | None = None
                       ) -> dict[str, Any]:
     """Train the configured base models (or ``models``) out-of-fold; write predictions and metrics."""
@@ -128,7 +139,10 @@ def train_base_models(spark: SparkSession, cfg: Config, store: TableStore, model
     results = {}
     try:
         for spec in specs:
-            predictions, row = train_model_oof(spark, cfg, store, spec, data)
+            try:
+                predictions, row = train_model_oof(spark, cfg, store, spec, data)
+            except Exception as exc:  # the stage stops here: fusion never sees a model with no predictions
+                raise BaseModelFailed(spec.name, spec.family, spec.backend, exc) from exc
             store.write_partitions(predictions, "oof_predictions", [spec.name])
             predictions.unpersist()
             row["run_id"] = run_id
