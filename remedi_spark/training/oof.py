@@ -14,6 +14,8 @@ predicted fold; their predictions and metrics, like every model's, cover fully l
 """
 from __future__ import annotations
 
+import re
+
 import time
 from typing import Any
 
@@ -124,10 +126,19 @@ class BaseModelFailed(RuntimeError):
 
     def __init__(self, model: str, family: str, backend: str, cause: BaseException):
         self.model = model
-        first = (str(cause).strip().splitlines() or [type(cause).__name__])[0][:300]
-        super().__init__(f"base model {model!r} ({family}, {backend}) failed to train: {type(cause).__name__}: "
-                         f"{first}. The stage stopped; fix the model's conf or drop it from base_models.models "
-                         "(fusion refuses an OOF table without every configured model)")
+        super().__init__(f"base model {model!r} ({family}, {backend}) failed to train: {root_cause(cause)}. The "
+                         "stage stopped; fix the model's conf or drop it from base_models.models (fusion refuses "
+                         "an OOF table without every configured model)")
+
+
+def root_cause(exc: BaseException) -> str:
+    """One line saying what went wrong. An error raised in a Python worker reaches the driver wrapped
+    in a Java stack trace; the last ``SomethingError: message`` line of it is the real cause."""
+    text = str(exc)
+    found = re.findall(r"^(?:[\w.]+\.)?(\w+(?:Error|Exception): .+)$", text, flags=re.MULTILINE)
+    python = [line for line in found if not line.startswith(("Py4J", "SparkException", "PythonException"))]
+    line = python[-1] if python else (text.strip().splitlines() or [""])[0]
+    return f"{type(exc).__name__}: {line.strip()[:300]}" if not python else line.strip()[:300]
 
 
 def train_base_models(spark: SparkSession, cfg: Config, store: TableStore, models: list[str] | None = None
