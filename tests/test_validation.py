@@ -6,6 +6,8 @@ from remedi_spark.io.schemas import DataValidationError, validate
 from remedi_spark.io.store import TableStore
 from tests.tiny import activity, frame, owner
 
+pytestmark = pytest.mark.reliability
+
 M = "2024-06"
 
 

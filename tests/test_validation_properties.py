@@ -12,6 +12,8 @@ from hypothesis import strategies as st
 from remedi_spark.io.schemas import MONTH_PATTERN, DataValidationError, load_schema, validate
 from remedi_spark.months import parse_month
 
+pytestmark = pytest.mark.reliability
+
 SCHEMA = load_schema("monthly_activity")
 INTS = [c.name for c in SCHEMA.columns if c.type == "integer"]
 DOUBLES = [c.name for c in SCHEMA.columns if c.type == "double"]
