@@ -143,8 +143,9 @@ def _value_checks(df: DataFrame, schema: TableSchema, partitions: list[str] | No
         if not c.nullable:
             what = "key column has null values" if c.name in schema.keys else "null values in a non-nullable column"
             checks.append((c.name, what, col.isNull()))
-        if c.nonnegative:
-            checks.append((c.name, "negative values (must be >= 0)", col < 0))
+        if c.nonnegative:  # -inf is reported once, as infinite, below
+            negative = (col < 0) & (col != float("-inf")) if c.type == "double" else col < 0
+            checks.append((c.name, "negative values (must be >= 0)", negative))
         if c.allowed is not None:
             checks.append((c.name, f"values outside {list(c.allowed)}", col.isNotNull() & ~col.isin(list(c.allowed))))
         if c.format == "month":
