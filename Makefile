@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 PETASTORM := petastorm==0.13.1
 
-.PHONY: setup demo monitor-demo cluster-demo train-base kdef-study kaml-study hm3-study test bench clean
+.PHONY: setup demo monitor-demo cluster-demo train-base kdef-study kaml-study hm3-study test reliability bench clean
 
 setup: $(VENV)/.installed .jars/.resolved
 
@@ -51,6 +51,11 @@ hm3-study: setup
 
 test: setup
 	$(PY) -m pytest
+
+# Bad input, fault injection (killed Delta write, task retry, failing model), idempotency and
+# reproduction from run manifests, safe artifacts (also part of `make test`).
+reliability: setup
+	$(PY) -m pytest -m reliability
 
 bench: setup
 	$(PY) bench/foundation.py --out bench/results/foundation.json

@@ -26,7 +26,7 @@ from common import write_result  # noqa: E402
 
 from remedi_spark.config import load_config, replace  # noqa: E402
 from remedi_spark.io.store import TableStore  # noqa: E402
-from remedi_spark.models.base import load_model  # noqa: E402
+from remedi_spark.models.base import load_model, model_roots  # noqa: E402
 from remedi_spark.pipeline import run_stage  # noqa: E402
 from remedi_spark.spark import get_spark  # noqa: E402
 
@@ -44,7 +44,7 @@ def main(argv: list[str] | None = None) -> int:
     model_dir = f"{args.model_root}/models/student"
     results = []
     for n in [int(s) for s in args.sizes.split(",")]:
-        cfg = replace(base, synthetic={"n_users": n}, tables={"root": f"{args.root}/{n}"},
+        cfg = replace(base, synthetic={"n_users": n}, tables={"root": f"{args.root}/{n}", "allowed_roots": [args.model_root]},
                       scoring={"model_dir": model_dir})
         store = TableStore(spark, cfg.tables.root)
         if not store.exists("features") or not store.read("features", months=[args.month]).limit(1).count():
@@ -54,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
         start = time.perf_counter()
         summary = run_stage(spark, cfg, "score", month=args.month)
         job_seconds = time.perf_counter() - start
-        student = load_model(spark, model_dir, cfg.base_models)
+        student = load_model(spark, model_dir, cfg.base_models, model_roots(cfg, store.root))
         start = time.perf_counter()
         pdf = student.features.encode(store.read("features", months=[args.month])).toPandas()
         collect_seconds = time.perf_counter() - start

@@ -35,6 +35,8 @@ DESCRIPTIONS = {
                     "later month (`make monitor-demo` on conf/monitor_demo.yaml)",
     "foundation": "generate → features → folds and print per-month rows and positive rate",
     "pipeline": "the whole pipeline: foundation → base models → fusion → distillation → scoring → lead list",
+    "reproduce": "re-run a recorded stage run from its manifest at the Delta versions it read, into another "
+                 "root, and compare the tables it wrote (exit 1 if any differs)",
     "demo": "the whole pipeline (same as pipeline; `make demo` runs it on conf/demo.yaml): foundation → base models → fusion → distillation → scoring → lead list",
 }
 
@@ -62,6 +64,9 @@ def build_parser() -> argparse.ArgumentParser:
         if stage in ("score", "lead-list", "monitor"):
             p.add_argument("--month", default=None, help="YYYY-MM (default: scoring.month / monitoring.month, "
                                                          "else the newest month)")
+        if stage == "reproduce":
+            p.add_argument("--run", required=True, help="run id of a stage run (see the runs table)")
+            p.add_argument("--out", required=True, help="scratch table root for the reproduction")
         if stage == "report":
             p.add_argument("--run", default=None, help="pipeline run id, or `latest` for the newest run of each stage (default: the newest pipeline run, else latest)")
         if stage == "features":
@@ -134,6 +139,12 @@ def _run(args: argparse.Namespace) -> int:
 
         print(format_monitor_demo(run_monitor_demo(spark, cfg)))
         return 0
+    if args.stage == "reproduce":
+        from .reproduce import reproduce_run
+
+        result = reproduce_run(spark, cfg.tables.root, args.run, args.out)
+        print(json.dumps(result, indent=2, default=str))
+        return 0 if result["identical"] else 1
     if args.stage in ("pipeline", "demo"):
         from .pipeline import run_pipeline
 

@@ -8,6 +8,8 @@ key or a wrongly typed value is an error that names the key, raised before Spark
 from __future__ import annotations
 
 import dataclasses
+import os
+import posixpath
 import types
 import typing
 from dataclasses import dataclass, fields
@@ -30,6 +32,7 @@ class SparkSettings:
 @dataclass(frozen=True)
 class TableSettings:
     root: str
+    allowed_roots: list[str]
 
 
 @dataclass(frozen=True)
@@ -351,9 +354,59 @@ def _build(cls: type, data: Any, prefix: str) -> Any:
     return cls(**values)
 
 
+_SECRET_WORDS = ("token", "password", "secret", "credential", "access.key", "accesskey")
+# paths the pipeline writes to or loads models from: each must stay under tables.root or tables.allowed_roots
+_OUTPUT_PATHS = ("scoring.model_dir", "lead_list.export_dir", "report.dir")
+
+
+def normalize_path(path: str) -> str:
+    """``path`` with ``.``/``..`` resolved: absolute for local paths, the same scheme for URIs."""
+    if "://" in path or path.startswith("dbfs:"):
+        scheme, _, rest = path.partition(":")
+        lead = "/" * (len(rest) - len(rest.lstrip("/")))
+        return f"{scheme}:{lead}{posixpath.normpath(rest.lstrip('/'))}".rstrip("/")
+    return os.path.abspath(path)
+
+
+def is_under(path: str, root: str) -> bool:
+    """True when ``path`` is ``root`` or inside it (after resolving ``..``)."""
+    path, root = normalize_path(path), normalize_path(root)
+    return path == root or path.startswith(root.rstrip("/") + "/")
+
+
+def check_paths(cfg: "Config") -> None:
+    """Output and model paths stay under ``tables.root`` or ``tables.allowed_roots``."""
+    roots = [cfg.tables.root, *cfg.tables.allowed_roots]
+    for key in _OUTPUT_PATHS:
+        section, name = key.split(".")
+        value = getattr(getattr(cfg, section), name)
+        if value and not any(is_under(value, root) for root in roots):
+            raise ConfigError(f"{key}: {value!r} is outside tables.root and tables.allowed_roots {roots}; "
+                              "add its root to tables.allowed_roots if it is meant to be written")
+
+
+def check_no_secrets(data: Any, key: str = "") -> None:
+    """Refuse credentials written into conf: they come from the environment (``DATABRICKS_TOKEN``,
+    cloud credential chains) or a Databricks secret scope (``{{secrets/scope/key}}``), never from YAML."""
+    if isinstance(data, dict):
+        for name, value in data.items():
+            check_no_secrets(value, f"{key}.{name}" if key else str(name))
+    elif isinstance(data, list):
+        for i, value in enumerate(data):
+            check_no_secrets(value, f"{key}[{i}]")
+    elif isinstance(data, str) and data and any(w in key.lower() for w in _SECRET_WORDS):
+        if not (data.startswith("{{secrets/") or data.startswith("${")):
+            raise ConfigError(f"{key}: looks like a credential written into the config; pass it through the "
+                              "environment or a secret scope ({{secrets/scope/key}}), never in YAML")
+
+
 def config_from_dict(data: dict) -> Config:
-    """Validate a plain dict (already merged) into a :class:`Config`."""
-    return _build(Config, data, "")
+    """Validate a plain dict (already merged) into a :class:`Config`: types and choices, no
+    credentials, output paths under the configured roots."""
+    check_no_secrets(data)
+    cfg = _build(Config, data, "")
+    check_paths(cfg)
+    return cfg
 
 
 def load_config(path: str | Path, overrides: list[str] | None = None) -> Config:

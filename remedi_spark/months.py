@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import re
 
-_MONTH_RE = re.compile(r"^(\d{4})-(0[1-9]|1[0-2])$")
+# ASCII digits and no trailing newline: exactly what the tables' Spark check (schemas.MONTH_PATTERN) accepts
+_MONTH_RE = re.compile(r"([0-9]{4})-(0[1-9]|1[0-2])")
 
 
 def parse_month(month: str) -> int:
@@ -15,7 +16,7 @@ def parse_month(month: str) -> int:
 
     Raises ``ValueError`` naming the bad value when it is not a valid month key.
     """
-    m = _MONTH_RE.match(str(month))
+    m = _MONTH_RE.fullmatch(str(month))
     if not m:
         raise ValueError(f"invalid month {month!r}: expected 'YYYY-MM'")
     return int(m.group(1)) * 12 + int(m.group(2)) - 1

@@ -45,3 +45,27 @@ def test_the_cluster_is_stopped_when_the_body_fails(tmp_path):
             url = master
             1 / 0
     assert not _port_open(url)
+
+
+def test_oof_agreement_and_the_printed_comparison():
+    import numpy as np
+    import pandas as pd
+
+    from remedi_spark.standalone import format_comparison, oof_agreement
+
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 2, 400)
+    keys = pd.DataFrame({"user_id": np.arange(400), "month": "2024-10", "model": "m", "y": y})
+    local = keys.assign(p=y + rng.normal(0, 1, 400))
+    same = oof_agreement(local, local)[0]
+    assert same["rows"] == 400 and same["positives"] == y.sum()
+    assert same["auc_cluster"] == same["auc_local"] and same["spearman"] == pytest.approx(1.0)
+    shuffled = oof_agreement(keys.assign(p=rng.permutation(local["p"].to_numpy())), local)[0]
+    assert abs(shuffled["auc_cluster"] - 0.5) < 0.1 < shuffled["auc_local"] - 0.5 and abs(shuffled["spearman"]) < 0.2
+    result = {"rows": {"scores": {"cluster": 5, "local": 6}}, "oof": [shuffled], "max_auc_diff": 0.3,
+              "rows_equal": False, "metrics": {"distill_results": [{"name": "student", "auc_cluster": 0.7,
+                                                                    "auc_local": 0.8, "precision_at_k_cluster": 0.1,
+                                                                    "precision_at_k_local": 0.2}]},
+              "seconds": {"cluster": {"score": 3.0}, "local": {"score": 1.0}}}
+    text = format_comparison(result, 0.02)
+    assert "<-- differs" in text and "row counts DIFFER" in text and "student" in text and "score 3.0/1.0" in text

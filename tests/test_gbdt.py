@@ -58,7 +58,7 @@ def test_saved_model_reloads_and_predicts_identically(spark, toy, base_cfg, tmp_
     auc, before = _auc(model, test)
     assert auc > 0.75
     model.save(spark, str(tmp_path / "m"))
-    reloaded = load_model(spark, str(tmp_path / "m"), base_cfg.base_models)
+    reloaded = load_model(spark, str(tmp_path / "m"), base_cfg.base_models, [str(tmp_path)])
     after = reloaded.predict(test).toPandas()
     merged = before.merge(after, on=["user_id", "month"], suffixes=("", "_reloaded"))
     assert len(merged) == len(before)
@@ -103,7 +103,7 @@ def test_oof_covers_every_training_row_once_per_model(spark, base_cfg, tmp_path)
     assert set(metrics.index) == set(summary["models"])
     assert (metrics["rows"] == folds.filter("split = 'test'").count()).all()
     # the dealer model only saw dealer features; the sidecar says so and names the data versions
-    sidecar = load_model(spark, f"{cfg.tables.root}/models/lgbm_dealer", cfg.base_models)
+    sidecar = load_model(spark, f"{cfg.tables.root}/models/lgbm_dealer", cfg.base_models, [cfg.tables.root])
     assert all(c.startswith(("visit_", "service_visit", "months_since_dealer", "brands_per_visit", "non_service"))
                for c in sidecar.features.columns)
     # re-running replaces each model's partition instead of adding to it

@@ -128,7 +128,9 @@ def test_pivot_names_missing_predictions(spark):
 
 
 def test_stage_writes_meta_features_with_labels(spark, cfg_at):
-    cfg = cfg_at()
+    specs = [{"name": n, "family": f, "backend": b, "objective": "logloss", "feature_group": None, "params": {}}
+             for n, f, b in (("mlp", "mlp", "torch"), ("gbdt", "lgbm", "native"))]
+    cfg = cfg_at(base_models={"models": specs})  # the configured models, in any order: sorted by name
     store = TableStore(spark, cfg.tables.root)
     users = range(1, 11)
     months = ["2024-06", "2024-07"]

@@ -60,7 +60,11 @@ def test_every_model_trains_a_step(name):
     if name in ("xdeepfm", "kdef"):
         small["cin_layers"] = [3]
     model = cls([5, 3], 4, build_config(cls.Config, small))
-    batch = Batch(torch.randn(6, 4), torch.randint(0, 3, (6, 2)), torch.tensor([1.0, 0, 0, 1, 0, 0]))
+    label = torch.tensor([1.0, 0, 0, 1, 0, 0])
+    batch = Batch(torch.randn(6, 4), torch.randint(0, 3, (6, 2)), label)
+    if getattr(cls, "needs_horizons", False):  # KAML: per-horizon labels, NaN = not observed
+        horizons = torch.stack([label, label, torch.full((6,), float("nan"))], dim=1)
+        batch = Batch(batch.dense, batch.cat_ids, label, horizons=horizons)
     out = model(batch)
     assert out["logit"].shape == (6,)
     loss = model.compute_loss(out, batch)["loss"]

@@ -50,7 +50,7 @@ def test_two_process_training_on_unequal_partitions_then_reload(spark, toy, base
     before = _scores(model, test)
     assert roc_auc_score(before["y"], before["p"]) > 0.7
     model.save(spark, str(tmp_path / "kdef"))
-    after = _scores(load_model(spark, str(tmp_path / "kdef"), base_cfg.base_models), test)
+    after = _scores(load_model(spark, str(tmp_path / "kdef"), base_cfg.base_models, [str(tmp_path)]), test)
     np.testing.assert_allclose(before["p"].to_numpy(), after["p"].to_numpy(), rtol=0, atol=1e-7)
 
 

@@ -37,7 +37,7 @@ K = 150
 @pytest.fixture(scope="module")
 def pipeline(spark, base_cfg, tmp_path_factory):
     root = tmp_path_factory.mktemp("fusion")
-    cfg = replace(base_cfg, tables={"root": str(root / "t")}, synthetic={"n_users": 3000, "chunk_users": 1500},
+    cfg = replace(base_cfg, tables={"root": str(root / "t"), "allowed_roots": [str(root / "exports")]}, synthetic={"n_users": 3000, "chunk_users": 1500},
                   folds={"n_folds": 2}, base_models={"models": MODELS, "early_stopping_rounds": 10},
                   fusion={"meta_model": META}, distill={"students": STUDENTS, "timing_rows": 500},
                   lead_list={"k": K, "export_dir": str(root / "exports")}, tracking={"enabled": True},

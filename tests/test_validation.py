@@ -6,6 +6,8 @@ from remedi_spark.io.schemas import DataValidationError, validate
 from remedi_spark.io.store import TableStore
 from tests.tiny import activity, frame, owner
 
+pytestmark = pytest.mark.reliability
+
 M = "2024-06"
 
 
@@ -41,12 +43,13 @@ def test_unexpected_column(good):
 
 def test_null_key(good):
     problems = _problems(good.withColumn("user_id", F.when(F.col("user_id") == 2, None).otherwise(F.col("user_id"))))
-    assert problems == [("user_id", "1 rows with key column has null values")]
+    assert problems == [("user_id", "1 rows with key column has null values, e.g. (user_id=None, month='2024-06')")]
 
 
 def test_negative_count(good):
     problems = _problems(good.withColumn("voice_cnt", F.col("voice_cnt") - 5))
-    assert problems == [("voice_cnt", "2 rows with negative values (must be >= 0)")]
+    assert problems == [("voice_cnt", "2 rows with negative values (must be >= 0), "
+                                      "e.g. (user_id=1, month='2024-06'), (user_id=2, month='2024-06')")]
 
 
 def test_duplicate_keys(good):
@@ -60,12 +63,13 @@ def test_empty_input(good):
 
 def test_bad_month_format(good):
     problems = _problems(good.withColumn("month", F.lit("2024-6")))
-    assert problems == [("month", "2 rows with values not in 'YYYY-MM' form")]
+    assert problems == [("month", "2 rows with values not in 'YYYY-MM' form, "
+                                  "e.g. (user_id=1, month='2024-6'), (user_id=2, month='2024-6')")]
 
 
 def test_disallowed_value(spark):
     bad = frame(spark, "owners", [owner(1, region_tier=9)])
-    assert _problems(bad, "owners") == [("region_tier", "1 rows with values outside [1, 2, 3, 4]")]
+    assert _problems(bad, "owners") == [("region_tier", "1 rows with values outside [1, 2, 3, 4], e.g. (user_id=1)")]
 
 
 def test_feature_tables_take_numeric_extras_only(spark):
@@ -75,6 +79,35 @@ def test_feature_tables_take_numeric_extras_only(spark):
     validate(base, "features")
     bad = base.withColumn("f2", F.array(F.lit(1)))
     assert _problems(bad, "features") == [("f2", "feature columns must be numeric, boolean or string, found array<int>")]
+
+
+def test_nan_and_infinite_floats(good):
+    bad = good.withColumn("applet_flux", F.when(F.col("user_id") == 1, F.lit(float("nan")))
+                          .otherwise(F.lit(float("inf"))))
+    assert _problems(bad) == [("applet_flux", "2 rows with NaN or infinite values (missing must be null), "
+                                              "e.g. (user_id=1, month='2024-06'), (user_id=2, month='2024-06')")]
+
+
+def test_nan_in_a_feature_column(spark):
+    df = spark.createDataFrame([(1, M, 0, None, None, None, True, None, None, float("-inf"))],
+                               "user_id long, month string, y int, y_h1 int, y_h2 int, y_h3 int, "
+                               "label_complete boolean, y_engage int, y_visit int, f1 double")
+    assert _problems(df, "features") == [("f1", "1 rows with NaN or infinite values (missing must be null), "
+                                                "e.g. (user_id=1, month='2024-06')")]
+
+
+def test_a_column_with_no_value_is_a_broken_extract(good):
+    bad = good.withColumn("survey_score", F.lit(None).cast("double"))
+    assert _problems(bad) == [("survey_score", "all 2 values are null (a broken extract? drop the column or "
+                                               "fix the source)")]
+    validate(good.withColumn("survey_score", F.when(F.col("user_id") == 1, None).otherwise(1.0)),
+             "monthly_activity")  # some nulls are missing values, fine
+
+
+def test_duplicates_show_a_few_keys(good):
+    doubled = good.unionByName(good)
+    assert _problems(doubled) == [("user_id,month", "2 duplicate keys, e.g. (user_id=1, month='2024-06'), "
+                                                    "(user_id=2, month='2024-06')")]
 
 
 def test_failed_write_writes_nothing(spark, tmp_path, good):

@@ -32,3 +32,13 @@ def frame(spark, table: str, rows: list[dict]):
     """A DataFrame of ``rows`` with the table's exact schema."""
     schema = load_schema(table).struct()
     return spark.createDataFrame([tuple(r[f.name] for f in schema.fields) for r in rows], schema)
+
+
+def raw_world(spark, store, months: list[str], purchases=(("2024-09", 1),), users=(1, 2, 3), **activity_values):
+    """Owners ``users`` with zero activity in ``months`` (plus ``activity_values``) and the given
+    (month, user) purchases, written through ``store``."""
+    store.write_table(frame(spark, "owners", [owner(u) for u in users]), "owners")
+    store.write_months(frame(spark, "monthly_activity", [activity(u, m, **activity_values) for m in months
+                                                         for u in users]), "monthly_activity", list(months))
+    store.write_months(frame(spark, "purchases", [purchase(u, m) for m, u in purchases]), "purchases",
+                       sorted({m for m, _ in purchases}))

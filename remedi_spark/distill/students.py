@@ -28,7 +28,7 @@ from ..config import Config, ConfigError, ModelSpec
 from ..io.schemas import frame_from_pandas
 from ..io.store import TableStore
 from ..metrics import k_for, lead_metrics
-from ..models.base import KEYS, LABEL, BaseModel, FeatureSpec, in_group, load_model
+from ..models.base import KEYS, LABEL, BaseModel, FeatureSpec, in_group, load_model, model_roots
 from ..models.registry import build_model
 from ..training.oof import ES, training_frame
 
@@ -132,7 +132,7 @@ def log_student(spark: SparkSession, cfg: Config, store: TableStore, tracker: An
     (called by the stage runner after ``distill``)."""
     if not tracker.enabled:
         return
-    student = load_model(spark, student_path(store), cfg.base_models)
+    student = load_model(spark, student_path(store), cfg.base_models, model_roots(cfg, store.root))
     if not hasattr(student, "booster"):
         return  # only the native backend keeps a plain booster to log
     features = store.read("features").limit(200)
@@ -143,7 +143,7 @@ def log_student(spark: SparkSession, cfg: Config, store: TableStore, tracker: An
 
 def student_importance(spark: SparkSession, cfg: Config, store: TableStore) -> pd.DataFrame:
     """Gain importance of every student feature, with its feature group and share of total gain."""
-    student = load_model(spark, scoring_model_dir(cfg, store), cfg.base_models)
+    student = load_model(spark, scoring_model_dir(cfg, store), cfg.base_models, model_roots(cfg, store.root))
     if not hasattr(student, "booster"):
         return pd.DataFrame(columns=["feature", "group", "gain", "share"])
     booster = student.booster()

@@ -12,6 +12,8 @@ three are observed (``y`` is 1 as soon as one observed horizon is 1). The funnel
 """
 from __future__ import annotations
 
+import sys
+
 from typing import Any
 
 from pyspark.sql import Column, DataFrame, SparkSession
@@ -251,11 +253,23 @@ def build_features(spark: SparkSession, cfg: Config, store: TableStore, months: 
         missing = [m for m in months if m not in available]
         if missing:
             raise DataValidationError("monthly_activity", [("month", f"no rows for requested months {missing}")])
+        gaps = [format_month(i) for i in range(parse_month(available[0]), parse_month(available[-1]))
+                if format_month(i) not in available]
+        if gaps:  # rolling windows over a missing month would silently treat it as no activity
+            raise DataValidationError("monthly_activity", [("month", f"no rows for months {gaps} between "
+                                                                     f"{available[0]} and {available[-1]}: a missing "
+                                                                     "extract; load it before building features")])
         features = builtin_features(spark, cfg, store, months, observed_idx)
         observed = format_month(observed_idx)
     version = store.write_months(features, "features", months)
-    return {"months": months, "observed_through": observed, "version": version,
-            "per_month": month_summary(store.read("features", version=version, months=months))}
+    per_month = month_summary(store.read("features", version=version, months=months))
+    warnings = [f"features month {m}: no positives among {r['labelled']} labelled rows; is the purchases "
+                "extract for the months after it complete?" for m, r in per_month.items()
+                if r["labelled"] and not r["positives"]]
+    for warning in warnings:
+        print(f"[remedi] warning: {warning}", file=sys.stderr, flush=True)
+    return {"months": months, "observed_through": observed, "version": version, "per_month": per_month,
+            "warnings": warnings}
 
 
 def month_summary(features: DataFrame) -> dict[str, dict[str, Any]]:

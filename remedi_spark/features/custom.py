@@ -56,6 +56,11 @@ def import_custom_features(spark: SparkSession, cfg: Config, months: list[str] |
     label_type = df.schema[c.label_col].dataType
     if not isinstance(label_type, (T.NumericType, T.BooleanType)):
         raise DataValidationError(table, [(c.label_col, f"label must be 0/1, found {label_type.simpleString()}")])
+    counts = df.agg(*[F.count(F.col(col)).alias(col) for col in c.feature_cols]).first()
+    empty = [col for col in c.feature_cols if counts[col] == 0]
+    if empty:
+        raise DataValidationError(table, [(col, "all values are null (no information): drop it from "
+                                                "features.custom.feature_cols or fix the source") for col in empty])
     label = F.col(c.label_col).cast("int")
     out = df.select(
         F.col(c.id_col).cast("long").alias("user_id"), month.alias("month"), label.alias("y"),

@@ -19,6 +19,8 @@ users' open rows are left out, so no label of a held-out user reaches any traini
 """
 from __future__ import annotations
 
+import sys
+
 from typing import Any
 
 from pyspark.sql import DataFrame, SparkSession, Window
@@ -88,6 +90,13 @@ def assign_folds(spark: SparkSession, cfg: Config, store: TableStore) -> dict[st
             raise DataValidationError("features", [("month", f"no fully labelled rows for folds.months {missing}")])
     if not labelled:
         raise DataValidationError("features", [("label_complete", "no fully labelled rows to build folds from")])
+    oot = max(labelled)
+    oot_positives = features.filter(F.col("label_complete") & (F.col("month") == oot)).agg(F.sum("y")).first()[0]
+    warnings = []
+    if not oot_positives:
+        warnings.append(f"the out-of-time test month {oot} has no positives: its AUC and lift are undefined; "
+                        "check the purchases extract or set folds.months")
+        print(f"[remedi] warning: folds: {warnings[-1]}", file=sys.stderr, flush=True)
     folds = fold_assignment(features, fc.n_folds, fc.seed, fc.test_fraction)
     if fc.include_open_windows:
         folds = folds.localCheckpoint()  # read twice below: assign once
@@ -99,8 +108,9 @@ def assign_folds(spark: SparkSession, cfg: Config, store: TableStore) -> dict[st
                                            F.sum("y").alias("positives")).orderBy("fold").collect()
     per_split = written.groupBy("split").agg(F.countDistinct(ID).alias("users"), F.sum("y").alias("positives")).collect()
     return {
-        "months": sorted(labelled), "oot_test_month": max(labelled), "version": version,
+        "months": sorted(labelled), "oot_test_month": oot, "version": version,
         "folds": {r["fold"]: {"users": r["users"], "rows": r["rows"], "positives": r["positives"]} for r in per_fold},
         "split": {r["split"]: {"users": r["users"], "positives": r["positives"]} for r in per_split},
         "open_rows": everything.filter(F.col("split") == OPEN).count() if fc.include_open_windows else 0,
+        "warnings": warnings,
     }

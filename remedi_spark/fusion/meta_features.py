@@ -175,8 +175,9 @@ def build_meta_features(spark: SparkSession, cfg: Config, store: TableStore, mod
                         ) -> dict[str, Any]:
     """Write the ``meta_features`` table: one row per (owner, month) of ``oof_predictions`` with
     fold, split, the label ``y`` from ``folds`` and the 4M + 6 meta-features of ``models``
-    (default: every model in ``oof_predictions``, sorted by name)."""
-    wide = pivot_oof(store.read(OOF_TABLE), models)
+    (default: every model of ``base_models.models``, sorted by name: a configured model without
+    predictions, e.g. one whose training failed, is an error, never a teacher without its column)."""
+    wide = pivot_oof(store.read(OOF_TABLE), models or sorted(s.name for s in cfg.base_models.models))
     models = [c[len("p_"):] for c in wide.columns if c.startswith("p_")]
     labels = store.read("folds").select(*KEYS, "y")
     joined = wide.join(labels, list(KEYS), "left").select(*KEYS, "fold", "split", "y", *[f"p_{m}" for m in models])

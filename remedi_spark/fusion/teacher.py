@@ -17,7 +17,7 @@ from pyspark.sql import functions as F
 from ..config import Config
 from ..io import files
 from ..io.store import TableStore
-from ..models.base import KEYS, load_model
+from ..models.base import KEYS, load_model, model_roots
 from ..training.oof import model_path
 from .meta_features import relative_meta_features
 from .meta_models import HybridExpert
@@ -39,7 +39,7 @@ def base_predictions(spark: SparkSession, cfg: Config, store: TableStore, featur
     """(user_id, month, p_<model>...) from each refit base model, in ``models`` order."""
     wide = None
     for name in models:
-        model = load_model(spark, model_path(store, name), cfg.base_models)
+        model = load_model(spark, model_path(store, name), cfg.base_models, model_roots(cfg, store.root))
         p = model.predict(model.features.encode(features)).select(*KEYS, F.col("p").alias(f"p_{name}"))
         wide = p if wide is None else wide.join(p, list(KEYS))
     return wide

@@ -1,11 +1,14 @@
 """Table schemas (``schemas/<table>.json``) and the one validation function every write uses.
 
 A schema lists columns (name, Spark type, nullable, optional ``nonnegative``, ``allowed``
-values, ``format: month``), the key columns, the partition column and what to do with
-columns it does not list (``forbid`` or ``numeric_or_string``, for feature tables).
+values, ``format: month``), the key columns, the partition column, what to do with columns it
+does not list (``forbid`` or ``numeric_or_string``, for feature tables) and whether a column may
+be entirely null (``all_null_columns: forbid`` on input tables: a column with no value at all is
+a broken extract, not missing data).
 
 :func:`validate` checks a DataFrame against it and raises :class:`DataValidationError`
-naming the table, the column and the problem; nothing is written when it fails.
+naming the table, the column, the problem, how many rows and a few example keys; nothing is
+written when it fails. Floating-point columns never accept NaN or ±inf (missing is null).
 """
 from __future__ import annotations
 
@@ -54,6 +57,7 @@ class TableSchema:
     partition_by: str | None
     extra_columns: str
     columns: tuple[Column, ...]
+    all_null_columns: str = "allow"
 
     @property
     def names(self) -> list[str]:
@@ -105,7 +109,7 @@ def load_schema(table: str) -> TableSchema:
     )
     return TableSchema(table=raw["table"], description=raw.get("description", ""), keys=tuple(raw["keys"]),
                        partition_by=raw.get("partition_by"), extra_columns=raw.get("extra_columns", "forbid"),
-                       columns=cols)
+                       columns=cols, all_null_columns=raw.get("all_null_columns", "allow"))
 
 
 def _type_ok(expected: str, actual: T.DataType) -> bool:
@@ -130,7 +134,12 @@ def _structure_problems(df: DataFrame, schema: TableSchema) -> list[tuple[str, s
     return problems
 
 
-def _value_checks(schema: TableSchema, partitions: list[str] | None) -> list[tuple[str, str, Any]]:
+def _float_columns(df: DataFrame, schema: TableSchema) -> list[str]:
+    return [f.name for f in df.schema.fields if isinstance(f.dataType, (T.DoubleType, T.FloatType))
+            and (f.name in schema.names or schema.extra_columns != "forbid")]
+
+
+def _value_checks(df: DataFrame, schema: TableSchema, partitions: list[str] | None) -> list[tuple[str, str, Any]]:
     """(column, problem, boolean Column that is true on a bad row) for every row-level rule."""
     checks = []
     for c in schema.columns:
@@ -138,48 +147,64 @@ def _value_checks(schema: TableSchema, partitions: list[str] | None) -> list[tup
         if not c.nullable:
             what = "key column has null values" if c.name in schema.keys else "null values in a non-nullable column"
             checks.append((c.name, what, col.isNull()))
-        if c.nonnegative:
-            checks.append((c.name, "negative values (must be >= 0)", col < 0))
+        if c.nonnegative:  # -inf is reported once, as infinite, below
+            negative = (col < 0) & (col != float("-inf")) if c.type == "double" else col < 0
+            checks.append((c.name, "negative values (must be >= 0)", negative))
         if c.allowed is not None:
             checks.append((c.name, f"values outside {list(c.allowed)}", col.isNotNull() & ~col.isin(list(c.allowed))))
         if c.format == "month":
             checks.append((c.name, "values not in 'YYYY-MM' form", col.isNotNull() & ~col.rlike(MONTH_PATTERN)))
+    for name in _float_columns(df, schema):
+        col = F.col(f"`{name}`")
+        checks.append((name, "NaN or infinite values (missing must be null)",
+                       F.isnan(col) | col.isin(float("inf"), float("-inf"))))
     if partitions is not None and schema.partition_by:
         checks.append((schema.partition_by, f"rows outside the partitions being written {partitions}",
                        ~F.col(schema.partition_by).isin(partitions)))
     return checks
 
 
+def _examples(df: DataFrame, keys: list[str], bad: Any, n: int = 3) -> str:
+    """A few example keys of the rows where ``bad`` holds, as ``(user_id=1, month='2024-06')``."""
+    rows = df.filter(bad).select(*keys).orderBy(*keys).limit(n).collect()
+    return ", ".join("(" + ", ".join(f"{k}={r[k]!r}" for k in keys) + ")" for r in rows)
+
+
 def validate(df: DataFrame, table: str, partitions: list[str] | None = None) -> None:
     """Check ``df`` against ``schemas/<table>.json``; raise :class:`DataValidationError` if it fails.
 
     Checks, in order: missing or mistyped columns (and unexpected ones), empty input, null
-    keys and nulls in non-nullable columns, negative counts, values outside an allowed set,
-    malformed months, rows outside ``partitions`` (the partition values being written, e.g. months)
-    and duplicate keys.
+    keys and nulls in non-nullable columns, negative counts, NaN or infinite floats, values
+    outside an allowed set, malformed months, rows outside ``partitions`` (the partition values
+    being written, e.g. months), columns with no value at all (tables with
+    ``all_null_columns: forbid``) and duplicate keys. Each row-level problem says how many rows
+    and gives a few example keys.
     """
     schema = load_schema(table)
     problems = _structure_problems(df, schema)
     if problems:
         raise DataValidationError(table, problems)
-    checks = _value_checks(schema, partitions)
+    checks = _value_checks(df, schema, partitions)
+    nullable = ([c for c in df.columns if c not in schema.keys] if schema.all_null_columns == "forbid" else [])
     aggs = [F.count(F.lit(1)).alias("__rows")] + [
         F.sum(F.when(bad, 1).otherwise(0)).alias(f"__c{i}") for i, (_, _, bad) in enumerate(checks)
-    ]
+    ] + [F.count(F.col(f"`{c}`")).alias(f"__n{i}") for i, c in enumerate(nullable)]
     row = df.agg(*aggs).collect()[0]
     if row["__rows"] == 0:
         raise DataValidationError(table, [("*", "input is empty (0 rows)")])
-    problems = [(col, f"{row[f'__c{i}']} rows with {what}") for i, (col, what, _) in enumerate(checks)
-                if row[f"__c{i}"]]
+    keys = list(schema.keys)
+    problems = [(col, f"{row[f'__c{i}']} rows with {what}, e.g. {_examples(df, keys, bad)}")
+                for i, (col, what, bad) in enumerate(checks) if row[f"__c{i}"]]
+    problems += [(c, f"all {row['__rows']} values are null (a broken extract? drop the column or fix the source)")
+                 for i, c in enumerate(nullable) if row[f"__n{i}"] == 0]
     if problems:
         raise DataValidationError(table, problems)
-    keys = list(schema.keys)
     dup = df.groupBy(*keys).count().filter(F.col("count") > 1)
-    first = dup.limit(1).collect()
+    first = dup.orderBy(*keys).limit(3).collect()
     if first:
         n_dup = dup.count()
-        example = ", ".join(f"{k}={first[0][k]!r}" for k in keys)
-        raise DataValidationError(table, [(",".join(keys), f"{n_dup} duplicate keys, e.g. ({example})")])
+        example = ", ".join("(" + ", ".join(f"{k}={r[k]!r}" for k in keys) + ")" for r in first)
+        raise DataValidationError(table, [(",".join(keys), f"{n_dup} duplicate keys, e.g. {example}")])
 
 
 def conform(df: DataFrame, table: str) -> DataFrame:

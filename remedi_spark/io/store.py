@@ -62,6 +62,18 @@ class RunManifest:
                 "conf": self.conf, "reads": self.reads, "writes": self.writes, "info": self.info}
 
 
+RUN_COLUMNS = ("run_id",)  # columns that name the writing run: differ between two identical runs
+
+
+def table_fingerprint(df: DataFrame, exclude: tuple[str, ...] = RUN_COLUMNS) -> dict[str, Any]:
+    """``{"rows": n, "hash": h}``: ``h`` sums a 64-bit hash of every row's columns (sorted by name,
+    minus ``exclude``) exactly, so row order and partitioning do not matter but any value does."""
+    columns = sorted(c for c in df.columns if c not in exclude)
+    row = df.agg(F.count(F.lit(1)).alias("rows"),
+                 F.sum(F.xxhash64(*[F.col(f"`{c}`") for c in columns]).cast("decimal(38,0)")).alias("hash")).first()
+    return {"rows": int(row["rows"]), "hash": str(row["hash"] if row["hash"] is not None else 0)}
+
+
 def resolve_root(root: str) -> str:
     """Absolute local path for a relative root; URIs (``s3a://``, ``dbfs:/``, ...) are kept as they are."""
     if "://" in root or root.startswith("dbfs:"):
@@ -159,6 +171,17 @@ class TableStore:
             problems.append(("*", "the table layout changed (e.g. feature settings): rebuild all months into a "
                                   "new tables.root or remove the table first"))
             raise DataValidationError(table, problems)
+
+    def fingerprint(self, table: str, version: int | None = None, partitions: list[str] | None = None,
+                    exclude: tuple[str, ...] = RUN_COLUMNS) -> dict[str, Any]:
+        """Row count and an order-independent content hash of ``table`` (at ``version``; only the
+        ``partitions`` values of its partition column), leaving out ``exclude`` columns (which name
+        the run that wrote a row). Two tables with the same fingerprint hold the same rows."""
+        df = self.read(table, version=version)
+        column = load_schema(table).partition_by
+        if partitions is not None and column:
+            df = df.filter(F.col(column).isin(partitions))
+        return table_fingerprint(df, exclude)
 
     def save_manifest(self) -> str:
         """Append this run's manifest to the ``runs`` table; returns the run id."""

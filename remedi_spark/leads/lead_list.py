@@ -21,7 +21,7 @@ from pyspark.sql import functions as F
 from ..config import Config, ConfigError
 from ..distill.students import scoring_model_dir
 from ..io.store import TableStore
-from ..models.base import in_group, load_model
+from ..models.base import in_group, load_model, model_roots
 from ..months import add_months
 
 REASONS = {"dealer": "dealer visits", "calls": "calls to the brand", "digital": "digital engagement",
@@ -71,7 +71,7 @@ def select_leads(flagged: DataFrame, cfg: Config) -> DataFrame:
 
 def add_reasons(spark: SparkSession, cfg: Config, store: TableStore, leads: DataFrame, month: str) -> DataFrame:
     """Reason per lead: the feature group with the largest summed student contribution."""
-    student = load_model(spark, scoring_model_dir(cfg, store), cfg.base_models)
+    student = load_model(spark, scoring_model_dir(cfg, store), cfg.base_models, model_roots(cfg, store.root))
     columns = student.features.columns
     groups = cfg.base_models.feature_groups
     owner = [next((g for g, members in groups.items() if in_group(c, members)), "other") for c in columns]
@@ -115,7 +115,8 @@ def build_lead_list(spark: SparkSession, cfg: Config, store: TableStore, month: 
     for fmt in cfg.lead_list.export_formats:
         crm.coalesce(1).write.mode("overwrite").option("header", True).format(fmt).save(f"{export}/{fmt}")
     reasons = {r["reason"]: r["count"] for r in written.groupBy("reason").count().collect()}
-    return {"month": month, "scored": scored, "eligible": int(counts["eligible"]),
+    return {"month": month, "model_version": scores.select("model_version").first()[0],
+            "scored": scored, "eligible": int(counts["eligible"]),
             "excluded": {c[2:]: int(counts[c]) for c in flags}, "leads": written.count(), "k": cfg.lead_list.k,
             "reasons": reasons, "version": version, "export": export}
 

@@ -17,7 +17,7 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
-from ..config import BaseModelSettings, ModelSpec
+from ..config import BaseModelSettings, Config, ModelSpec, is_under
 from ..io.files import read_bytes, read_text, write_bytes, write_text
 
 KEYS = ("user_id", "month")
@@ -78,6 +78,15 @@ class FeatureSpec:
         keep = [c for c in (*KEYS, *extra) if c in df.columns]
         return df.select(*keep, *[F.col(c).cast("double").alias(c) for c in self.numeric], *cats)
 
+    def unseen_counts(self, df: DataFrame) -> dict[str, int]:
+        """Per categorical column, how many non-null values of ``df`` are not in the training
+        vocabulary (they score as missing); columns with none are left out. One pass."""
+        if not self.categorical:
+            return {}
+        row = df.agg(*[F.sum((F.col(c).isNotNull() & ~F.col(c).isin(values)).cast("int")).alias(c)
+                       for c, values in self.categorical.items()]).first()
+        return {c: int(row[c]) for c in self.categorical if row[c]}
+
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
@@ -125,9 +134,19 @@ class BaseModel(ABC):
         write_text(spark, f"{path}/model.json", json.dumps(sidecar, indent=2, sort_keys=True, default=str))
 
 
-def load_model(spark: SparkSession, path: str, settings: BaseModelSettings) -> BaseModel:
-    """Load a model saved by :meth:`BaseModel.save`."""
+def model_roots(cfg: Config, root: str) -> list[str]:
+    """Where models may be loaded from: ``<tables.root>/models`` and ``scoring.model_dir``."""
+    return [f"{root.rstrip('/')}/models", *([cfg.scoring.model_dir] if cfg.scoring.model_dir else [])]
+
+
+def load_model(spark: SparkSession, path: str, settings: BaseModelSettings, roots: list[str]) -> BaseModel:
+    """Load a model saved by :meth:`BaseModel.save` from ``path``, which must lie under one of
+    ``roots`` (see :func:`model_roots`). Artifacts are LightGBM text or a torch state_dict read with
+    ``weights_only=True``, plus a JSON sidecar: nothing is unpickled."""
     from .registry import build_model
+
+    if not any(is_under(path, root) for root in roots):
+        raise ValueError(f"refusing to load a model from {path!r}: it is outside the model roots {roots}")
 
     sidecar = json.loads(read_text(spark, f"{path}/model.json"))
     spec = ModelSpec(**sidecar["spec"])

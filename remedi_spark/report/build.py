@@ -179,7 +179,7 @@ def render_figures(data: ReportData, numbers: dict[str, Any], cfg: Config) -> di
         "precision_at_k": figures.at_k_chart(curves, "precision", "Precision", k),
         "business_recall_at_k": figures.at_k_chart(curves, "business_recall", "Business recall", k),
         "score_histogram": figures.score_histogram(rows["student"].to_numpy(float), rows["y"].to_numpy(), "student"),
-        "calibration": figures.calibration_chart(rows, [s for s in ev["scorers"] if s != "oracle"],
+        "calibration": figures.calibration_chart({s: c for s, c in ev["calibration"].items() if s != "oracle"},
                                                  cfg.report.calibration_bins),
         "monthly": figures.monthly_chart(pd.DataFrame(numbers["monthly"]), cfg.base_models.metric_k_fraction),
     }

@@ -20,7 +20,7 @@ from ..distill.students import scoring_model_dir, student_importance
 from ..io import files
 from ..io.store import TableStore
 from ..metrics import k_for, lead_metrics
-from ..models.base import load_model
+from ..models.base import load_model, model_roots
 
 # score columns of the evaluation frame, in the order the report lists them
 SCORERS = {"student": "distilled student", "teacher": "teacher (base models + hybrid expert)",
@@ -135,7 +135,7 @@ def _held_out_frame(spark: SparkSession, cfg: Config, store: TableStore, version
     features = _pinned(store, versions, "features").filter("label_complete").join(folds, ["user_id", "month"])
     frame = features.select("user_id", "month", "y")
     path = scoring_model_dir(cfg, store)
-    student = load_model(spark, path, cfg.base_models)
+    student = load_model(spark, path, cfg.base_models, model_roots(cfg, store.root))
     student_run = json.loads(files.read_text(spark, f"{path}/model.json")).get("run_id")
     distill_runs = [m["run_id"] for m in store.manifests() if m["run_id"] == student_run]
     if not distill_runs:

@@ -10,7 +10,6 @@ matplotlib.use("Agg")  # no display on clusters or CI
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
-from sklearn.calibration import calibration_curve  # noqa: E402
 
 COLORS = {"student": "#1f77b4", "teacher": "#ff7f0e", "best_base": "#2ca02c", "oracle": "#7f7f7f"}
 
@@ -85,12 +84,13 @@ def score_histogram(scores: np.ndarray, labels: np.ndarray, name: str) -> bytes:
     return _png(fig)
 
 
-def calibration_chart(frame: pd.DataFrame, scorers: list[str], bins: int) -> bytes:
-    """Reliability curve: mean predicted vs observed purchase rate in score quantile bins."""
+def calibration_chart(calibration: dict[str, dict[str, list[float]]], bins: int) -> bytes:
+    """Reliability curve: mean predicted vs observed purchase rate per quantile bin, from the
+    ``{scorer: {"predicted": [...], "observed": [...]}}`` points the report already computed."""
     fig, ax = plt.subplots(figsize=(6, 4.5))
     top = 0.0
-    for name in scorers:
-        observed, predicted = calibration_curve(frame["y"], frame[name].clip(0, 1), n_bins=bins, strategy="quantile")
+    for name, points in calibration.items():
+        predicted, observed = np.asarray(points["predicted"]), np.asarray(points["observed"])
         ax.plot(predicted, observed, marker="o", markersize=3, label=name, color=COLORS.get(name))
         top = max(top, float(predicted.max()), float(observed.max()))
     ax.plot([0, top], [0, top], color="black", linestyle=":", linewidth=1, label="perfectly calibrated")

@@ -4,11 +4,13 @@ The student is read from ``<root>/models/student/`` and shipped to the executors
 broadcast of its LightGBM text, parsed once per Python worker); the month's feature rows are
 scored in Arrow batches (``mapInPandas``). Rank 1 is the highest score (ties by owner id);
 ``percentile`` = share of the month's owners scored at or below the row, in percent.
-Re-scoring a month replaces its partition.
+Re-scoring a month replaces its partition. Categorical values the student never saw in training
+are scored as missing; how many per column is logged and kept in the summary (``unseen_categories``).
 """
 from __future__ import annotations
 
 import json
+import sys
 from typing import Any
 
 from pyspark.sql import DataFrame, SparkSession, Window
@@ -19,7 +21,7 @@ from ..distill.students import scoring_model_dir
 from ..io import files
 from ..io.schemas import DataValidationError
 from ..io.store import TableStore
-from ..models.base import load_model
+from ..models.base import FeatureSpec, load_model, model_roots
 from ..months import parse_month
 
 
@@ -35,13 +37,14 @@ def resolve_month(store: TableStore, month: str | None) -> str:
 
 
 def student_scores(spark: SparkSession, cfg: Config, store: TableStore, features: DataFrame
-                   ) -> tuple[DataFrame, str]:
-    """(user_id, month, score) of the saved student for ``features`` rows, and its model version."""
+                   ) -> tuple[DataFrame, str, FeatureSpec]:
+    """(user_id, month, score) of the saved student for ``features`` rows, its model version and
+    the student's feature spec (columns, categorical vocabularies)."""
     path = scoring_model_dir(cfg, store)
-    student = load_model(spark, path, cfg.base_models)
+    student = load_model(spark, path, cfg.base_models, model_roots(cfg, store.root))
     version = json.loads(files.read_text(spark, f"{path}/model.json")).get("run_id") or "unknown"
     scored = student.predict(student.features.encode(features)).withColumnRenamed("p", "score")
-    return scored, version
+    return scored, version, student.features
 
 
 def score_month(spark: SparkSession, cfg: Config, store: TableStore, month: str | None = None) -> dict[str, Any]:
@@ -54,7 +57,11 @@ def score_month(spark: SparkSession, cfg: Config, store: TableStore, month: str 
         raise DataValidationError("features", [("month", f"no feature rows for month {month}; months present: "
                                                          f"{present[0] if present else '-'}..{present[-1] if present else '-'}"
                                                          " — run the feature job for this month first")])
-    scored, version = student_scores(spark, cfg, store, features)
+    scored, version, spec = student_scores(spark, cfg, store, features)
+    unseen = spec.unseen_counts(features)
+    for column, count in unseen.items():  # the documented repair: scored as missing, never a crash
+        print(f"[remedi] warning: features.{column}: {count} of {n} rows of {month} hold values the student "
+              "never saw in training; they are scored as missing", file=sys.stderr, flush=True)
     order = Window.orderBy(F.desc("score"), F.asc("user_id"))  # one global order over ~800k rows
     ranked = scored.withColumn("rank", F.row_number().over(order)).select(
         F.lit(month).alias("month"), "user_id", "score", "rank",
@@ -63,5 +70,5 @@ def score_month(spark: SparkSession, cfg: Config, store: TableStore, month: str 
         F.lit(store.run.run_id if store.run else "adhoc").alias("run_id"))
     written = store.write_months(ranked, "scores", [month])
     top = store.read("scores", months=[month]).agg(F.max("score"), F.avg("score")).first()
-    return {"month": month, "owners": n, "model_version": version, "version": written,
+    return {"month": month, "owners": n, "model_version": version, "version": written, "unseen_categories": unseen,
             "max_score": float(top[0]), "mean_score": float(top[1])}

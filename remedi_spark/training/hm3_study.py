@@ -28,7 +28,7 @@ from ..config import Config, ConfigError
 from ..io.schemas import frame_from_pandas
 from ..io.store import TableStore
 from ..metrics import k_for, lead_metrics
-from ..models.base import LABEL, FeatureSpec, load_model
+from ..models.base import LABEL, FeatureSpec, load_model, model_roots
 from ..models.neural.base import build_config
 from ..models.neural.feature_map import FeatureMap
 from ..models.neural.loop import make_module, predict_outputs, train_in_process
@@ -133,7 +133,7 @@ def funnel_scores(spark: SparkSession, cfg: Config, store: TableStore, df: DataF
     spec = next((s for s in cfg.base_models.models if s.name == model), None)
     if spec is None or spec.family != "hm3":
         raise ConfigError(f"funnel scores: {model!r} is not a configured base model of family hm3")
-    trained = load_model(spark, model_path(store, model), cfg.base_models)
+    trained = load_model(spark, model_path(store, model), cfg.base_models, model_roots(cfg, store.root))
     if not isinstance(trained, NeuralModel):
         raise ConfigError(f"funnel scores: the model saved at {model_path(store, model)} is not a torch model")
     return trained.predict_outputs(trained.features.encode(df), FUNNEL_OUTPUTS)

@@ -15,6 +15,8 @@ Models with auxiliary labels (HM3) also receive those columns of ``features`` (y
 """
 from __future__ import annotations
 
+import re
+
 import time
 from typing import Any
 
@@ -120,6 +122,26 @@ def train_model_oof(spark: SparkSession, cfg: Config, store: TableStore, spec: M
     return predictions, row
 
 
+class BaseModelFailed(RuntimeError):
+    """A base model failed to train; ``model`` names it. Models before it in the list were written."""
+
+    def __init__(self, model: str, family: str, backend: str, cause: BaseException):
+        self.model = model
+        super().__init__(f"base model {model!r} ({family}, {backend}) failed to train: {root_cause(cause)}. The "
+                         "stage stopped; fix the model's conf or drop it from base_models.models (fusion refuses "
+                         "an OOF table without every configured model)")
+
+
+def root_cause(exc: BaseException) -> str:
+    """One line saying what went wrong. An error raised in a Python worker reaches the driver wrapped
+    in a Java stack trace; the last ``SomethingError: message`` line of it is the real cause."""
+    text = str(exc)
+    found = re.findall(r"^(?:[\w.]+\.)?(\w+(?:Error|Exception): .+)$", text, flags=re.MULTILINE)
+    python = [line for line in found if not line.startswith(("Py4J", "SparkException", "PythonException"))]
+    line = python[-1] if python else (text.strip().splitlines() or [""])[0]
+    return f"{type(exc).__name__}: {line.strip()[:300]}" if not python else line.strip()[:300]
+
+
 def train_base_models(spark: SparkSession, cfg: Config, store: TableStore, models: list[str] | None = None
                       ) -> dict[str, Any]:
     """Train the configured base models (or ``models``) out-of-fold; write predictions and metrics."""
@@ -129,7 +151,10 @@ def train_base_models(spark: SparkSession, cfg: Config, store: TableStore, model
     results = {}
     try:
         for spec in specs:
-            predictions, row = train_model_oof(spark, cfg, store, spec, data)
+            try:
+                predictions, row = train_model_oof(spark, cfg, store, spec, data)
+            except Exception as exc:  # the stage stops here: fusion never sees a model with no predictions
+                raise BaseModelFailed(spec.name, spec.family, spec.backend, exc) from exc
             store.write_partitions(predictions, "oof_predictions", [spec.name])
             predictions.unpersist()
             row["run_id"] = run_id
