@@ -42,6 +42,15 @@ def world(spark, base_cfg, tmp_path_factory):
     return cfg, run_pipeline(spark, cfg), TableStore(spark, cfg.tables.root)
 
 
+def test_a_features_channel_does_not_depend_on_the_order_of_the_groups():
+    from remedi_spark.models.base import channel_of
+
+    groups = {"dealer": ["visit_days"], "static": ["segment"], "core": ["visit_days_sum3", "segment"]}
+    resorted = dict(sorted(groups.items()))  # as a config read back from a run manifest (sorted JSON keys)
+    for column, channel in (("visit_days_sum3", "dealer"), ("segment", "static"), ("voice_cnt", "other")):
+        assert channel_of(column, groups) == channel_of(column, resorted) == channel
+
+
 def test_the_crm_export_holds_only_id_rank_score_reason(world):
     cfg, out, store = world
     files = glob.glob(f"{out['lead-list[evaluation]']['export']}/csv/*.csv")

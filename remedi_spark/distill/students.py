@@ -28,7 +28,7 @@ from ..config import Config, ConfigError, ModelSpec
 from ..io.schemas import frame_from_pandas
 from ..io.store import TableStore
 from ..metrics import k_for, lead_metrics
-from ..models.base import KEYS, LABEL, BaseModel, FeatureSpec, in_group, load_model, model_roots
+from ..models.base import KEYS, LABEL, BaseModel, FeatureSpec, channel_of, load_model, model_roots
 from ..models.registry import build_model
 from ..training.oof import ES, training_frame
 
@@ -150,7 +150,7 @@ def student_importance(spark: SparkSession, cfg: Config, store: TableStore) -> p
     gain = booster.feature_importance(importance_type="gain")
     groups = cfg.base_models.feature_groups
     names = booster.feature_name()
-    group = [next((g for g, members in groups.items() if in_group(n, members)), "other") for n in names]
+    group = [channel_of(n, groups) for n in names]
     out = pd.DataFrame({"feature": names, "group": group, "gain": gain.astype(float)})
     out["share"] = out["gain"] / out["gain"].sum() if out["gain"].sum() > 0 else 0.0
     return out.sort_values("gain", ascending=False, kind="stable").reset_index(drop=True)

@@ -3,8 +3,9 @@
 Filters (``lead_list`` in conf): owners who bought in the scored month or the N − 1 before it,
 owners flagged do-not-contact, owners whose vehicle is younger than the minimum age, owners
 with no owner record; then an optional cap of leads per region or dealer. The K best remaining
-owners (ties by owner id) get ranks 1..K. The reason is the feature group whose student
-contributions (LightGBM ``pred_contrib``) raise the owner's score most. The ``lead_list`` table
+owners (ties by owner id) get ranks 1..K. The reason is the behaviour channel (dealer, calls,
+digital, static; see ``channel_of``) whose student contributions (LightGBM ``pred_contrib``) raise
+the owner's score most. The ``lead_list`` table
 keeps the month's leads (replaced on re-run); the CRM export holds only id, rank, score, reason.
 """
 from __future__ import annotations
@@ -21,7 +22,7 @@ from pyspark.sql import functions as F
 from ..config import Config, ConfigError
 from ..distill.students import scoring_model_dir
 from ..io.store import TableStore
-from ..models.base import in_group, load_model, model_roots
+from ..models.base import channel_of, load_model, model_roots
 from ..months import add_months
 
 REASONS = {"dealer": "dealer visits", "calls": "calls to the brand", "digital": "digital engagement",
@@ -74,7 +75,7 @@ def add_reasons(spark: SparkSession, cfg: Config, store: TableStore, leads: Data
     student = load_model(spark, scoring_model_dir(cfg, store), cfg.base_models, model_roots(cfg, store.root))
     columns = student.features.columns
     groups = cfg.base_models.feature_groups
-    owner = [next((g for g, members in groups.items() if in_group(c, members)), "other") for c in columns]
+    owner = [channel_of(c, groups) for c in columns]
     names = sorted(set(owner))
     index = np.array([names.index(g) for g in owner])
     text = spark.sparkContext.broadcast(student.artifact().decode("utf-8"))

@@ -31,6 +31,17 @@ def in_group(column: str, members: list[str]) -> bool:
     return any(column == m or column.startswith(m + "_") for m in members)
 
 
+# the behaviour channels a feature is attributed to (lead reasons, importance by group), in the order
+# that decides a feature listed in two; other groups (e.g. ``core``) select model inputs, they are no channel
+CHANNEL_GROUPS = ("dealer", "calls", "digital", "static")
+
+
+def channel_of(column: str, groups: dict[str, list[str]]) -> str:
+    """The first of :data:`CHANNEL_GROUPS` that holds ``column``, else ``"other"``. Never depends on
+    the order of ``groups`` (a config read back from a run manifest has its keys sorted)."""
+    return next((g for g in CHANNEL_GROUPS if g in groups and in_group(column, groups[g])), "other")
+
+
 @dataclass
 class FeatureSpec:
     """Which columns a model reads and how categoricals map to integer codes.

@@ -20,13 +20,14 @@ import re
 import time
 from typing import Any
 
+import pandas as pd
 from pyspark import StorageLevel
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from ..config import Config, ConfigError, ModelSpec
 from ..folds.assign import OPEN
-from ..io.schemas import load_schema
+from ..io.schemas import frame_from_pandas
 from ..io.store import TableStore
 from ..metrics import k_for, lead_metrics
 from ..models.base import BaseModel, FeatureSpec
@@ -158,8 +159,7 @@ def train_base_models(spark: SparkSession, cfg: Config, store: TableStore, model
             store.write_partitions(predictions, "oof_predictions", [spec.name])
             predictions.unpersist()
             row["run_id"] = run_id
-            schema = load_schema("base_model_metrics").struct()
-            metrics_df = spark.createDataFrame([tuple(row[f.name] for f in schema.fields)], schema)
+            metrics_df = frame_from_pandas(spark, pd.DataFrame([row]), "base_model_metrics")  # undefined (NaN) → null
             _append_metrics(store, metrics_df, spec.name)
             results[spec.name] = row
     finally:

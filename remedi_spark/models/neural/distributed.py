@@ -38,8 +38,9 @@ def _train_worker(converter: Any, model_name: str, model_cfg: dict, vocab_sizes:
         dist.broadcast(score, src=0)
         return float(score[0])
 
+    # seeded row-group shuffle and one reader thread: the same batches in the same order on every run
     with converter.make_torch_dataloader(batch_size=params["batch_size"], cur_shard=rank, shard_count=world,
-                                         num_epochs=None, workers_count=1) as loader:
+                                         num_epochs=None, workers_count=1, seed=params["seed"]) as loader:
         batches = (Batch(b["dense"].float(), b["cat"].long(), b["y"].float(),
                          b["h"].float() if "h" in b else None, b["a"].float() if "a" in b else None)
                    for b in loader)

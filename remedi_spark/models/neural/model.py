@@ -112,8 +112,11 @@ class NeuralModel(BaseModel):
 
         schema = ("dense array<float>, cat array<bigint>, y float" + (", h array<float>" if horizons else "")
                   + (", a array<float>" if aux else ""))
-        rows = train.select(*columns, LABEL, *horizons, *aux).mapInPandas(to_tensors, schema)
-        valid_pdf = valid.select(*columns, LABEL).toPandas()
+        # a fixed row order (a shuffle's output order varies between runs), so the same batches every run:
+        # hash-partitioned by key, sorted within each part; 2 parts per process so each reader shard gets data
+        parts = train.repartition(2 * params.num_processes, *KEYS).sortWithinPartitions(*KEYS)
+        rows = parts.select(*columns, LABEL, *horizons, *aux).mapInPandas(to_tensors, schema)
+        valid_pdf = valid.orderBy(*KEYS).select(*columns, LABEL).toPandas()
         v_y = valid_pdf[LABEL].astype("float64").to_numpy(dtype=np.float32)
         if np.isnan(v_y).any():
             raise ValueError(f"model {self.name!r}: {int(np.isnan(v_y).sum())} early-stopping rows have a null "
