@@ -395,7 +395,7 @@ def check_no_secrets(data: Any, key: str = "") -> None:
         for i, value in enumerate(data):
             check_no_secrets(value, f"{key}[{i}]")
     elif isinstance(data, str) and data and any(w in key.lower() for w in _SECRET_WORDS):
-        if not (data.startswith("{{secrets/") or data.startswith("${")):
+        if not data.startswith(("{{secrets/", "${")):
             raise ConfigError(f"{key}: looks like a credential written into the config; pass it through the "
                               "environment or a secret scope ({{secrets/scope/key}}), never in YAML")
 

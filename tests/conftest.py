@@ -10,14 +10,18 @@ from remedi_spark.config import Config, load_config, replace
 REPO = Path(__file__).resolve().parents[1]
 
 
+# conf/local.yaml as the tests run it (also in the subprocesses of tests/faults.py)
+TEST_SETTINGS = [
+    "spark.shuffle_partitions=4", "spark.driver_memory=4g",
+    f"spark.jars_dir={REPO / '.jars'}",
+    "spark.conf={'spark.ui.enabled': 'false'}",
+    "tracking.enabled=false",  # MLflow on where a test checks it (it adds seconds per stage)
+]
+
+
 @pytest.fixture(scope="session")
 def base_cfg() -> Config:
-    return load_config(REPO / "conf" / "local.yaml", [
-        "spark.shuffle_partitions=4", "spark.driver_memory=4g",
-        f"spark.jars_dir={REPO / '.jars'}",
-        "spark.conf={'spark.ui.enabled': 'false'}",
-        "tracking.enabled=false",  # MLflow on where a test checks it (it adds seconds per stage)
-    ])
+    return load_config(REPO / "conf" / "local.yaml", TEST_SETTINGS)
 
 
 @pytest.fixture(scope="session")

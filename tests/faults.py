@@ -15,16 +15,15 @@ import sys
 import time
 from collections.abc import Iterator
 
-from tests.conftest import REPO
+from tests.conftest import REPO, TEST_SETTINGS
 
 
 def _config(root: str, master: str):
     from remedi_spark.config import load_config
 
-    return load_config(REPO / "conf" / "local.yaml", [
-        f"tables.root={root}", f"spark.jars_dir={REPO / '.jars'}", "spark.shuffle_partitions=4",
-        "spark.driver_memory=2g", f"spark.master={master}", "spark.conf={'spark.ui.enabled': 'false'}",
-        "tracking.enabled=false"])
+    # a second driver beside the test session's: less driver memory
+    return load_config(REPO / "conf" / "local.yaml", [*TEST_SETTINGS, f"tables.root={root}", "spark.driver_memory=2g",
+                                                      f"spark.master={master}"])
 
 
 def slow_features(spark, cfg) -> None:

@@ -97,8 +97,20 @@ def test_every_stage_run_twice_gives_identical_tables(spark, world):
         for t in tables:
             assert store.version(t) > versions[t], f"{stage} did not rewrite {t}"
             if store.fingerprint(t, exclude=VOLATILE) != before[t]:
-                differ.append((stage, t))
+                differ.append((stage, t, _changed_models(store, versions[t]) if t == "oof_predictions" else ""))
     assert not differ
+
+
+def _changed_models(store, version):
+    """Per base model whose out-of-fold predictions changed since ``version``: the largest change."""
+    keys = ["model", "user_id", "month", "split"]
+    before = store.read("oof_predictions", version=version).select(*keys, F.col("p").alias("before"))
+    now = store.read("oof_predictions").select(*keys, "p")
+    diff = now.join(before, keys, "full").groupBy("model") \
+        .agg(F.max(F.abs(F.col("p") - F.col("before"))).alias("max_change"),
+             F.sum((F.col("p").isNull() | F.col("before").isNull()).cast("int")).alias("unmatched"))
+    return {r["model"]: (r["max_change"], r["unmatched"]) for r in diff.collect()
+            if r["unmatched"] or r["max_change"]}
 
 
 def test_reproducing_with_a_retrained_student_is_refused(spark, world, tmp_path):

@@ -28,7 +28,7 @@ from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from ..config import Config
-from ..io.schemas import DataValidationError
+from ..io.schemas import DataValidationError, example_keys
 from ..io.store import TableStore
 
 EPS = 1e-6
@@ -36,7 +36,6 @@ KEYS = ("user_id", "month")
 STATS = ("mean", "std", "median", "max", "min")
 OOF_TABLE = "oof_predictions"
 TABLE = "meta_features"
-_EXAMPLES = 3
 
 
 def _check_models(models: list[str]) -> None:
@@ -82,11 +81,6 @@ def relative_meta_features(p: np.ndarray) -> np.ndarray:
          (hi - lo)[:, None]], axis=1)
 
 
-def _example_keys(df: DataFrame, bad: Any) -> str:
-    rows = df.filter(bad).select(*KEYS).orderBy(*KEYS).limit(_EXAMPLES).collect()
-    return ", ".join(f"(user_id={r['user_id']!r}, month={r['month']!r})" for r in rows)
-
-
 def pivot_oof(oof: DataFrame, models: list[str] | None = None) -> DataFrame:
     """``oof_predictions`` (one row per model, owner, month) -> one row per (owner, month).
 
@@ -130,13 +124,13 @@ def pivot_oof(oof: DataFrame, models: list[str] | None = None) -> DataFrame:
     for i, m in enumerate(models):
         if counts[f"__missing_{i}"]:
             problems.append((f"p_{m}", f"model {m!r} has no prediction for {counts[f'__missing_{i}']} of {rows} "
-                                       f"(user_id, month) rows, e.g. {_example_keys(wide, missing[m])}"))
+                                       f"(user_id, month) rows, e.g. {example_keys(wide, KEYS, missing[m])}"))
         if counts[f"__dupes_{i}"]:
             problems.append((f"p_{m}", f"model {m!r} has more than one prediction for {counts[f'__dupes_{i}']} "
-                                       f"(user_id, month) rows, e.g. {_example_keys(wide, dupes[m])}"))
+                                       f"(user_id, month) rows, e.g. {example_keys(wide, KEYS, dupes[m])}"))
     if counts["__inconsistent"]:
-        problems.append(("fold,split", f"{counts['__inconsistent']} (user_id, month) rows have a different fold "
-                                       f"or split for different models, e.g. {_example_keys(wide, inconsistent)}"))
+        problems.append(("fold,split", f"{counts['__inconsistent']} (user_id, month) rows have a different fold or "
+                                       f"split for different models, e.g. {example_keys(wide, KEYS, inconsistent)}"))
     if problems:
         raise DataValidationError(OOF_TABLE, problems)
     return wide.select(*KEYS, "fold", "split", *[f"p_{m}" for m in models])
@@ -188,7 +182,8 @@ def build_meta_features(spark: SparkSession, cfg: Config, store: TableStore, mod
         if n_no_label:
             raise DataValidationError("folds", [(
                 "user_id,month", f"{n_no_label} (user_id, month) rows of {OOF_TABLE} have no row in folds (no label "
-                                 f"y), e.g. {_example_keys(joined, no_label)}: rebuild the base models on these folds")])
+                                 f"y), e.g. {example_keys(joined, KEYS, no_label)}: rebuild the base models on these "
+                                 "folds")])
         meta = add_meta_features(joined, models)
         version = store.write_table(meta, TABLE)
         per_split = joined.groupBy("split").count().collect()  # the rows just written, from the cache

@@ -28,6 +28,7 @@ from ..io import files
 from ..io.schemas import frame_from_pandas, load_schema
 from ..io.store import TableStore
 from ..metrics import k_for, lead_metrics
+from ..models.base import keyed_pandas
 from ..models.neural.base import build_config
 from .meta_features import meta_feature_names, relative_meta_features
 from .meta_models import STRATEGIES, ExpertConfig, HybridExpert, MetaModel
@@ -95,8 +96,8 @@ def train_fusion(spark: SparkSession, cfg: Config, store: TableStore) -> dict[st
     names = meta_feature_names(models)
     oot = store.read("folds").select("user_id", "month", "oot_split")
     oracle = store.read("oracle").select("user_id", "month", F.col("p_3m").alias("p_oracle"))
-    pdf = meta.join(oot, ["user_id", "month"]).join(oracle, ["user_id", "month"], "left") \
-        .select("user_id", "month", "split", "oot_split", "y", "p_oracle", *names).toPandas()
+    pdf = keyed_pandas(meta.join(oot, ["user_id", "month"]).join(oracle, ["user_id", "month"], "left"),
+                       "user_id", "month", "split", "oot_split", "y", "p_oracle", *names)
     x, y, groups = pdf[names].to_numpy(np.float64), pdf["y"].to_numpy(np.float64), pdf["user_id"].to_numpy()
     fit = ((pdf["split"] == "train") & (pdf["oot_split"] == "train")).to_numpy()
     sets = _evaluation_sets(pdf)

@@ -13,6 +13,7 @@ written when it fails. Floating-point columns never accept NaN or ±inf (missing
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from importlib import resources
@@ -164,10 +165,14 @@ def _value_checks(df: DataFrame, schema: TableSchema, partitions: list[str] | No
     return checks
 
 
-def _examples(df: DataFrame, keys: list[str], bad: Any, n: int = 3) -> str:
-    """A few example keys of the rows where ``bad`` holds, as ``(user_id=1, month='2024-06')``."""
-    rows = df.filter(bad).select(*keys).orderBy(*keys).limit(n).collect()
+def format_keys(rows: list[Any], keys: Sequence[str]) -> str:
+    """Rows' keys as ``(user_id=1, month='2024-06'), (user_id=2, month='2024-06')``."""
     return ", ".join("(" + ", ".join(f"{k}={r[k]!r}" for k in keys) + ")" for r in rows)
+
+
+def example_keys(df: DataFrame, keys: Sequence[str], bad: Any, n: int = 3) -> str:
+    """The first ``n`` keys (in key order) of the rows of ``df`` where the Column ``bad`` holds."""
+    return format_keys(df.filter(bad).select(*keys).orderBy(*keys).limit(n).collect(), keys)
 
 
 def validate(df: DataFrame, table: str, partitions: list[str] | None = None) -> None:
@@ -193,7 +198,7 @@ def validate(df: DataFrame, table: str, partitions: list[str] | None = None) -> 
     if row["__rows"] == 0:
         raise DataValidationError(table, [("*", "input is empty (0 rows)")])
     keys = list(schema.keys)
-    problems = [(col, f"{row[f'__c{i}']} rows with {what}, e.g. {_examples(df, keys, bad)}")
+    problems = [(col, f"{row[f'__c{i}']} rows with {what}, e.g. {example_keys(df, keys, bad)}")
                 for i, (col, what, bad) in enumerate(checks) if row[f"__c{i}"]]
     problems += [(c, f"all {row['__rows']} values are null (a broken extract? drop the column or fix the source)")
                  for i, c in enumerate(nullable) if row[f"__n{i}"] == 0]
@@ -203,8 +208,7 @@ def validate(df: DataFrame, table: str, partitions: list[str] | None = None) -> 
     first = dup.orderBy(*keys).limit(3).collect()
     if first:
         n_dup = dup.count()
-        example = ", ".join("(" + ", ".join(f"{k}={r[k]!r}" for k in keys) + ")" for r in first)
-        raise DataValidationError(table, [(",".join(keys), f"{n_dup} duplicate keys, e.g. {example}")])
+        raise DataValidationError(table, [(",".join(keys), f"{n_dup} duplicate keys, e.g. {format_keys(first, keys)}")])
 
 
 def conform(df: DataFrame, table: str) -> DataFrame:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 from abc import ABC, abstractmethod
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
@@ -20,8 +20,24 @@ from pyspark.sql import types as T
 from ..config import BaseModelSettings, Config, ModelSpec, is_under
 from ..io.files import read_bytes, read_text, write_bytes, write_text
 
+if TYPE_CHECKING:
+    import pandas as pd
+
 KEYS = ("user_id", "month")
 LABEL = "y"
+
+
+def keyed_pandas(df: DataFrame, *columns: str) -> "pd.DataFrame":
+    """``columns`` of ``df`` as pandas, rows sorted by (user_id, month).
+
+    A shuffle's output order varies between runs (map outputs arrive in any order), and a model
+    fitted on rows in another order is another model (float sums, bagging, batches): every
+    training input collected to the driver goes through here so a stage run twice gives the
+    same model.
+    """
+    return df.orderBy(*KEYS).select(*columns).toPandas()
+
+
 # keys and every label column: a label among the model inputs would be a leak
 NOT_FEATURES = {"user_id", "month", "y", "y_h1", "y_h2", "y_h3", "label_complete", "y_engage", "y_visit"}
 

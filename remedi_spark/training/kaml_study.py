@@ -31,7 +31,7 @@ from ..folds.assign import OPEN, open_window_rows
 from ..io.schemas import frame_from_pandas
 from ..io.store import TableStore
 from ..metrics import k_for, lead_metrics
-from ..models.base import LABEL, FeatureSpec
+from ..models.base import LABEL, FeatureSpec, keyed_pandas
 from ..models.neural.base import build_config
 from ..models.neural.feature_map import FeatureMap
 from ..models.neural.loop import make_module, predict_logits, train_in_process
@@ -100,7 +100,7 @@ def kaml_ablation_table(train: Arrays, open_rows: Arrays, valid: Arrays, test: A
 
 
 def _arrays(df: DataFrame, fmap: FeatureMap) -> Arrays:
-    pdf = df.select(*fmap.columns, LABEL, *HORIZON_COLS).toPandas()
+    pdf = keyed_pandas(df, *fmap.columns, LABEL, *HORIZON_COLS)
     dense, ids = fmap.transform(pdf)
     return (dense, ids, pdf[LABEL].astype("float64").to_numpy(dtype=np.float32),
             pdf[list(HORIZON_COLS)].astype("float64").to_numpy(dtype=np.float32))

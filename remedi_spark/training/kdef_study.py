@@ -28,7 +28,7 @@ from ..config import Config, ConfigError
 from ..io.schemas import frame_from_pandas
 from ..io.store import TableStore
 from ..metrics import lead_metrics
-from ..models.base import LABEL, FeatureSpec
+from ..models.base import LABEL, FeatureSpec, keyed_pandas
 from ..models.neural.base import RemediModel, build_config
 from ..models.neural.feature_map import FeatureMap
 from ..models.neural.layers import FieldEmbedding
@@ -127,7 +127,7 @@ def run_kdef_study(spark: SparkSession, cfg: Config, store: TableStore) -> dict[
                           numeric_encoding=params.numeric_encoding, n_buckets=params.n_buckets)
 
     def arrays(df) -> Arrays:
-        pdf = df.select(*fmap.columns, LABEL).toPandas()
+        pdf = keyed_pandas(df, *fmap.columns, LABEL)
         dense, ids = fmap.transform(pdf)
         return dense, ids, pdf[LABEL].to_numpy(dtype=np.float32)
 

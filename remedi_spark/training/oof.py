@@ -139,8 +139,10 @@ def root_cause(exc: BaseException) -> str:
     text = str(exc)
     found = re.findall(r"^(?:[\w.]+\.)?(\w+(?:Error|Exception): .+)$", text, flags=re.MULTILINE)
     python = [line for line in found if not line.startswith(("Py4J", "SparkException", "PythonException"))]
-    line = python[-1] if python else (text.strip().splitlines() or [""])[0]
-    return f"{type(exc).__name__}: {line.strip()[:300]}" if not python else line.strip()[:300]
+    if python:
+        return python[-1].strip()[:300]
+    first = (text.strip().splitlines() or [""])[0]
+    return f"{type(exc).__name__}: {first.strip()[:300]}"
 
 
 def train_base_models(spark: SparkSession, cfg: Config, store: TableStore, models: list[str] | None = None

@@ -20,7 +20,7 @@ from pyspark import BarrierTaskContext
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from ..base import KEYS, LABEL, BaseModel
+from ..base import KEYS, LABEL, BaseModel, keyed_pandas
 from .focal import focal_eval, focal_objective
 
 _BOOSTERS: dict[int, lgb.Booster] = {}  # per Python worker: parse each model once
@@ -49,7 +49,9 @@ def barrier_train(spark: SparkSession, data: DataFrame, valid: pd.DataFrame, col
     Returns the model text, the best iteration and rank 0's timings (seconds spent receiving
     and converting its rows, and in ``lightgbm.train``: dataset construction plus boosting).
 
-    ``data`` holds ``columns`` and ``y``; ``valid`` (pandas, same columns) drives early stopping.
+    ``data`` holds the keys, ``columns`` and ``y``; ``valid`` (pandas, same columns) drives early
+    stopping. Each task gets the rows of one key-hash part in key order, so the same data gives the
+    same model on every run (with ``deterministic`` and a forced histogram layout in the params).
     """
     workers = max(1, min(num_workers, spark.sparkContext.defaultParallelism))
     shared = spark.sparkContext.broadcast(valid[[*columns, LABEL]])
@@ -85,7 +87,8 @@ def barrier_train(spark: SparkSession, data: DataFrame, valid: pd.DataFrame, col
             yield pd.DataFrame({"model": [booster.model_to_string(num_iteration=best)], "best": [best],
                                 "load_seconds": [loaded - started], "train_seconds": [boosted - loaded]})
 
-    rows = data.select(*columns, LABEL).repartition(workers).mapInPandas(
+    parts = data.repartition(workers, *KEYS).sortWithinPartitions(*KEYS)
+    rows = parts.select(*columns, LABEL).mapInPandas(
         task, "model string, best int, load_seconds double, train_seconds double",
         barrier=True).collect()
     shared.unpersist()
@@ -126,7 +129,7 @@ class NativeLightGBM(BaseModel):
         if self.spec.objective == "focal":  # start from the base rate, not p = 0.5
             rate = stats["pos"] / stats["n"]
             init = float(np.log(rate / (1 - rate)))
-        valid_pdf = valid.select(*self.features.columns, LABEL).toPandas()
+        valid_pdf = keyed_pandas(valid, *self.features.columns, LABEL)
         self._text, best, timings = barrier_train(spark, train, valid_pdf, self.features.columns,
                                          self.features.categorical_indexes, params, rounds,
                                          self.settings.early_stopping_rounds, self.settings.num_workers, init, feval)

@@ -22,7 +22,7 @@ _PARAM_NAMES = {
     "bagging_fraction": "baggingFraction", "bagging_freq": "baggingFreq", "lambda_l1": "lambdaL1",
     "lambda_l2": "lambdaL2", "max_bin": "maxBin", "metric": "metric", "seed": "seed",
     "verbosity": "verbosity", "is_unbalance": "isUnbalance", "scale_pos_weight": "scalePosWeight",
-    "max_depth": "maxDepth", "min_sum_hessian_in_leaf": "minSumHessianInLeaf",
+    "max_depth": "maxDepth", "min_sum_hessian_in_leaf": "minSumHessianInLeaf", "deterministic": "deterministic",
 }
 _VECTOR = "_features"
 _VALID = "_is_valid"
@@ -48,7 +48,7 @@ class SynapseLightGBM(BaseModel):
             if name and clf.hasParam(name):
                 clf.set(clf.getParam(name), value)
             else:
-                passthrough.append(f"{key}={value}")
+                passthrough.append(f"{key}={str(value).lower() if isinstance(value, bool) else value}")
         if passthrough:
             clf.setPassThroughArgs(" ".join(passthrough))
         return clf
@@ -58,11 +58,13 @@ class SynapseLightGBM(BaseModel):
 
     def fit(self, train: DataFrame, valid: DataFrame) -> "SynapseLightGBM":
         stats = train.agg(F.count(F.lit(1)).alias("n"), F.sum(LABEL).alias("pos")).first()
-        cols = [*self.features.columns, LABEL]
+        cols = [*KEYS, *self.features.columns, LABEL]
         data = train.select(*cols, F.lit(False).alias(_VALID)).unionByName(valid.select(*cols, F.lit(True).alias(_VALID)))
         # a shuffle right before the fit: barrier stages refuse union/limit chains (SPARK-24820)
-        # and SynapseML trains one LightGBM worker per partition
-        self._model = self._classifier(stats).fit(self._assemble(data).repartition(self.settings.num_workers))
+        # and SynapseML trains one LightGBM worker per partition; rows in key order within each
+        # part, so the same data gives the same model on every run
+        parts = self._assemble(data).repartition(self.settings.num_workers, *KEYS).sortWithinPartitions(*KEYS)
+        self._model = self._classifier(stats).fit(parts)
         self.info.update(best_iteration=int(self._model.getBoosterBestIteration()), train_rows=stats["n"],
                          train_positives=stats["pos"])
         return self

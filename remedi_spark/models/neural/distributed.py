@@ -65,11 +65,14 @@ def train_distributed(spark: SparkSession, rows: DataFrame, model_name: str, mod
     """Train on ``rows`` (columns dense array<float>, cat array<bigint>, y float and, for models that
     need horizons, h array<float> with NaN = not observed, and for models with auxiliary labels
     a array<float>, NaN = unknown); rank 0's result."""
-    from petastorm.spark import make_spark_converter
+    from petastorm.spark import SparkDatasetConverter, make_spark_converter
     from pyspark.ml.torch.distributor import TorchDistributor
 
     ensure_cache_dir(spark)
-    converter = make_spark_converter(rows)
+    listed = make_spark_converter(rows)
+    # the files in name order: Spark lists them in directory order, which varies between runs (the
+    # names hold random ids), and the reader deals row groups to shards in the order it is given
+    converter = SparkDatasetConverter(listed.cache_dir_url, sorted(listed.file_urls), listed.dataset_size)
     try:
         distributor = TorchDistributor(num_processes=params["num_processes"], local_mode=False, use_gpu=False)
         return distributor.run(_train_worker, converter, model_name, model_cfg, vocab_sizes, num_numeric,

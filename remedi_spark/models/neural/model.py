@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 from pyspark.sql import DataFrame, SparkSession
 
-from ..base import KEYS, LABEL, BaseModel
+from ..base import KEYS, LABEL, BaseModel, keyed_pandas
 from .base import build_config
 from .feature_map import FeatureMap
 
@@ -116,7 +116,7 @@ class NeuralModel(BaseModel):
         # hash-partitioned by key, sorted within each part; 2 parts per process so each reader shard gets data
         parts = train.repartition(2 * params.num_processes, *KEYS).sortWithinPartitions(*KEYS)
         rows = parts.select(*columns, LABEL, *horizons, *aux).mapInPandas(to_tensors, schema)
-        valid_pdf = valid.orderBy(*KEYS).select(*columns, LABEL).toPandas()
+        valid_pdf = keyed_pandas(valid, *columns, LABEL)
         v_y = valid_pdf[LABEL].astype("float64").to_numpy(dtype=np.float32)
         if np.isnan(v_y).any():
             raise ValueError(f"model {self.name!r}: {int(np.isnan(v_y).sum())} early-stopping rows have a null "
