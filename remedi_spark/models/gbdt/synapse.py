@@ -41,7 +41,11 @@ class SynapseLightGBM(BaseModel):
         clf = LightGBMClassifier(labelCol=LABEL, featuresCol=_VECTOR, validationIndicatorCol=_VALID,
                                  earlyStoppingRound=self.settings.early_stopping_rounds, objective="binary",
                                  categoricalSlotIndexes=self.features.categorical_indexes,
-                                 numTasks=self.settings.num_workers, useBarrierExecutionMode=True)
+                                 numTasks=self.settings.num_workers, useBarrierExecutionMode=True,
+                                 # one LightGBM worker per partition, not one dataset per executor fed by
+                                 # its tasks concurrently (rows in arrival order): the same model on every
+                                 # run and on any layout (local[2] or two executors)
+                                 useSingleDatasetMode=False)
         passthrough = []
         for key, value in params.items():
             name = _PARAM_NAMES.get(key)
