@@ -104,6 +104,7 @@ class BaseModelSettings:
     early_stopping_rounds: int
     early_stopping_fraction: float
     num_workers: int
+    synapseml_transfer: str
     imbalance: str
     lightgbm: dict
     focal: FocalSettings

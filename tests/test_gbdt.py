@@ -51,6 +51,22 @@ def test_backends_agree_and_learn(toy, base_cfg):
     assert abs(aucs["synapseml"] - aucs["native"]) < 0.01, aucs
 
 
+@pytest.mark.parametrize("backend", ["synapseml", "native"])
+def test_the_same_rows_in_another_layout_give_the_same_model(toy, base_cfg, backend):
+    """What makes a stage rerun (or a cluster run) reproduce local results: the model does not
+    depend on how the input rows happen to be partitioned or ordered."""
+    features, train, valid, test = toy
+    spec = _spec("m", backend)
+    texts = [build_model(spec, base_cfg.base_models, features).fit(rows, valid).artifact()
+             for rows in (train, train.repartition(5).sortWithinPartitions(F.desc("user_id")))]
+    # data-parallel over num_workers partitions, as on a cluster (not serial on one executor's rows)
+    assert b"[tree_learner: data]" in texts[0] and b"[num_machines: 2]" in texts[0]
+    # the trees, not the parameters section after them (it records each run's ports)
+    models = [text.split(b"\nparameters:")[0] for text in texts]
+    assert b"Tree=10" in models[0]
+    assert models[0] == models[1]
+
+
 @pytest.mark.parametrize("backend, objective", [("synapseml", "logloss"), ("native", "focal")])
 def test_saved_model_reloads_and_predicts_identically(spark, toy, base_cfg, tmp_path, backend, objective):
     features, train, valid, test = toy

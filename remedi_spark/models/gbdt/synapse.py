@@ -34,6 +34,9 @@ class SynapseLightGBM(BaseModel):
     def _classifier(self, stats: Any) -> Any:
         from synapse.ml.lightgbm import LightGBMClassifier
 
+        if self.settings.synapseml_transfer not in ("bulk", "streaming"):
+            raise ValueError(f"base_models.synapseml_transfer: {self.settings.synapseml_transfer!r} is not bulk or "
+                             "streaming")
         if self.spec.objective != "logloss":
             raise ValueError(f"{self.name}: SynapseML cannot take a Python objective ({self.spec.objective}); "
                              "set backend: native for this model")
@@ -41,7 +44,10 @@ class SynapseLightGBM(BaseModel):
         clf = LightGBMClassifier(labelCol=LABEL, featuresCol=_VECTOR, validationIndicatorCol=_VALID,
                                  earlyStoppingRound=self.settings.early_stopping_rounds, objective="binary",
                                  categoricalSlotIndexes=self.features.categorical_indexes,
-                                 numTasks=self.settings.num_workers, useBarrierExecutionMode=True)
+                                 numTasks=self.settings.num_workers, useBarrierExecutionMode=True,
+                                 dataTransferMode=self.settings.synapseml_transfer,
+                                 # with bulk transfer: one LightGBM worker per partition, not per executor
+                                 useSingleDatasetMode=False)
         passthrough = []
         for key, value in params.items():
             name = _PARAM_NAMES.get(key)
