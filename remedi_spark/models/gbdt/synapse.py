@@ -46,7 +46,7 @@ class SynapseLightGBM(BaseModel):
                                  categoricalSlotIndexes=self.features.categorical_indexes,
                                  numTasks=self.settings.num_workers, useBarrierExecutionMode=True,
                                  dataTransferMode=self.settings.synapseml_transfer,
-                                 # with bulk transfer: one LightGBM worker per partition, not per executor
+                                 # bulk transfer: one LightGBM worker per partition (streaming: per executor)
                                  useSingleDatasetMode=False)
         passthrough = []
         for key, value in params.items():
