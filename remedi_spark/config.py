@@ -248,6 +248,7 @@ _CHOICES = {
     "spark.profile": {"local", "cluster", "databricks"},
     "features.source": {"builtin", "custom"},
     "base_models.imbalance": {"none", "is_unbalance", "scale_pos_weight"},
+    "base_models.synapseml_transfer": {"bulk", "streaming"},
     "kdef_study.subnets": {"mlp", "cross", "cin", "fm"},  # list items
     "lead_list.cap_column": {"region_id", "dealer_id"},
     "lead_list.export_formats": {"csv", "parquet"},

@@ -27,14 +27,18 @@ KEYS = ("user_id", "month")
 LABEL = "y"
 
 
-def keyed_pandas(df: DataFrame, *columns: str) -> "pd.DataFrame":
-    """``columns`` of ``df`` as pandas, rows sorted by (user_id, month).
+# A shuffle's output order varies between runs (map outputs arrive in any order), and a model
+# fitted on rows in another order is another model (float sums, bagging, batches). Every training
+# input goes through one of these two, so a stage run twice, or on a cluster, gives the same model.
+def keyed_parts(df: DataFrame, n: int) -> DataFrame:
+    """``df`` in ``n`` partitions by hash of (user_id, month), each partition in key order: the
+    rows each distributed training task (or reader shard) gets, whatever the input's layout."""
+    return df.repartition(n, *KEYS).sortWithinPartitions(*KEYS)
 
-    A shuffle's output order varies between runs (map outputs arrive in any order), and a model
-    fitted on rows in another order is another model (float sums, bagging, batches): every
-    training input collected to the driver goes through here so a stage run twice gives the
-    same model.
-    """
+
+def keyed_pandas(df: DataFrame, *columns: str) -> "pd.DataFrame":
+    """``columns`` of ``df`` as pandas, rows sorted by (user_id, month): training inputs
+    collected to the driver."""
     return df.orderBy(*KEYS).select(*columns).toPandas()
 
 

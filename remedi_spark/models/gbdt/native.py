@@ -20,7 +20,7 @@ from pyspark import BarrierTaskContext
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from ..base import KEYS, LABEL, BaseModel, keyed_pandas
+from ..base import KEYS, LABEL, BaseModel, keyed_pandas, keyed_parts
 from .focal import focal_eval, focal_objective
 
 _BOOSTERS: dict[int, lgb.Booster] = {}  # per Python worker: parse each model once
@@ -87,8 +87,7 @@ def barrier_train(spark: SparkSession, data: DataFrame, valid: pd.DataFrame, col
             yield pd.DataFrame({"model": [booster.model_to_string(num_iteration=best)], "best": [best],
                                 "load_seconds": [loaded - started], "train_seconds": [boosted - loaded]})
 
-    parts = data.repartition(workers, *KEYS).sortWithinPartitions(*KEYS)
-    rows = parts.select(*columns, LABEL).mapInPandas(
+    rows = keyed_parts(data, workers).select(*columns, LABEL).mapInPandas(
         task, "model string, best int, load_seconds double, train_seconds double",
         barrier=True).collect()
     shared.unpersist()

@@ -12,7 +12,7 @@ from pyspark.ml.functions import vector_to_array
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from ..base import KEYS, LABEL, BaseModel
+from ..base import KEYS, LABEL, BaseModel, keyed_parts
 from .native import imbalance_params
 
 # LightGBM parameter name -> SynapseML Param name
@@ -34,9 +34,6 @@ class SynapseLightGBM(BaseModel):
     def _classifier(self, stats: Any) -> Any:
         from synapse.ml.lightgbm import LightGBMClassifier
 
-        if self.settings.synapseml_transfer not in ("bulk", "streaming"):
-            raise ValueError(f"base_models.synapseml_transfer: {self.settings.synapseml_transfer!r} is not bulk or "
-                             "streaming")
         if self.spec.objective != "logloss":
             raise ValueError(f"{self.name}: SynapseML cannot take a Python objective ({self.spec.objective}); "
                              "set backend: native for this model")
@@ -67,10 +64,8 @@ class SynapseLightGBM(BaseModel):
         cols = [*KEYS, *self.features.columns, LABEL]
         data = train.select(*cols, F.lit(False).alias(_VALID)).unionByName(valid.select(*cols, F.lit(True).alias(_VALID)))
         # a shuffle right before the fit: barrier stages refuse union/limit chains (SPARK-24820)
-        # and SynapseML trains one LightGBM worker per partition; rows in key order within each
-        # part, so the same data gives the same model on every run
-        parts = self._assemble(data).repartition(self.settings.num_workers, *KEYS).sortWithinPartitions(*KEYS)
-        self._model = self._classifier(stats).fit(parts)
+        # and SynapseML trains one LightGBM worker per partition (bulk transfer)
+        self._model = self._classifier(stats).fit(keyed_parts(self._assemble(data), self.settings.num_workers))
         self.info.update(best_iteration=int(self._model.getBoosterBestIteration()), train_rows=stats["n"],
                          train_positives=stats["pos"])
         return self

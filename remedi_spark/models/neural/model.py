@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 from pyspark.sql import DataFrame, SparkSession
 
-from ..base import KEYS, LABEL, BaseModel, keyed_pandas
+from ..base import KEYS, LABEL, BaseModel, keyed_pandas, keyed_parts
 from .base import build_config
 from .feature_map import FeatureMap
 
@@ -112,10 +112,9 @@ class NeuralModel(BaseModel):
 
         schema = ("dense array<float>, cat array<bigint>, y float" + (", h array<float>" if horizons else "")
                   + (", a array<float>" if aux else ""))
-        # a fixed row order (a shuffle's output order varies between runs), so the same batches every run:
-        # hash-partitioned by key, sorted within each part; 2 parts per process so each reader shard gets data
-        parts = train.repartition(2 * params.num_processes, *KEYS).sortWithinPartitions(*KEYS)
-        rows = parts.select(*columns, LABEL, *horizons, *aux).mapInPandas(to_tensors, schema)
+        # the same batches every run; 2 parts per process so each reader shard gets data
+        rows = (keyed_parts(train, 2 * params.num_processes).select(*columns, LABEL, *horizons, *aux)
+                .mapInPandas(to_tensors, schema))
         valid_pdf = keyed_pandas(valid, *columns, LABEL)
         v_y = valid_pdf[LABEL].astype("float64").to_numpy(dtype=np.float32)
         if np.isnan(v_y).any():
