@@ -3,7 +3,9 @@ import math
 
 import numpy as np
 
-from remedi_spark.report.build import finite
+from remedi_spark.io.schemas import load_schema
+from remedi_spark.report.build import STUDIES, finite
+from remedi_spark.report.collect import STUDY_TABLES
 from remedi_spark.report.html import fmt, table
 from remedi_spark.tracking import flatten_metrics, flatten_params, metric_key
 
@@ -40,3 +42,10 @@ def test_summary_numbers_flatten_to_safe_metric_keys():
 def test_config_flattens_to_section_key_params():
     params = flatten_params({"lead_list": {"k": 60000, "export_formats": ["csv"]}, "spark": {"conf": {"a": 1}}})
     assert params == {"lead_list.k": "60000", "lead_list.export_formats": '["csv"]', "spark.conf": '{"a": 1}'}
+
+
+def test_every_study_table_has_a_report_section_of_its_own_columns():
+    assert set(STUDIES) == set(STUDY_TABLES)
+    for name, (_, columns, _) in STUDIES.items():
+        schema = load_schema(name).names
+        assert "variant" in schema and set(columns) <= set(schema), name

@@ -36,6 +36,18 @@ TABLES = {  # key: (fusion_results section, title)
 }
 EVALUATIONS = {"user_split": "held-out owners (random 20% of owners, all labelled months)",
                "out_of_time": "held-out owners in the newest labelled month (out of time)"}
+STUDIES = {  # study table (collect.STUDY_TABLES): (section title, columns after the variant's name, footnote)
+    "kdef_study": ("KDEF study (newest kdef-study run)",
+                   ["k", "member", "auc", "logloss", "knowledge_abundance", "epochs"], ""),
+    "kaml_study": ("KAML study: multi-horizon model ablations (newest kaml-study run)",
+                   ["open_windows", "shared", "rank_weight", "train_rows", "open_rows", "auc", "logloss",
+                    "precision_at_k", "auc_h1", "auc_h2", "auc_h3"],
+                   "Fully labelled held-out owners; open-window rows only ever used for training."),
+    "hm3_study": ("HM3 study: behaviour-funnel model ablations (newest hm3-study run)",
+                  ["hierarchical", "aux_weight", "train_rows", "auc", "logloss", "precision_at_k", "auc_engage",
+                   "auc_visit"],
+                  "Fully labelled held-out owners; the teacher without HM3 is the fusion ablation <i>without_hm3</i>."),
+}
 FIGURES = {
     "gains": "Cumulative gains, held-out owners of the evaluation month",
     "lift": "Lift, held-out owners of the evaluation month",
@@ -150,12 +162,7 @@ def report_numbers(data: ReportData, cfg: Config) -> dict[str, Any]:
         "k_fraction": cfg.base_models.metric_k_fraction,
         "best_base_model": data.best_base,
         "tables": result_tables(data),
-        "kdef_study": _records(data.kdef_study.drop(columns=["run_id"], errors="ignore"))
-        if data.kdef_study is not None else None,
-        "kaml_study": _records(data.kaml_study.drop(columns=["run_id"], errors="ignore"))
-        if data.kaml_study is not None else None,
-        "hm3_study": _records(data.hm3_study.drop(columns=["run_id"], errors="ignore"))
-        if data.hm3_study is not None else None,
+        "studies": {t: _records(rows.drop(columns=["run_id"], errors="ignore")) for t, rows in data.studies.items()},
         "evaluation": evaluation_numbers(data, cfg.report.curve_points, cfg.report.calibration_bins),
         "monthly": _records(monthly),
         "importance": {"top": _records(importance.head(cfg.report.top_features)),
@@ -218,23 +225,10 @@ def render_html(numbers: dict[str, Any], pngs: dict[str, bytes]) -> str:
     sections.append(("Table 4 — distillation (teacher → one LightGBM student)",
                      "<p>Held-out owners; <i>seconds_per_1000</i> is the inference time per 1,000 owners.</p>"
                      + table(numbers["tables"]["distillation"]["user_split"], distill_cols)))
-    if numbers["kdef_study"]:
-        sections.append(("KDEF study (newest kdef-study run)", table(
-            [{"name": r["variant"], **r} for r in numbers["kdef_study"]],
-            ["name", "k", "member", "auc", "logloss", "knowledge_abundance", "epochs"])))
-    if numbers["kaml_study"]:
-        sections.append(("KAML study: multi-horizon model ablations (newest kaml-study run)", table(
-            [{"name": r["variant"], **r} for r in numbers["kaml_study"]],
-            ["name", "open_windows", "shared", "rank_weight", "train_rows", "open_rows", "auc", "logloss",
-             "precision_at_k", "auc_h1", "auc_h2", "auc_h3"])
-            + "<p class='meta'>Fully labelled held-out owners; open-window rows only ever used for training.</p>"))
-    if numbers["hm3_study"]:
-        sections.append(("HM3 study: behaviour-funnel model ablations (newest hm3-study run)", table(
-            [{"name": r["variant"], **r} for r in numbers["hm3_study"]],
-            ["name", "hierarchical", "aux_weight", "train_rows", "auc", "logloss", "precision_at_k",
-             "auc_engage", "auc_visit"])
-            + "<p class='meta'>Fully labelled held-out owners; the teacher without HM3 is the fusion ablation "
-              "<i>without_hm3</i>.</p>"))
+    for name, rows in numbers["studies"].items():
+        title, columns, note = STUDIES[name]
+        sections.append((title, table([{"name": r["variant"], **r} for r in rows], ["name", *columns])
+                         + (f"<p class='meta'>{note}</p>" if note else "")))
     sections.append(("Curves", "<div class='figs'>" + "".join(
         figure(pngs[n], FIGURES[n]) for n in ("gains", "lift", "precision_at_k", "business_recall_at_k")) + "</div>"))
     sections.append(("Scores and calibration", "<div class='figs'>" + "".join(

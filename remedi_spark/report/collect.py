@@ -42,9 +42,7 @@ class ReportData:
     best_base: str
     importance: pd.DataFrame        # feature, group, gain, share
     warnings: list[str] = field(default_factory=list)
-    kdef_study: pd.DataFrame | None = None
-    kaml_study: pd.DataFrame | None = None
-    hm3_study: pd.DataFrame | None = None
+    studies: dict[str, pd.DataFrame] = field(default_factory=dict)  # study table name → its rows (those written)
     monitoring: pd.DataFrame | None = None
 
     @property
@@ -52,6 +50,7 @@ class ReportData:
         return self.held_out[self.held_out["month"] == self.evaluation_month]
 
 
+STUDY_TABLES = ("kdef_study", "kaml_study", "hm3_study")  # written by the optional *-study stages
 PIPELINE_JOBS = ("generate", "features", "folds", "train-base", "meta-features", "fusion", "distill")
 
 
@@ -179,9 +178,7 @@ def collect(spark: SparkSession, cfg: Config, store: TableStore, run: str | None
     months = pipeline.get("info", {}).get("months", {})
     evaluation_month = months.get("evaluation") or str(held_out["month"].max())
     n_eval = int((held_out["month"] == evaluation_month).sum())
-    kdef = store.read("kdef_study").toPandas() if store.exists("kdef_study") else None
-    kaml = store.read("kaml_study").toPandas() if store.exists("kaml_study") else None
-    hm3 = store.read("hm3_study").toPandas() if store.exists("hm3_study") else None
+    studies = {t: store.read(t).toPandas() for t in STUDY_TABLES if store.exists(t)}
     monitoring = None
     if store.exists("monitoring"):  # monitoring runs after the pipeline: its newest version
         versions["monitoring"] = store.version("monitoring")
@@ -189,5 +186,5 @@ def collect(spark: SparkSession, cfg: Config, store: TableStore, run: str | None
     return ReportData(pipeline=pipeline, stages=stages, versions=versions, evaluation_month=evaluation_month,
                       k=k_for(n_eval, cfg.base_models.metric_k_fraction), fusion_results=fusion,
                       distill_results=distill, held_out=held_out, best_base=best_base,
-                      importance=student_importance(spark, cfg, store), warnings=warnings, kdef_study=kdef, kaml_study=kaml,
-                      hm3_study=hm3, monitoring=monitoring)
+                      importance=student_importance(spark, cfg, store), warnings=warnings, studies=studies,
+                      monitoring=monitoring)
