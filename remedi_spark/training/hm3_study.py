@@ -28,15 +28,13 @@ from ..config import Config, ConfigError
 from ..io.schemas import frame_from_pandas
 from ..io.store import TableStore
 from ..metrics import k_for, lead_metrics
-from ..models.base import LABEL, FeatureSpec, load_model, model_roots
-from ..models.neural.base import build_config
-from ..models.neural.feature_map import FeatureMap
+from ..models.base import LABEL, load_model, model_roots
 from ..models.neural.loop import make_module, predict_outputs, train_in_process
-from ..models.neural.model import NeuralModel, TorchTrainParams
+from ..models.neural.model import NeuralModel
 from ..models.neural.zoo.hm3 import AUX_LABELS
-from .oof import ES, model_path, training_frame
+from .oof import model_path, training_frame
+from .study_inputs import Arrays, cell, study_model, study_rows
 
-Arrays = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]  # dense, cat_ids, y, aux (NaN = unknown)
 
 VARIANTS: dict[str, dict[str, Any]] = {
     "full": {},
@@ -81,44 +79,20 @@ def hm3_ablation_table(train: Arrays, valid: Arrays, test: Arrays, vocab_sizes: 
     return pd.DataFrame(rows)
 
 
-def _arrays(df: DataFrame, fmap: FeatureMap) -> Arrays:
-    pdf = df.select(*fmap.columns, LABEL, *AUX_LABELS).toPandas()
-    dense, ids = fmap.transform(pdf)
-    return (dense, ids, pdf[LABEL].astype("float64").to_numpy(dtype=np.float32),
-            pdf[list(AUX_LABELS)].astype("float64").to_numpy(dtype=np.float32))
-
-
-def _study_spec(cfg: Config) -> Any:
-    specs = [s for s in cfg.base_models.models if s.name == cfg.hm3_study.model]
-    if not specs or specs[0].family != "hm3":
-        raise ConfigError(f"hm3_study.model: {cfg.hm3_study.model!r} is not a configured base model of family hm3")
-    return specs[0]
-
-
 def run_hm3_study(spark: SparkSession, cfg: Config, store: TableStore) -> dict[str, Any]:
     """Stage ``hm3-study``: the ablation table of the configured HM3 model, written to ``hm3_study``;
     the summary holds the rows used and the table as records."""
-    spec = _study_spec(cfg)
-    params = build_config(TorchTrainParams, spec.params)
+    spec, params = study_model(cfg, "hm3_study", cfg.hm3_study.model, "hm3")
     data = training_frame(store, cfg).filter(F.col("split").isin("train", "test"))
     missing = [c for c in AUX_LABELS if c not in data.columns]
     if missing:
         raise ConfigError(f"hm3 study: table 'features' lacks the funnel label columns {missing}: rebuild the "
                           "features (stage features) with this version")
-    members = cfg.base_models.feature_groups[spec.feature_group] if spec.feature_group else None
-    features = FeatureSpec.from_frame(data.filter(F.col("split") == "train").drop("fold", "split", ES), members)
-    encoded = features.encode(data, extra=(LABEL, *AUX_LABELS, "split", ES))
-    if cfg.hm3_study.max_train_rows:
-        share = cfg.hm3_study.max_train_rows / max(1, encoded.filter(F.col("split") == "train").count())
-        encoded = encoded.filter((F.col("split") == "test") | (F.rand(seed=params.seed) < share))
-    encoded = encoded.localCheckpoint()
-    fit_rows = encoded.filter((F.col("split") == "train") & ~F.col(ES))
-    fmap = FeatureMap.fit(fit_rows, features.columns, vocab=features.categorical,
-                          numeric_encoding=params.numeric_encoding, n_buckets=params.n_buckets)
-    train = _arrays(fit_rows, fmap)
-    valid = _arrays(encoded.filter((F.col("split") == "train") & F.col(ES)), fmap)
-    test = _arrays(encoded.filter(F.col("split") == "test"), fmap)
-    table = hm3_ablation_table(train, valid, test, fmap.vocab_sizes, len(fmap.numeric), params.model,
+    rows = study_rows(cfg, spec, params, data, AUX_LABELS, cfg.hm3_study.max_train_rows)
+    train = rows.arrays(rows.split("train", early_stopping=False))
+    valid = rows.arrays(rows.split("train", early_stopping=True))
+    test = rows.arrays(rows.split("test"))
+    table = hm3_ablation_table(train, valid, test, rows.fmap.vocab_sizes, len(rows.fmap.numeric), params.model,
                                params.loop_params(), cfg.base_models.metric_k_fraction)
     table["run_id"] = store.run.run_id if store.run else "adhoc"
     store.write_table(frame_from_pandas(spark, table, "hm3_study"), "hm3_study")
@@ -141,9 +115,6 @@ def funnel_scores(spark: SparkSession, cfg: Config, store: TableStore, df: DataF
 
 def format_hm3_table(records: list[dict[str, Any]]) -> str:
     """Markdown: one line per variant (AUC, LogLoss, P@K of P(buy), engage/visit AUC, rows, seconds)."""
-    def cell(v: Any, fmt: str) -> str:
-        return "–" if v is None or (isinstance(v, float) and np.isnan(v)) else format(v, fmt)
-
     lines = ["| variant | heads | aux weight | AUC | LogLoss | P@K | AUC engage | AUC visit | train rows | seconds |",
              "|---|---|---|---|---|---|---|---|---|---|"]
     for r in records:

@@ -31,15 +31,12 @@ from ..folds.assign import OPEN, open_window_rows
 from ..io.schemas import frame_from_pandas
 from ..io.store import TableStore
 from ..metrics import k_for, lead_metrics
-from ..models.base import LABEL, FeatureSpec, keyed_pandas
-from ..models.neural.base import build_config
-from ..models.neural.feature_map import FeatureMap
 from ..models.neural.loop import make_module, predict_logits, train_in_process
-from ..models.neural.model import HORIZON_COLS, TorchTrainParams
+from ..models.neural.model import HORIZON_COLS
 from ..models.neural.zoo.kaml import KAML
-from .oof import ES, training_frame
+from .oof import training_frame
+from .study_inputs import Arrays, cell, study_model, study_rows
 
-Arrays = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]  # dense, cat_ids, y, horizons (NaN = unknown)
 
 VARIANTS: dict[str, dict[str, Any]] = {
     "full": {"family": "kaml", "open": True, "model": {}},
@@ -99,13 +96,6 @@ def kaml_ablation_table(train: Arrays, open_rows: Arrays, valid: Arrays, test: A
     return pd.DataFrame(rows)
 
 
-def _arrays(df: DataFrame, fmap: FeatureMap) -> Arrays:
-    pdf = keyed_pandas(df, *fmap.columns, LABEL, *HORIZON_COLS)
-    dense, ids = fmap.transform(pdf)
-    return (dense, ids, pdf[LABEL].astype("float64").to_numpy(dtype=np.float32),
-            pdf[list(HORIZON_COLS)].astype("float64").to_numpy(dtype=np.float32))
-
-
 def _study_folds(store: TableStore) -> DataFrame:
     """The folds table, with open-window rows derived from ``features`` when it holds none."""
     folds = store.read("folds")
@@ -118,31 +108,18 @@ def _study_folds(store: TableStore) -> DataFrame:
 def run_kaml_study(spark: SparkSession, cfg: Config, store: TableStore) -> dict[str, Any]:
     """Stage ``kaml-study``: the ablation table of the configured KAML model, written to ``kaml_study``;
     the summary holds the rows used and the table as records."""
-    study = cfg.kaml_study
-    specs = [s for s in cfg.base_models.models if s.name == study.model]
-    if not specs or specs[0].family != "kaml":
-        raise ConfigError(f"kaml_study.model: {study.model!r} is not a configured base model of family kaml")
-    params = build_config(TorchTrainParams, specs[0].params)
+    spec, params = study_model(cfg, "kaml_study", cfg.kaml_study.model, "kaml")
     data = training_frame(store, cfg, _study_folds(store))
-    members = cfg.base_models.feature_groups[specs[0].feature_group] if specs[0].feature_group else None
-    features = FeatureSpec.from_frame(data.filter(F.col("split") == "train").drop("fold", "split", ES), members)
-    encoded = features.encode(data, extra=(LABEL, *HORIZON_COLS, "split", ES))
-    if study.max_train_rows:
-        share = study.max_train_rows / max(1, encoded.filter(F.col("split") == "train").count())
-        encoded = encoded.filter((F.col("split") == "test") | (F.rand(seed=params.seed) < share))
-    encoded = encoded.localCheckpoint()
-    fit_rows = encoded.filter((F.col("split") == "train") & ~F.col(ES))
-    fmap = FeatureMap.fit(fit_rows, features.columns, vocab=features.categorical,
-                          numeric_encoding=params.numeric_encoding, n_buckets=params.n_buckets)
-    train = _arrays(fit_rows, fmap)
-    open_rows = _arrays(encoded.filter((F.col("split") == OPEN) & ~F.col(ES)), fmap)
-    valid = _arrays(encoded.filter((F.col("split") == "train") & F.col(ES)), fmap)
-    test = _arrays(encoded.filter(F.col("split") == "test"), fmap)
+    rows = study_rows(cfg, spec, params, data, HORIZON_COLS, cfg.kaml_study.max_train_rows)
+    train = rows.arrays(rows.split("train", early_stopping=False))
+    open_rows = rows.arrays(rows.split(OPEN, early_stopping=False))
+    valid = rows.arrays(rows.split("train", early_stopping=True))
+    test = rows.arrays(rows.split("test"))
     if not len(open_rows[2]):
         raise ConfigError("kaml study: the features table has no rows with an open label window after the newest "
                           "fold month (features.observed_through); nothing to ablate")
-    table = kaml_ablation_table(train, open_rows, valid, test, fmap.vocab_sizes, len(fmap.numeric), params.model,
-                                params.loop_params(), cfg.base_models.metric_k_fraction)
+    table = kaml_ablation_table(train, open_rows, valid, test, rows.fmap.vocab_sizes, len(rows.fmap.numeric),
+                                params.model, params.loop_params(), cfg.base_models.metric_k_fraction)
     table["run_id"] = store.run.run_id if store.run else "adhoc"
     store.write_table(frame_from_pandas(spark, table, "kaml_study"), "kaml_study")
     return {"rows": {"train": len(train[2]), "open": len(open_rows[2]), "valid": len(valid[2]),
@@ -152,9 +129,6 @@ def run_kaml_study(spark: SparkSession, cfg: Config, store: TableStore) -> dict[
 
 def format_kaml_table(records: list[dict[str, Any]]) -> str:
     """Markdown: one line per variant (union AUC, LogLoss, P@K, per-horizon AUC, rows, seconds)."""
-    def cell(v: Any, fmt: str) -> str:
-        return "–" if v is None or (isinstance(v, float) and np.isnan(v)) else format(v, fmt)
-
     lines = ["| variant | AUC | LogLoss | P@K | AUC T+1 | AUC T+2 | AUC T+3 | train rows (open) | seconds |",
              "|---|---|---|---|---|---|---|---|---|"]
     for r in records:

@@ -22,19 +22,16 @@ import numpy as np
 import pandas as pd
 import torch
 from pyspark.sql import SparkSession
-from pyspark.sql import functions as F
 
 from ..config import Config, ConfigError
 from ..io.schemas import frame_from_pandas
 from ..io.store import TableStore
 from ..metrics import lead_metrics
-from ..models.base import LABEL, FeatureSpec, keyed_pandas
-from ..models.neural.base import RemediModel, build_config
-from ..models.neural.feature_map import FeatureMap
+from ..models.neural.base import RemediModel
 from ..models.neural.layers import FieldEmbedding
 from ..models.neural.loop import make_module, predict_logits, train_in_process
-from ..models.neural.model import TorchTrainParams
-from .oof import ES, training_frame
+from .oof import training_frame
+from .study_inputs import study_model, study_rows
 
 Arrays = tuple[np.ndarray, np.ndarray, np.ndarray]
 
@@ -111,31 +108,13 @@ def run_kdef_study(spark: SparkSession, cfg: Config, store: TableStore) -> dict[
     """Stage ``kdef-study``: the K-table on the training split, evaluated on the held-out split,
     written to the ``kdef_study`` table; the summary holds the table as records."""
     study = cfg.kdef_study
-    specs = [s for s in cfg.base_models.models if s.name == study.model]
-    if not specs or specs[0].family != "kdef":
-        raise ConfigError(f"kdef_study.model: {study.model!r} is not a configured base model of family kdef")
-    params = build_config(TorchTrainParams, specs[0].params)
-    data = training_frame(store, cfg)
-    members = cfg.base_models.feature_groups[specs[0].feature_group] if specs[0].feature_group else None
-    features = FeatureSpec.from_frame(data.filter(F.col("split") == "train").drop("fold", "split", ES), members)
-    encoded = features.encode(data, extra=(LABEL, "split", ES))
-    if study.max_train_rows:
-        encoded = encoded.filter((F.col("split") == "test") | (F.rand(seed=params.seed) <
-                                                              study.max_train_rows / max(1, encoded.count())))
-    fit_rows = encoded.filter((F.col("split") == "train") & ~F.col(ES))
-    fmap = FeatureMap.fit(fit_rows, features.columns, vocab=features.categorical,
-                          numeric_encoding=params.numeric_encoding, n_buckets=params.n_buckets)
-
-    def arrays(df) -> Arrays:
-        pdf = keyed_pandas(df, *fmap.columns, LABEL)
-        dense, ids = fmap.transform(pdf)
-        return dense, ids, pdf[LABEL].to_numpy(dtype=np.float32)
-
-    train = arrays(fit_rows)
-    valid = arrays(encoded.filter((F.col("split") == "train") & F.col(ES)))
-    test = arrays(encoded.filter(F.col("split") == "test"))
+    spec, params = study_model(cfg, "kdef_study", study.model, "kdef")
+    rows = study_rows(cfg, spec, params, training_frame(store, cfg), max_train_rows=study.max_train_rows)
+    train, valid, test = (rows.arrays(rows.split("train", early_stopping=False))[:3],
+                          rows.arrays(rows.split("train", early_stopping=True))[:3],
+                          rows.arrays(rows.split("test"))[:3])
     run = params.loop_params()
-    table = kdef_k_table(train, valid, test, fmap.vocab_sizes, len(fmap.numeric), params.model, run,
+    table = kdef_k_table(train, valid, test, rows.fmap.vocab_sizes, len(rows.fmap.numeric), params.model, run,
                          list(study.subnets), study.max_k, study.tau)
     table["run_id"] = store.run.run_id if store.run else "adhoc"
     store.write_table(frame_from_pandas(spark, table, "kdef_study"), "kdef_study")

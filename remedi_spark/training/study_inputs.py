@@ -1,0 +1,81 @@
+"""What the in-process model studies (``kdef-study``, ``kaml-study``, ``hm3-study``) share: the
+configured model they ablate, and its training, early-stopping and held-out rows as arrays.
+
+Each study trains its variants in one process on the same rows the configured base model would
+see (its feature group, its numeric encoding), the training split for fitting and early stopping,
+the held-out split for the table's metrics.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from pyspark.sql import DataFrame
+from pyspark.sql import functions as F
+
+from ..config import Config, ConfigError, ModelSpec
+from ..models.base import LABEL, FeatureSpec, keyed_pandas
+from ..models.neural.base import build_config
+from ..models.neural.feature_map import FeatureMap
+from ..models.neural.model import TorchTrainParams
+from .oof import ES
+
+# dense, cat_ids, y, targets (one column per extra target, NaN = unknown; (n, 0) when none)
+Arrays = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]
+
+
+def study_model(cfg: Config, section: str, name: str, family: str) -> tuple[ModelSpec, TorchTrainParams]:
+    """The base model ``name`` (of ``family``) that the study in conf section ``section`` ablates,
+    and its torch training parameters; a ConfigError naming ``<section>.model`` if there is none."""
+    spec = next((s for s in cfg.base_models.models if s.name == name), None)
+    if spec is None or spec.family != family:
+        raise ConfigError(f"{section}.model: {name!r} is not a configured base model of family {family}")
+    return spec, build_config(TorchTrainParams, spec.params)
+
+
+@dataclass(frozen=True)
+class StudyRows:
+    """The encoded rows of a study (``split``: train/test and any other split of ``data``; ``ES``
+    marks the early-stopping users) and the feature map fitted on the training rows."""
+
+    encoded: DataFrame
+    fmap: FeatureMap
+    targets: tuple[str, ...]
+
+    def arrays(self, rows: DataFrame) -> Arrays:
+        """``rows`` (a filter of ``encoded``) as arrays, in (user_id, month) order."""
+        pdf = keyed_pandas(rows, *self.fmap.columns, LABEL, *self.targets)
+        dense, ids = self.fmap.transform(pdf)
+        return (dense, ids, pdf[LABEL].astype("float64").to_numpy(dtype=np.float32),
+                pdf[list(self.targets)].astype("float64").to_numpy(dtype=np.float32).reshape(len(pdf), -1))
+
+    def split(self, split: str, early_stopping: bool | None = None) -> DataFrame:
+        """The rows of ``split``; with ``early_stopping`` only those in (True) or out of (False) the
+        early-stopping users."""
+        rows = self.encoded.filter(F.col("split") == split)
+        return rows if early_stopping is None else rows.filter(F.col(ES) if early_stopping else ~F.col(ES))
+
+
+def study_rows(cfg: Config, spec: ModelSpec, params: TorchTrainParams, data: DataFrame,
+               targets: tuple[str, ...] = (), max_train_rows: int | None = None) -> StudyRows:
+    """``data`` (a training frame: features + ``fold, split, ES``) encoded with ``spec``'s features,
+    keeping ``LABEL`` and ``targets``; at most about ``max_train_rows`` training rows (a seeded
+    sample at one rate for every split but the held-out ``test``, which is kept whole); the feature map fitted on the training rows outside early
+    stopping. Checkpointed, so every array is cut from the same sample."""
+    members = cfg.base_models.feature_groups[spec.feature_group] if spec.feature_group else None
+    features = FeatureSpec.from_frame(data.filter(F.col("split") == "train").drop("fold", "split", ES), members)
+    encoded = features.encode(data, extra=(LABEL, *targets, "split", ES))
+    if max_train_rows:
+        share = max_train_rows / max(1, encoded.filter(F.col("split") == "train").count())
+        encoded = encoded.filter((F.col("split") == "test") | (F.rand(seed=params.seed) < share))
+    encoded = encoded.localCheckpoint()
+    fit_rows = encoded.filter((F.col("split") == "train") & ~F.col(ES))
+    fmap = FeatureMap.fit(fit_rows, features.columns, vocab=features.categorical,
+                          numeric_encoding=params.numeric_encoding, n_buckets=params.n_buckets)
+    return StudyRows(encoded, fmap, tuple(targets))
+
+
+def cell(value: Any, fmt: str) -> str:
+    """A study table's markdown cell: ``value`` formatted, "–" for a missing (None/NaN) one."""
+    return "–" if value is None or (isinstance(value, float) and np.isnan(value)) else format(value, fmt)
