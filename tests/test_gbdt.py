@@ -11,6 +11,7 @@ from remedi_spark.io.store import TableStore
 from remedi_spark.models.base import FeatureSpec, load_model
 from remedi_spark.models.registry import build_model
 from remedi_spark.pipeline import run_stage
+from tests.tiny import lgbm_spec
 
 FAST = {"num_iterations": 60, "learning_rate": 0.1, "min_data_in_leaf": 20}
 
@@ -90,14 +91,8 @@ def test_focal_model_refuses_synapseml(toy, base_cfg):
 
 
 def test_oof_covers_every_training_row_once_per_model(spark, base_cfg, tmp_path):
-    models = [
-        {"name": "lgbm_logloss", "family": "lgbm", "backend": "synapseml", "objective": "logloss",
-         "feature_group": None, "params": FAST},
-        {"name": "lgbm_focal", "family": "lgbm", "backend": "native", "objective": "focal",
-         "feature_group": None, "params": FAST},
-        {"name": "lgbm_dealer", "family": "lgbm", "backend": "native", "objective": "logloss",
-         "feature_group": "dealer", "params": FAST},
-    ]
+    models = [lgbm_spec("lgbm_logloss", FAST, backend="synapseml"), lgbm_spec("lgbm_focal", FAST, "focal"),
+              lgbm_spec("lgbm_dealer", FAST, feature_group="dealer")]
     cfg = replace(base_cfg, tables={"root": str(tmp_path / "t")}, synthetic={"n_users": 4000, "chunk_users": 2000},
                   folds={"n_folds": 3}, base_models={"models": models, "early_stopping_rounds": 10})
     for stage in ("generate", "features", "folds"):

@@ -15,18 +15,11 @@ from remedi_spark.fusion.teacher import teacher_scores
 from remedi_spark.io.store import TableStore
 from remedi_spark.pipeline import run_pipeline, run_stage
 from remedi_spark.tracking import PIPELINE_TAG, Tracker
+from tests.tiny import TINY_MLP, lgbm_spec
 
 FAST = {"num_iterations": 40, "learning_rate": 0.1, "min_data_in_leaf": 20}
-MODELS = [
-    {"name": "lgbm_logloss", "family": "lgbm", "backend": "native", "objective": "logloss", "feature_group": None,
-     "params": FAST},
-    {"name": "lgbm_focal", "family": "lgbm", "backend": "native", "objective": "focal", "feature_group": None,
-     "params": FAST},
-    {"name": "lgbm_dealer", "family": "lgbm", "backend": "native", "objective": "logloss", "feature_group": "dealer",
-     "params": FAST},
-    {"name": "mlp", "family": "mlp", "backend": "torch", "objective": "logloss", "feature_group": None,
-     "params": {"epochs": 1, "batch_size": 512, "model": {"emb_dim": 4, "hidden": [16]}}},
-]
+MODELS = [lgbm_spec("lgbm_logloss", FAST), lgbm_spec("lgbm_focal", FAST, "focal"),
+          lgbm_spec("lgbm_dealer", FAST, feature_group="dealer"), TINY_MLP]
 META = {"raw_hidden": [8], "relative_hidden": [16], "output_hidden": [8], "epochs": 15, "batch_size": 256, "lr": 0.01,
         "patience": 15}
 STUDENTS = [{"name": "student", "objective": "mse", "target": "teacher", "params": FAST},

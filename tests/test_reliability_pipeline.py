@@ -12,17 +12,11 @@ from remedi_spark.config import replace
 from remedi_spark.io.store import RUN_COLUMNS, TableStore
 from remedi_spark.pipeline import run_pipeline, run_stage
 from remedi_spark.reproduce import reproduce_run
+from tests.tiny import TINY_MLP, lgbm_spec
 
 pytestmark = pytest.mark.reliability
 FAST = {"num_iterations": 20, "learning_rate": 0.1, "min_data_in_leaf": 20}
-MODELS = [
-    {"name": "lgbm_logloss", "family": "lgbm", "backend": "native", "objective": "logloss", "feature_group": None,
-     "params": FAST},
-    {"name": "lgbm_dealer", "family": "lgbm", "backend": "native", "objective": "logloss", "feature_group": "dealer",
-     "params": FAST},
-    {"name": "mlp", "family": "mlp", "backend": "torch", "objective": "logloss", "feature_group": None,
-     "params": {"epochs": 1, "batch_size": 512, "model": {"emb_dim": 4, "hidden": [16]}}},
-]
+MODELS = [lgbm_spec("lgbm_logloss", FAST), lgbm_spec("lgbm_dealer", FAST, feature_group="dealer"), TINY_MLP]
 META = {"raw_hidden": [8], "relative_hidden": [8], "output_hidden": [8], "epochs": 5, "batch_size": 256, "lr": 0.01,
         "patience": 5}
 # columns that name the run or the model run that wrote a row, or measure wall time: they differ

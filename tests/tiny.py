@@ -1,4 +1,5 @@
-"""Hand-built raw tables for exact tests: every value is chosen here, nothing is random."""
+"""Hand-built raw tables for exact tests (every value is chosen here, nothing is random) and the
+small base-model specs the pipeline tests train."""
 from __future__ import annotations
 
 import datetime as dt
@@ -42,3 +43,15 @@ def raw_world(spark, store, months: list[str], purchases=(("2024-09", 1),), user
                                                          for u in users]), "monthly_activity", list(months))
     store.write_months(frame(spark, "purchases", [purchase(u, m) for m, u in purchases]), "purchases",
                        sorted({m for m, _ in purchases}))
+
+
+def lgbm_spec(name: str, params: dict, objective: str = "logloss", feature_group: str | None = None,
+              backend: str = "native") -> dict:
+    """A LightGBM entry of ``base_models.models``."""
+    return {"name": name, "family": "lgbm", "backend": backend, "objective": objective,
+            "feature_group": feature_group, "params": params}
+
+
+# one epoch of a 4-dim-embedding, 16-unit MLP: the smallest torch base model that still learns
+TINY_MLP = {"name": "mlp", "family": "mlp", "backend": "torch", "objective": "logloss", "feature_group": None,
+            "params": {"epochs": 1, "batch_size": 512, "model": {"emb_dim": 4, "hidden": [16]}}}
