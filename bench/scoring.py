@@ -26,7 +26,7 @@ from common import write_result  # noqa: E402
 
 from remedi_spark.config import load_config, replace  # noqa: E402
 from remedi_spark.io.store import TableStore  # noqa: E402
-from remedi_spark.models.base import load_model, model_roots  # noqa: E402
+from remedi_spark.models.base import load_model, model_roots, saved_model_dir  # noqa: E402
 from remedi_spark.pipeline import run_stage  # noqa: E402
 from remedi_spark.spark import get_spark  # noqa: E402
 
@@ -41,7 +41,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     base = load_config(REPO / "conf" / "local.yaml")
     spark = get_spark(base.spark, app_name="remedi-bench-scoring")
-    model_dir = f"{args.model_root}/models/student"
+    model_dir = saved_model_dir(args.model_root, "student")
     results = []
     for n in [int(s) for s in args.sizes.split(",")]:
         cfg = replace(base, synthetic={"n_users": n}, tables={"root": f"{args.root}/{n}", "allowed_roots": [args.model_root]},

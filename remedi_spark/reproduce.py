@@ -20,6 +20,7 @@ from pyspark.sql import DataFrame, SparkSession
 from .config import config_from_dict
 from .io import files
 from .io.store import RunManifest, TableStore, resolve_root
+from .models.base import saved_model_dir
 
 # the stage options a run's summary records, by stage
 OPTIONS = {"score": ("month",), "lead-list": ("month",), "features": ("months",), "monitor": ("month",)}
@@ -66,7 +67,7 @@ def reproduce_run(spark: SparkSession, root: str, run_id: str, out_root: str) ->
     if resolve_root(out_root) == source.root:
         raise ValueError("reproduce --out must be another root: the original tables are the reference")
     conf = manifest["conf"]
-    student_dir = conf["scoring"]["model_dir"] or f"{source.root}/models/student"
+    student_dir = conf["scoring"]["model_dir"] or saved_model_dir(source.root, "student")
     conf = {**conf, "tables": {**conf["tables"], "root": out_root,
                                "allowed_roots": [*conf["tables"].get("allowed_roots", []), source.root]},
             "scoring": {**conf["scoring"], "model_dir": student_dir},

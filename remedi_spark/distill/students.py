@@ -28,7 +28,8 @@ from ..config import Config, ConfigError, ModelSpec
 from ..io.schemas import frame_from_pandas
 from ..io.store import TableStore
 from ..metrics import k_for, lead_metrics
-from ..models.base import KEYS, LABEL, BaseModel, FeatureSpec, channel_of, load_model, model_roots
+from ..models.base import (KEYS, LABEL, BaseModel, FeatureSpec, channel_of, load_model, model_roots,
+                           saved_model_dir)
 from ..models.registry import build_model
 from ..training.oof import ES, training_frame
 
@@ -37,7 +38,7 @@ TARGETS = {"teacher": "p_teacher", "label": LABEL}
 
 
 def student_path(store: TableStore) -> str:
-    return f"{store.root}/models/student"
+    return saved_model_dir(store.root, "student")
 
 
 def scoring_model_dir(cfg: Config, store: TableStore) -> str:

@@ -28,7 +28,7 @@ from ..io import files
 from ..io.schemas import frame_from_pandas, load_schema
 from ..io.store import TableStore
 from ..metrics import k_for, lead_metrics
-from ..models.base import keyed_pandas
+from ..models.base import keyed_pandas, saved_model_dir
 from ..models.neural.base import build_config
 from .meta_features import meta_feature_names, relative_meta_features
 from .meta_models import STRATEGIES, ExpertConfig, HybridExpert, MetaModel
@@ -46,7 +46,7 @@ ABLATIONS = {
 
 
 def teacher_path(store: TableStore) -> str:
-    return f"{store.root}/models/teacher"
+    return saved_model_dir(store.root, "teacher")
 
 
 def models_in(meta: DataFrame) -> list[str]:

@@ -165,9 +165,15 @@ class BaseModel(ABC):
         write_text(spark, f"{path}/model.json", json.dumps(sidecar, indent=2, sort_keys=True, default=str))
 
 
+def saved_model_dir(root: str, name: str = "") -> str:
+    """``<root>/models/<name>``: where the pipeline on tables root ``root`` saves model ``name``
+    (a base model, ``teacher`` or ``student``); without ``name`` the folder of all of them."""
+    return f"{root.rstrip('/')}/models" + (f"/{name}" if name else "")
+
+
 def model_roots(cfg: Config, root: str) -> list[str]:
     """Where models may be loaded from: ``<tables.root>/models`` and ``scoring.model_dir``."""
-    return [f"{root.rstrip('/')}/models", *([cfg.scoring.model_dir] if cfg.scoring.model_dir else [])]
+    return [saved_model_dir(root), *([cfg.scoring.model_dir] if cfg.scoring.model_dir else [])]
 
 
 def load_model(spark: SparkSession, path: str, settings: BaseModelSettings, roots: list[str]) -> BaseModel:

@@ -30,7 +30,7 @@ from ..folds.assign import OPEN
 from ..io.schemas import frame_from_pandas
 from ..io.store import TableStore
 from ..metrics import k_for, lead_metrics
-from ..models.base import BaseModel, FeatureSpec
+from ..models.base import BaseModel, FeatureSpec, saved_model_dir
 from ..models.neural.model import HORIZON_COLS
 from ..models.registry import aux_labels, build_model, needs_horizons
 
@@ -38,7 +38,7 @@ ES = "_early_stop"
 
 
 def model_path(store: TableStore, name: str) -> str:
-    return f"{store.root}/models/{name}"
+    return saved_model_dir(store.root, name)
 
 
 def training_frame(store: TableStore, cfg: Config, folds: DataFrame | None = None) -> DataFrame:
