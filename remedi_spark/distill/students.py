@@ -15,7 +15,9 @@ hard-label ablation).
 """
 from __future__ import annotations
 
+import json
 import time
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -25,6 +27,7 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from ..config import Config, ConfigError, ModelSpec
+from ..io import files
 from ..io.schemas import frame_from_pandas
 from ..io.store import TableStore
 from ..metrics import k_for, lead_metrics
@@ -142,14 +145,30 @@ def log_student(spark: SparkSession, cfg: Config, store: TableStore, tracker: An
                          f"distilled student {summary['student']}: score = clip(output, 0, 1) for mse students")
 
 
-def student_importance(spark: SparkSession, cfg: Config, store: TableStore) -> pd.DataFrame:
-    """Gain importance of every student feature, with its feature group and share of total gain."""
-    student = load_model(spark, scoring_model_dir(cfg, store), cfg.base_models, model_roots(cfg, store.root))
+@dataclass(frozen=True)
+class SavedStudent:
+    """The student that scoring uses, the folder it was read from and the run that saved it."""
+
+    model: BaseModel
+    path: str
+    run_id: str | None
+
+
+def load_student(spark: SparkSession, cfg: Config, store: TableStore) -> SavedStudent:
+    """The saved student of :func:`scoring_model_dir` (checked to lie under the model roots)."""
+    path = scoring_model_dir(cfg, store)
+    model = load_model(spark, path, cfg.base_models, model_roots(cfg, store.root))
+    run_id = json.loads(files.read_text(spark, f"{path}/model.json")).get("run_id")
+    return SavedStudent(model, path, run_id)
+
+
+def student_importance(student: BaseModel, groups: dict[str, list[str]]) -> pd.DataFrame:
+    """Gain importance of every feature of ``student``, with its feature group (of ``groups``,
+    ``base_models.feature_groups``) and share of total gain."""
     if not hasattr(student, "booster"):
         return pd.DataFrame(columns=["feature", "group", "gain", "share"])
     booster = student.booster()
     gain = booster.feature_importance(importance_type="gain")
-    groups = cfg.base_models.feature_groups
     names = booster.feature_name()
     group = [channel_of(n, groups) for n in names]
     out = pd.DataFrame({"feature": names, "group": group, "gain": gain.astype(float)})

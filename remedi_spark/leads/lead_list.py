@@ -20,9 +20,9 @@ from pyspark.sql import DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 
 from ..config import Config, ConfigError
-from ..distill.students import scoring_model_dir
+from ..distill.students import load_student
 from ..io.store import TableStore
-from ..models.base import channel_of, load_model, model_roots
+from ..models.base import channel_of
 from ..months import add_months
 
 REASONS = {"dealer": "dealer visits", "calls": "calls to the brand", "digital": "digital engagement",
@@ -72,7 +72,7 @@ def select_leads(flagged: DataFrame, cfg: Config) -> DataFrame:
 
 def add_reasons(spark: SparkSession, cfg: Config, store: TableStore, leads: DataFrame, month: str) -> DataFrame:
     """Reason per lead: the feature group with the largest summed student contribution."""
-    student = load_model(spark, scoring_model_dir(cfg, store), cfg.base_models, model_roots(cfg, store.root))
+    student = load_student(spark, cfg, store).model
     columns = student.features.columns
     groups = cfg.base_models.feature_groups
     owner = [channel_of(c, groups) for c in columns]

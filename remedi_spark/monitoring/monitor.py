@@ -26,7 +26,7 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from ..config import Config
-from ..distill.students import student_importance
+from ..distill.students import load_student, student_importance
 from ..io.schemas import DataValidationError, frame_from_pandas
 from ..io.store import TableStore
 from ..metrics import lead_metrics
@@ -86,13 +86,14 @@ def drift_rows(spark: SparkSession, cfg: Config, store: TableStore, month: str) 
     current = store.read("features", months=[month])
     if current.limit(1).count() == 0:
         raise DataValidationError("features", [("month", f"no feature rows for the monitored month {month}")])
-    importance = student_importance(spark, cfg, store)
+    student = load_student(spark, cfg, store).model
+    importance = student_importance(student, cfg.base_models.feature_groups)
     columns = list(importance["feature"])
     top = set(importance.head(mcfg.top_features)["feature"])
     features = psi_table(reference, current, columns, mcfg.psi_bins)
     rows = [{"check": "feature_psi", "subject": r.feature, "metric": "psi", "value": r.psi, "band": r.band,
              "flagged": bool(r.feature in top and r.psi >= mcfg.feature_psi_retrain)} for r in features.itertuples()]
-    ref_scores = student_scores(spark, cfg, store, reference)[0]
+    ref_scores = student_scores(student, reference)
     cur_scores = store.read("scores", months=[month]).select("score")
     score = psi_table(ref_scores.select("score"), cur_scores, ["score"], mcfg.psi_bins).iloc[0]
     rows.append({"check": "score_psi", "subject": "student", "metric": "psi", "value": float(score["psi"]),

@@ -6,7 +6,6 @@ they read and wrote. The report reads each table at the version the pipeline lef
 """
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -16,11 +15,9 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from ..config import Config
-from ..distill.students import scoring_model_dir, student_importance
-from ..io import files
+from ..distill.students import SavedStudent, load_student, student_importance
 from ..io.store import TableStore
 from ..metrics import k_for, lead_metrics
-from ..models.base import load_model, model_roots
 
 # score columns of the evaluation frame, in the order the report lists them
 SCORERS = {"student": "distilled student", "teacher": "teacher (base models + hybrid expert)",
@@ -71,11 +68,13 @@ def latest_runs(manifests: list[dict[str, Any]]) -> tuple[dict[str, Any], list[d
     return pipeline, stages
 
 
-def resolve_pipeline(store: TableStore, run: str | None) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+def resolve_pipeline(store: TableStore, run: str | None, manifests: list[dict[str, Any]] | None = None
+                     ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """The pipeline manifest for ``run`` and its stage manifests, oldest first. ``run`` is a
     pipeline run id, a stage run id inside one, or ``latest`` (the newest run of every stage, see
-    :func:`latest_runs`); by default the newest pipeline run, else ``latest``."""
-    manifests = store.manifests()
+    :func:`latest_runs`); by default the newest pipeline run, else ``latest``. ``manifests``: the
+    runs table's manifests, when the caller has read them already."""
+    manifests = store.manifests() if manifests is None else manifests
     pipelines = [m for m in manifests if m["job"] == "pipeline"]
     if run == "latest" or (run is None and not pipelines):
         return latest_runs(manifests)
@@ -125,21 +124,15 @@ def _pinned(store: TableStore, versions: dict[str, int], table: str) -> DataFram
     return store.read(table, version=versions.get(table))
 
 
-def _held_out_frame(spark: SparkSession, cfg: Config, store: TableStore, versions: dict[str, int], best_base: str,
-                    warnings: list[str]) -> pd.DataFrame:
+def _held_out_frame(store: TableStore, versions: dict[str, int], student: SavedStudent, best_base: str
+                    ) -> pd.DataFrame:
     """Held-out owners (never in any training set) of every labelled month with the label, the
     student's score (computed here with the saved student), the teacher, the best base model
     and, on synthetic data, the oracle."""
     folds = _pinned(store, versions, "folds").filter(F.col("split") == "test").select("user_id", "month")
     features = _pinned(store, versions, "features").filter("label_complete").join(folds, ["user_id", "month"])
     frame = features.select("user_id", "month", "y")
-    path = scoring_model_dir(cfg, store)
-    student = load_model(spark, path, cfg.base_models, model_roots(cfg, store.root))
-    student_run = json.loads(files.read_text(spark, f"{path}/model.json")).get("run_id")
-    distill_runs = [m["run_id"] for m in store.manifests() if m["run_id"] == student_run]
-    if not distill_runs:
-        warnings.append(f"the student at {path} comes from run {student_run}, which is not in this table root's runs")
-    scored = student.predict(student.features.encode(features)).withColumnRenamed("p", "student")
+    scored = student.model.predict(student.model.features.encode(features)).withColumnRenamed("p", "student")
     frame = frame.join(scored, ["user_id", "month"], "left")
     teacher = _pinned(store, versions, "teacher_predictions").select("user_id", "month", F.col("p_teacher").alias("teacher"))
     base = _pinned(store, versions, "oof_predictions").filter(F.col("model") == best_base) \
@@ -167,14 +160,19 @@ def monthly_metrics(held_out: pd.DataFrame, k_fraction: float) -> pd.DataFrame:
 
 def collect(spark: SparkSession, cfg: Config, store: TableStore, run: str | None) -> ReportData:
     """Read everything one pipeline run produced (see the module docstring)."""
-    pipeline, stages = resolve_pipeline(store, run)
+    manifests = store.manifests()
+    pipeline, stages = resolve_pipeline(store, run, manifests)
     versions = table_versions(stages)
     fusion = _pinned(store, versions, "fusion_results").toPandas()
     distill = _pinned(store, versions, "distill_results").toPandas()
     base = fusion[(fusion["section"] == "base") & (fusion["evaluation"] == "user_split")]
     best_base = str(base.sort_values("auc", ascending=False).iloc[0]["name"])
     warnings: list[str] = []
-    held_out = _held_out_frame(spark, cfg, store, versions, best_base, warnings)
+    student = load_student(spark, cfg, store)
+    if not any(m["run_id"] == student.run_id for m in manifests):
+        warnings.append(f"the student at {student.path} comes from run {student.run_id}, which is not in this "
+                        "table root's runs")
+    held_out = _held_out_frame(store, versions, student, best_base)
     months = pipeline.get("info", {}).get("months", {})
     evaluation_month = months.get("evaluation") or str(held_out["month"].max())
     n_eval = int((held_out["month"] == evaluation_month).sum())
@@ -186,5 +184,5 @@ def collect(spark: SparkSession, cfg: Config, store: TableStore, run: str | None
     return ReportData(pipeline=pipeline, stages=stages, versions=versions, evaluation_month=evaluation_month,
                       k=k_for(n_eval, cfg.base_models.metric_k_fraction), fusion_results=fusion,
                       distill_results=distill, held_out=held_out, best_base=best_base,
-                      importance=student_importance(spark, cfg, store), warnings=warnings, studies=studies,
+                      importance=student_importance(student.model, cfg.base_models.feature_groups), warnings=warnings, studies=studies,
                       monitoring=monitoring)

@@ -9,7 +9,6 @@ are scored as missing; how many per column is logged and kept in the summary (``
 """
 from __future__ import annotations
 
-import json
 import sys
 from typing import Any
 
@@ -17,11 +16,10 @@ from pyspark.sql import DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 
 from ..config import Config
-from ..distill.students import scoring_model_dir
-from ..io import files
+from ..distill.students import load_student
 from ..io.schemas import DataValidationError
 from ..io.store import TableStore
-from ..models.base import FeatureSpec, load_model, model_roots
+from ..models.base import BaseModel
 from ..months import parse_month
 
 
@@ -36,15 +34,9 @@ def resolve_month(store: TableStore, month: str | None) -> str:
     return newest
 
 
-def student_scores(spark: SparkSession, cfg: Config, store: TableStore, features: DataFrame
-                   ) -> tuple[DataFrame, str, FeatureSpec]:
-    """(user_id, month, score) of the saved student for ``features`` rows, its model version and
-    the student's feature spec (columns, categorical vocabularies)."""
-    path = scoring_model_dir(cfg, store)
-    student = load_model(spark, path, cfg.base_models, model_roots(cfg, store.root))
-    version = json.loads(files.read_text(spark, f"{path}/model.json")).get("run_id") or "unknown"
-    scored = student.predict(student.features.encode(features)).withColumnRenamed("p", "score")
-    return scored, version, student.features
+def student_scores(student: BaseModel, features: DataFrame) -> DataFrame:
+    """(user_id, month, score) of ``student`` for ``features`` rows."""
+    return student.predict(student.features.encode(features)).withColumnRenamed("p", "score")
 
 
 def score_month(spark: SparkSession, cfg: Config, store: TableStore, month: str | None = None) -> dict[str, Any]:
@@ -57,8 +49,10 @@ def score_month(spark: SparkSession, cfg: Config, store: TableStore, month: str 
         raise DataValidationError("features", [("month", f"no feature rows for month {month}; months present: "
                                                          f"{present[0] if present else '-'}..{present[-1] if present else '-'}"
                                                          " — run the feature job for this month first")])
-    scored, version, spec = student_scores(spark, cfg, store, features)
-    unseen = spec.unseen_counts(features)
+    student = load_student(spark, cfg, store)
+    version = student.run_id or "unknown"
+    scored = student_scores(student.model, features)
+    unseen = student.model.features.unseen_counts(features)
     for column, count in unseen.items():  # the documented repair: scored as missing, never a crash
         print(f"[remedi] warning: features.{column}: {count} of {n} rows of {month} hold values the student "
               "never saw in training; they are scored as missing", file=sys.stderr, flush=True)
