@@ -1,5 +1,9 @@
 """Neural models end to end on Spark: 2-process TorchDistributor on Petastorm with unequal partitions,
 identical predictions after reload, unseen categories score."""
+import os
+import subprocess
+import sys
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -61,3 +65,20 @@ def test_every_family_trains_and_scores_unseen_categories(spark, toy, base_cfg, 
     unseen = test.limit(50).withColumn("cat", F.lit(None).cast("double"))  # a category the map never saw
     scored = model.predict(unseen).toPandas()
     assert len(scored) == 50 and np.isfinite(scored["p"]).all() and scored["p"].between(0, 1).all()
+
+
+def test_the_default_petastorm_cache_dir_is_removed_when_the_process_exits():
+    code = """
+from remedi_spark.models.neural.distributed import CACHE_CONF, ensure_cache_dir
+class Conf(dict):
+    def set(self, key, value): self[key] = value
+class Spark: conf = Conf()
+ensure_cache_dir(Spark)
+path = Spark.conf[CACHE_CONF][len("file://"):]
+open(path + "/leftover", "w").close()
+print(path)
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    path = out.stdout.strip()
+    assert path.startswith("/") and "remedi-petastorm-" in path
+    assert not os.path.exists(path)

@@ -8,7 +8,9 @@ AUC, so every rank takes the same early-stopping and learning-rate decisions.
 """
 from __future__ import annotations
 
+import atexit
 import io
+import shutil
 import tempfile
 from typing import Any
 
@@ -54,9 +56,12 @@ def _train_worker(converter: Any, model_name: str, model_cfg: dict, vocab_sizes:
 
 
 def ensure_cache_dir(spark: SparkSession) -> None:
-    """Petastorm's converter needs a cache URL; default to a local temp dir (set it on clusters)."""
+    """Petastorm's converter needs a cache URL; default to a local temp dir (set it on clusters),
+    removed when this Python process exits (each converter deletes its own files, not the dir)."""
     if not spark.conf.get(CACHE_CONF, None):
-        spark.conf.set(CACHE_CONF, "file://" + tempfile.mkdtemp(prefix="remedi-petastorm-"))
+        path = tempfile.mkdtemp(prefix="remedi-petastorm-")
+        atexit.register(shutil.rmtree, path, ignore_errors=True)
+        spark.conf.set(CACHE_CONF, "file://" + path)
 
 
 def train_distributed(spark: SparkSession, rows: DataFrame, model_name: str, model_cfg: dict,
