@@ -2,10 +2,11 @@
 import math
 
 import numpy as np
+import pandas as pd
 
 from remedi_spark.io.schemas import load_schema
 from remedi_spark.report.build import STUDIES, finite
-from remedi_spark.report.collect import STUDY_TABLES
+from remedi_spark.report.collect import STUDY_TABLES, in_key_order
 from remedi_spark.report.html import fmt, table
 from remedi_spark.tracking import flatten_metrics, flatten_params, metric_key
 
@@ -49,3 +50,10 @@ def test_every_study_table_has_a_report_section_of_its_own_columns():
     for name, (_, columns, _) in STUDIES.items():
         schema = load_schema(name).names
         assert "variant" in schema and set(columns) <= set(schema), name
+
+
+def test_study_rows_come_in_the_order_the_schema_lists_the_variants():
+    rows = pd.DataFrame({"run_id": ["r"] * 3, "variant": ["without_aux", "flat_heads", "full"], "auc": [0.1, 0.2, 0.3]})
+    ordered = in_key_order(rows, "hm3_study")
+    assert list(ordered["variant"]) == ["full", "without_aux", "flat_heads"]
+    assert list(ordered["auc"]) == [0.3, 0.1, 0.2]

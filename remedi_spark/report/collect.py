@@ -16,6 +16,7 @@ from pyspark.sql import functions as F
 
 from ..config import Config
 from ..distill.students import SavedStudent, load_student, student_importance
+from ..io.schemas import load_schema
 from ..io.store import TableStore
 from ..metrics import k_for, lead_metrics
 
@@ -158,6 +159,19 @@ def monthly_metrics(held_out: pd.DataFrame, k_fraction: float) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def in_key_order(frame: pd.DataFrame, table: str) -> pd.DataFrame:
+    """``frame`` (rows of ``table``) sorted by the table's keys, a column with allowed values in the
+    schema's order of them (a study's variants as the study lists them), not as Delta returns rows."""
+    schema = load_schema(table)
+    keys = [c for c in schema.keys if c in frame.columns]
+    order = {c.name: {v: i for i, v in enumerate(c.allowed)} for c in schema.columns if c.allowed and c.name in keys}
+
+    def rank(column: pd.Series) -> pd.Series:
+        return column.map(order[column.name]) if column.name in order else column
+
+    return frame.sort_values(keys, key=rank, kind="stable").reset_index(drop=True) if keys else frame
+
+
 def collect(spark: SparkSession, cfg: Config, store: TableStore, run: str | None) -> ReportData:
     """Read everything one pipeline run produced (see the module docstring)."""
     manifests = store.manifests()
@@ -176,7 +190,7 @@ def collect(spark: SparkSession, cfg: Config, store: TableStore, run: str | None
     months = pipeline.get("info", {}).get("months", {})
     evaluation_month = months.get("evaluation") or str(held_out["month"].max())
     n_eval = int((held_out["month"] == evaluation_month).sum())
-    studies = {t: store.read(t).toPandas() for t in STUDY_TABLES if store.exists(t)}
+    studies = {t: in_key_order(store.read(t).toPandas(), t) for t in STUDY_TABLES if store.exists(t)}
     monitoring = None
     if store.exists("monitoring"):  # monitoring runs after the pipeline: its newest version
         versions["monitoring"] = store.version("monitoring")
