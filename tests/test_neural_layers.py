@@ -65,6 +65,10 @@ def test_every_model_trains_a_step(name):
     if getattr(cls, "needs_horizons", False):  # KAML: per-horizon labels, NaN = not observed
         horizons = torch.stack([label, label, torch.full((6,), float("nan"))], dim=1)
         batch = Batch(batch.dense, batch.cat_ids, label, horizons=horizons)
+    if cls.aux_labels:  # HM3: one column per auxiliary label, NaN = unknown
+        aux = torch.full((6, len(cls.aux_labels)), float("nan"))
+        aux[:, 0] = label
+        batch = Batch(batch.dense, batch.cat_ids, label, aux=aux)
     out = model(batch)
     assert out["logit"].shape == (6,)
     loss = model.compute_loss(out, batch)["loss"]
