@@ -24,10 +24,9 @@ from ..io.schemas import DataValidationError, validate
 from ..io.store import TableStore
 from ..months import add_months, format_month, parse_month
 from .custom import import_custom_features
+from .labels import FUNNEL_LABELS, HORIZONS
 
 ID = "user_id"
-HORIZONS = (1, 2, 3)
-FUNNEL_LABELS = ("y_engage", "y_visit")
 # digital engagement: shopping actions online (media-site visits, comparison views, manufacturer apps
 # used). Active days in the own brand's app (habitual use) and mini-program traffic in MB (a volume,
 # heavy-tailed) are left out: they measure use of the car's services, not shopping.

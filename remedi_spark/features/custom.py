@@ -13,6 +13,7 @@ from pyspark.sql import types as T
 
 from ..config import Config
 from ..io.schemas import DataValidationError
+from .labels import FUNNEL_LABELS, HORIZON_LABELS, LABEL_COLUMNS
 
 
 def _read_custom(spark: SparkSession, cfg: Config) -> tuple[DataFrame, str]:
@@ -35,7 +36,7 @@ def import_custom_features(spark: SparkSession, cfg: Config, months: list[str] |
     missing = [col for col in wanted if col not in df.columns]
     if missing:
         raise DataValidationError(table, [(col, "missing") for col in missing])
-    reserved = {"user_id", "month", "y", "y_h1", "y_h2", "y_h3", "label_complete", "y_engage", "y_visit"}
+    reserved = {"user_id", "month", *LABEL_COLUMNS}
     clash = [col for col in c.feature_cols if col in reserved]
     if clash:
         raise DataValidationError(table, [(col, "feature column uses a reserved name") for col in clash])
@@ -64,9 +65,9 @@ def import_custom_features(spark: SparkSession, cfg: Config, months: list[str] |
     label = F.col(c.label_col).cast("int")
     out = df.select(
         F.col(c.id_col).cast("long").alias("user_id"), month.alias("month"), label.alias("y"),
-        *[F.lit(None).cast("int").alias(f"y_h{h}") for h in (1, 2, 3)],
+        *[F.lit(None).cast("int").alias(name) for name in HORIZON_LABELS],
         label.isNotNull().alias("label_complete"),
-        *[F.lit(None).cast("int").alias(name) for name in ("y_engage", "y_visit")],
+        *[F.lit(None).cast("int").alias(name) for name in FUNNEL_LABELS],
         *[F.col(col) for col in c.feature_cols],
     )
     if months is None:

@@ -18,6 +18,7 @@ from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from ..config import BaseModelSettings, Config, ModelSpec, is_under
+from ..features.labels import LABEL_COLUMNS
 from ..io.files import read_bytes, read_text, write_bytes, write_text
 
 if TYPE_CHECKING:
@@ -43,7 +44,7 @@ def keyed_pandas(df: DataFrame, *columns: str) -> "pd.DataFrame":
 
 
 # keys and every label column: a label among the model inputs would be a leak
-NOT_FEATURES = {"user_id", "month", "y", "y_h1", "y_h2", "y_h3", "label_complete", "y_engage", "y_visit"}
+NOT_FEATURES = {"user_id", "month", *LABEL_COLUMNS}
 
 
 def in_group(column: str, members: list[str]) -> bool:

@@ -18,12 +18,13 @@ import numpy as np
 import pandas as pd
 from pyspark.sql import DataFrame, SparkSession
 
+from ...features.labels import HORIZON_LABELS
 from ..base import KEYS, LABEL, BaseModel, keyed_pandas, keyed_parts
 from .base import build_config
 from .feature_map import FeatureMap
 
 _LOADED: dict[int, object] = {}
-HORIZON_COLS = ("y_h1", "y_h2", "y_h3")
+HORIZON_COLS = HORIZON_LABELS
 
 
 @dataclass(frozen=True)

@@ -38,10 +38,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ....features.labels import FUNNEL_LABELS
 from ..base import Batch, RemediModel
 from ..layers import FieldEmbedding, MLPBlock
 
-AUX_LABELS = ("y_engage", "y_visit")  # Batch.aux columns, in this order
+AUX_LABELS = FUNNEL_LABELS  # Batch.aux columns, in this order: y_engage, y_visit
 HIERARCHICAL_HEADS = ("engage", "visit_given_engage", "visit_given_no_engage", "buy_given_visit",
                       "buy_given_no_visit")
 FLAT_HEADS = ("engage", "visit", "buy")
