@@ -21,24 +21,27 @@ def _neural(family: str) -> type[BaseModel]:
 NEURAL_FAMILIES = ("mlp", "deepfm", "xdeepfm", "kdef", "kaml", "hm3")
 
 
+def zoo_class(spec: ModelSpec) -> type | None:
+    """The zoo module class (``RemediModel``) of a torch model; None for every other model."""
+    if spec.backend != "torch" or spec.family not in NEURAL_FAMILIES:
+        return None
+    from .neural.zoo import MODELS  # imports torch: only for neural models
+
+    return MODELS[spec.family]
+
+
 def needs_horizons(spec: ModelSpec) -> bool:
     """True when the model trains on the per-horizon labels y_h1..y_h3 and so can use rows whose label
     window is still open (folds ``split = open``); every other model trains on fully labelled rows."""
-    if spec.backend != "torch" or spec.family not in NEURAL_FAMILIES:
-        return False
-    from .neural.zoo import MODELS  # imports torch: only for neural models
-
-    return MODELS[spec.family].needs_horizons
+    zoo = zoo_class(spec)
+    return bool(zoo and zoo.needs_horizons)
 
 
 def aux_labels(spec: ModelSpec) -> tuple[str, ...]:
     """The features-table label columns (besides ``y``) the model trains on as auxiliary tasks
     (HM3: ``y_engage``, ``y_visit``); empty for every other model."""
-    if spec.backend != "torch" or spec.family not in NEURAL_FAMILIES:
-        return ()
-    from .neural.zoo import MODELS  # imports torch: only for neural models
-
-    return tuple(MODELS[spec.family].aux_labels)
+    zoo = zoo_class(spec)
+    return tuple(zoo.aux_labels) if zoo else ()
 
 
 def build_model(spec: ModelSpec, settings: BaseModelSettings, features: FeatureSpec) -> BaseModel:

@@ -20,6 +20,7 @@ from pyspark.sql import DataFrame, SparkSession
 
 from ...features.labels import HORIZON_LABELS
 from ..base import KEYS, LABEL, BaseModel, keyed_pandas, keyed_parts
+from ..registry import aux_labels, needs_horizons
 from .base import build_config
 from .feature_map import FeatureMap
 
@@ -73,16 +74,12 @@ class NeuralModel(BaseModel):
     @property
     def needs_horizons(self) -> bool:
         """True when the zoo model trains on the per-horizon labels (``Batch.horizons``)."""
-        from .zoo import MODELS
-
-        return MODELS[self.spec.family].needs_horizons
+        return needs_horizons(self.spec)
 
     @property
     def aux_labels(self) -> list[str]:
         """The auxiliary label columns the zoo model trains on (``Batch.aux``), in its order."""
-        from .zoo import MODELS
-
-        return list(MODELS[self.spec.family].aux_labels)
+        return list(aux_labels(self.spec))
 
     def _feature_map(self) -> FeatureMap:
         return FeatureMap(**self.info["feature_map"])
