@@ -11,6 +11,7 @@ Library functions never create sessions: jobs call :func:`get_spark` once and pa
 from __future__ import annotations
 
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -61,3 +62,15 @@ def get_spark(settings: SparkSettings, app_name: str = "remedi-spark") -> SparkS
     spark = builder.getOrCreate()
     spark.sparkContext.setLogLevel("WARN")
     return spark
+
+
+def root_cause(exc: BaseException) -> str:
+    """One line saying what went wrong. An error raised in a Python worker reaches the driver wrapped
+    in a Java stack trace; the last ``SomethingError: message`` line of it is the real cause."""
+    text = str(exc)
+    found = re.findall(r"^(?:[\w.]+\.)?(\w+(?:Error|Exception): .+)$", text, flags=re.MULTILINE)
+    python = [line for line in found if not line.startswith(("Py4J", "SparkException", "PythonException"))]
+    if python:
+        return python[-1].strip()[:300]
+    first = (text.strip().splitlines() or [""])[0]
+    return f"{type(exc).__name__}: {first.strip()[:300]}"

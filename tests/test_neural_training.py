@@ -12,6 +12,7 @@ from sklearn.metrics import roc_auc_score
 
 from remedi_spark.config import ModelSpec
 from remedi_spark.models.base import FeatureSpec, load_model
+from remedi_spark.models.neural.distributed import run_with_retries, train_distributed
 from remedi_spark.models.registry import build_model
 
 SMALL = {"mlp": {"emb_dim": 4, "hidden": [16]}, "deepfm": {"emb_dim": 4, "hidden": [16]},
@@ -82,3 +83,34 @@ print(path)
     path = out.stdout.strip()
     assert path.startswith("/") and "remedi-petastorm-" in path
     assert not os.path.exists(path)
+
+
+def test_a_failing_run_is_warned_about_and_run_again_then_its_cause_is_raised():
+    outcomes = iter([{"error": "Traceback ...\nConnectionError: peer closed", "rank": "1"}, {"state": b"ok"}])
+    with pytest.warns(RuntimeWarning, match=r"(?s)attempt 1 of 2, failed.*rank 1 raised.*peer closed"):
+        assert run_with_retries(lambda: next(outcomes), retries=1, what="training of 'm'") == {"state": b"ok"}
+
+    calls = []
+
+    def launcher_fails():
+        calls.append(1)
+        raise RuntimeError("An error occurred\nRuntimeError: TorchDistributor failed during training.")
+
+    with pytest.warns(RuntimeWarning), pytest.raises(
+            RuntimeError, match=r"training of 'm' failed 3 time\(s\); the last time the launcher failed "
+                                r"\(RuntimeError: TorchDistributor failed during training.\)"):
+        run_with_retries(launcher_fails, retries=2, what="training of 'm'")
+    assert len(calls) == 3
+
+
+def test_an_error_inside_the_training_worker_reaches_the_driver_with_its_traceback(spark, toy):
+    features, train, valid, test = toy
+    rows = train.select(F.array(*[F.col(c).cast("float") for c in ("f0", "f1", "f2")]).alias("dense"),
+                        F.array(F.coalesce(F.col("cat").cast("long"), F.lit(0))).alias("cat"),
+                        F.col("y").cast("float").alias("y"))
+    valid_arrays = (np.zeros((4, 3), np.float32), np.zeros((4, 1), np.int64), np.array([0, 1, 0, 1], np.float32))
+    params = {"num_processes": 2, "batch_size": 256, "seed": 1, "launch_retries": 0}
+    with pytest.raises(RuntimeError, match=r"(?s)distributed training of 'mlp' failed 1 time\(s\); the last time "
+                                           r"rank \d raised:\nTraceback.*ValueError: MLPConfig: unknown config "
+                                           r"keys \['no_such_knob'\]"):
+        train_distributed(spark, rows, "mlp", {"no_such_knob": 1}, [4], 3, params, valid_arrays)

@@ -15,8 +15,6 @@ Models with auxiliary labels (HM3) also receive those columns of ``features`` (y
 """
 from __future__ import annotations
 
-import re
-
 import time
 from typing import Any
 
@@ -33,6 +31,7 @@ from ..metrics import k_for, lead_metrics
 from ..models.base import BaseModel, FeatureSpec, saved_model_dir
 from ..models.neural.model import HORIZON_COLS
 from ..models.registry import aux_labels, build_model, needs_horizons
+from ..spark import root_cause
 
 ES = "_early_stop"
 
@@ -131,18 +130,6 @@ class BaseModelFailed(RuntimeError):
         super().__init__(f"base model {model!r} ({family}, {backend}) failed to train: {root_cause(cause)}. The "
                          "stage stopped; fix the model's conf or drop it from base_models.models (fusion refuses "
                          "an OOF table without every configured model)")
-
-
-def root_cause(exc: BaseException) -> str:
-    """One line saying what went wrong. An error raised in a Python worker reaches the driver wrapped
-    in a Java stack trace; the last ``SomethingError: message`` line of it is the real cause."""
-    text = str(exc)
-    found = re.findall(r"^(?:[\w.]+\.)?(\w+(?:Error|Exception): .+)$", text, flags=re.MULTILINE)
-    python = [line for line in found if not line.startswith(("Py4J", "SparkException", "PythonException"))]
-    if python:
-        return python[-1].strip()[:300]
-    first = (text.strip().splitlines() or [""])[0]
-    return f"{type(exc).__name__}: {first.strip()[:300]}"
 
 
 def train_base_models(spark: SparkSession, cfg: Config, store: TableStore, models: list[str] | None = None

@@ -5,23 +5,42 @@ training rows and runs the same number of steps per epoch (``rows // (batch × w
 reader loops forever), so DDP never waits on a rank that ran out of data. The epoch loop is
 :func:`.loop.fit_epochs`; after each epoch rank 0 scores the validation rows and broadcasts the
 AUC, so every rank takes the same early-stopping and learning-rate decisions.
+
+pyspark's torchrun wrapper exits 0 whatever torchrun did, so a failed run reaches the driver only
+as "TorchDistributor failed during training". The worker therefore returns its own traceback
+instead of raising, and :func:`run_with_retries` names it (or, for a failure outside the worker,
+such as the rendezvous port TorchDistributor probes free and releases before torchrun binds it,
+says where the launcher's output went) and runs the training again ``launch_retries`` times.
 """
 from __future__ import annotations
 
 import atexit
 import io
+import os
 import shutil
 import tempfile
-from typing import Any
+import traceback
+import warnings
+from typing import Any, Callable
 
 import numpy as np
 from pyspark.sql import DataFrame, SparkSession
 
+from ...spark import root_cause
+
 CACHE_CONF = "petastorm.spark.converter.parentCacheDirUrl"
 
 
-def _train_worker(converter: Any, model_name: str, model_cfg: dict, vocab_sizes: list[int], num_numeric: int,
-                  params: dict, valid: tuple[np.ndarray, np.ndarray, np.ndarray]) -> dict[str, Any]:
+def _train_worker(*args: Any) -> dict[str, Any]:
+    """:func:`_train_rank`'s result, or ``{"error": traceback, "rank": r}`` if it raised."""
+    try:
+        return _train_rank(*args)
+    except Exception:  # noqa: BLE001 - returned, not swallowed: the driver raises it with the rank
+        return {"error": traceback.format_exc(), "rank": os.environ.get("RANK", "?")}
+
+
+def _train_rank(converter: Any, model_name: str, model_cfg: dict, vocab_sizes: list[int], num_numeric: int,
+                params: dict, valid: tuple[np.ndarray, np.ndarray, np.ndarray]) -> dict[str, Any]:
     import torch
     import torch.distributed as dist
     from torch.nn.parallel import DistributedDataParallel
@@ -80,7 +99,31 @@ def train_distributed(spark: SparkSession, rows: DataFrame, model_name: str, mod
     converter = SparkDatasetConverter(listed.cache_dir_url, sorted(listed.file_urls), listed.dataset_size)
     try:
         distributor = TorchDistributor(num_processes=params["num_processes"], local_mode=False, use_gpu=False)
-        return distributor.run(_train_worker, converter, model_name, model_cfg, vocab_sizes, num_numeric,
-                               params, valid)
+        return run_with_retries(
+            lambda: distributor.run(_train_worker, converter, model_name, model_cfg, vocab_sizes, num_numeric,
+                                    params, valid),
+            retries=params.get("launch_retries", 0), what=f"distributed training of {model_name!r}")
     finally:
         converter.delete()
+
+
+def run_with_retries(run: Callable[[], dict[str, Any]], retries: int, what: str) -> dict[str, Any]:
+    """``run()``'s result; a run that raises or returns ``{"error": ...}`` is warned about and run
+    again, up to ``retries`` more times, then raised as a RuntimeError naming ``what`` and the cause."""
+    failures = []
+    for attempt in range(retries + 1):
+        try:
+            result = run()
+        except Exception as exc:  # noqa: BLE001 - the launcher's failures are re-raised below
+            cause = (f"the launcher failed ({root_cause(exc)}); torchrun's own output, with the reason, is "
+                     "in the driver's stderr")
+        else:
+            if "error" not in result:
+                return result
+            cause = f"rank {result['rank']} raised:\n{result['error'].rstrip()}"
+        failures.append(cause)
+        if attempt < retries:
+            warnings.warn(f"{what}, attempt {attempt + 1} of {retries + 1}, failed; running it again. "
+                          f"{cause}", RuntimeWarning, stacklevel=2)
+    raise RuntimeError(f"{what} failed {len(failures)} time(s); the last time {failures[-1]}")
+

@@ -41,6 +41,7 @@ class TorchTrainParams:
     numeric_encoding: str = "standardize"
     n_buckets: int = 20
     num_processes: int = 2
+    launch_retries: int = 1  # TorchDistributor runs repeated after a failure (e.g. a port taken meanwhile)
     seed: int = 7
     model: dict = field(default_factory=dict)
 
