@@ -102,7 +102,7 @@ def train_distributed(spark: SparkSession, rows: DataFrame, model_name: str, mod
         return run_with_retries(
             lambda: distributor.run(_train_worker, converter, model_name, model_cfg, vocab_sizes, num_numeric,
                                     params, valid),
-            retries=params.get("launch_retries", 0), what=f"distributed training of {model_name!r}")
+            retries=params["launch_retries"], what=f"distributed training of {model_name!r}")
     finally:
         converter.delete()
 
@@ -110,8 +110,8 @@ def train_distributed(spark: SparkSession, rows: DataFrame, model_name: str, mod
 def run_with_retries(run: Callable[[], dict[str, Any]], retries: int, what: str) -> dict[str, Any]:
     """``run()``'s result; a run that raises or returns ``{"error": ...}`` is warned about and run
     again, up to ``retries`` more times, then raised as a RuntimeError naming ``what`` and the cause."""
-    failures = []
-    for attempt in range(retries + 1):
+    attempts = retries + 1
+    for attempt in range(1, attempts + 1):
         try:
             result = run()
         except Exception as exc:  # noqa: BLE001 - the launcher's failures are re-raised below
@@ -121,9 +121,7 @@ def run_with_retries(run: Callable[[], dict[str, Any]], retries: int, what: str)
             if "error" not in result:
                 return result
             cause = f"rank {result['rank']} raised:\n{result['error'].rstrip()}"
-        failures.append(cause)
-        if attempt < retries:
-            warnings.warn(f"{what}, attempt {attempt + 1} of {retries + 1}, failed; running it again. "
-                          f"{cause}", RuntimeWarning, stacklevel=2)
-    raise RuntimeError(f"{what} failed {len(failures)} time(s); the last time {failures[-1]}")
-
+        if attempt < attempts:
+            warnings.warn(f"{what}, attempt {attempt} of {attempts}, failed; running it again. {cause}",
+                          RuntimeWarning, stacklevel=2)
+    raise RuntimeError(f"{what} failed {attempts} time(s); the last time {cause}")
