@@ -95,13 +95,15 @@ def format_demo(summaries: dict[str, dict[str, Any]]) -> str:
 def format_pipeline(out: dict[str, Any]) -> str:
     """The demo's closing summary: data, base models, fusion, student, lead lists, evaluation."""
     from .distill.students import format_distill
-    from .fusion.train import format_results
+    from .fusion.train import format_results, format_teacher
 
     lines = [format_demo({k: out[k] for k in ("generate", "features", "folds")}), "", "base models (held-out owners):"]
     for name, r in out["train-base"]["models"].items():
         lines.append(f"  {name:14} P@K {100 * r['precision_at_k']:.2f}%  AUC {r['auc']:.4f}  ({r['train_seconds']:.0f} s)")
-    lines += ["", format_results(out["fusion"]["results"], "user_split"), "",
-              format_results(out["fusion"]["results"], "out_of_time"), "", format_distill(out["distill"]["results"]), ""]
+    lines += ["", format_teacher(out["fusion"]["teacher"])]
+    for evaluation in ("meta_oof", "user_split", "out_of_time"):
+        lines += ["", format_results(out["fusion"]["results"], evaluation)]
+    lines += ["", format_distill(out["distill"]["results"]), ""]
     for key in [k for k in out if k.startswith("lead-list[")]:
         r = out[key]
         lines.append(f"{key}: {r['leads']:,} leads of {r['scored']:,} scored owners in {r['month']} "
@@ -180,9 +182,10 @@ def _run(args: argparse.Namespace) -> int:
 
         print(format_hm3_table(summary["table"]))
     if args.stage == "fusion":
-        from .fusion.train import format_results
+        from .fusion.train import format_results, format_teacher
 
-        for evaluation in ("user_split", "out_of_time"):
+        print(format_teacher(summary["teacher"]))
+        for evaluation in ("meta_oof", "user_split", "out_of_time"):
             print(format_results(summary["results"], evaluation))
     if args.stage == "distill":
         from .distill.students import format_distill

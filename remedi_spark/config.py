@@ -125,10 +125,31 @@ class KdefStudySettings:
 
 @dataclass(frozen=True)
 class FusionSettings:
-    """Meta-models over the OOF predictions (stage fusion)."""
+    """Meta-models over the OOF predictions (stage fusion): the networks' knobs, the base-model
+    subsets and head variants compared with the teacher, which strategy is distilled, and what
+    happens when it is worse than its own inputs on the meta-level out-of-fold rows."""
 
     meta_model: dict
     ablations: list[str]
+    variants: dict
+    teacher: str
+    on_weak_teacher: str
+
+
+@dataclass(frozen=True)
+class BootstrapSettings:
+    """Paired bootstrap over owners behind every interval (an owner's rows are resampled together)."""
+
+    replicates: int
+    seed: int
+    level: float
+
+
+@dataclass(frozen=True)
+class EvaluationSettings:
+    """How evaluation numbers get their intervals."""
+
+    bootstrap: BootstrapSettings
 
 
 @dataclass(frozen=True)
@@ -226,6 +247,7 @@ class Config:
     base_models: BaseModelSettings
     kdef_study: KdefStudySettings
     fusion: FusionSettings
+    evaluation: EvaluationSettings
     distill: DistillSettings
     scoring: ScoringSettings
     lead_list: LeadListSettings
@@ -252,6 +274,8 @@ _CHOICES = {
     "kdef_study.subnets": {"mlp", "cross", "cin", "fm"},  # list items
     "lead_list.cap_column": {"region_id", "dealer_id"},
     "lead_list.export_formats": {"csv", "parquet"},
+    "fusion.teacher": {"hybrid_expert", "auto"},
+    "fusion.on_weak_teacher": {"warn", "fallback", "fail"},
     "fusion.ablations": {"trees_only", "neural_only", "without_focal", "without_subset", "without_kaml",
                          "without_hm3"},
 }

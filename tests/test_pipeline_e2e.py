@@ -20,8 +20,10 @@ from tests.tiny import TINY_MLP, lgbm_spec
 FAST = {"num_iterations": 40, "learning_rate": 0.1, "min_data_in_leaf": 20}
 MODELS = [lgbm_spec("lgbm_logloss", FAST), lgbm_spec("lgbm_focal", FAST, "focal"),
           lgbm_spec("lgbm_dealer", FAST, feature_group="dealer"), TINY_MLP]
+# ~40 training positives, halved again by the meta-level cross-fitting: 3 hold-out positives are
+# allowed here (10 by default); the tests of meta_models check the default's behaviour
 META = {"raw_hidden": [8], "relative_hidden": [16], "output_hidden": [8], "epochs": 15, "batch_size": 256, "lr": 0.01,
-        "patience": 15}
+        "patience": 15, "min_valid_positives": 3}
 STUDENTS = [{"name": "student", "objective": "mse", "target": "teacher", "params": FAST},
             {"name": "hard_label", "objective": "logloss", "target": "label", "params": FAST}]
 K = 150
@@ -62,8 +64,17 @@ def test_results_table_has_every_row_kind(fused):
     # trees_only = the three GBDTs, neural_only = the MLP alone (M = 1), plus without focal / subset models
     assert {"hybrid_expert[trees_only]", "hybrid_expert[neural_only]", "hybrid_expert[without_focal]",
             "hybrid_expert[without_subset]"} <= names
-    assert set(results["evaluation"]) == {"user_split", "out_of_time"}
+    assert {"hybrid_expert[paper]", "hybrid_expert[no_skip]"} <= names  # head variants (conf/base.yaml)
+    assert set(results["evaluation"]) == {"meta_oof", "user_split", "out_of_time"}
     assert (results["run_id"] == summary["run_id"]).all()
+    ranked = results[results["section"] != "difference"]
+    for evaluation in ("meta_oof", "user_split", "out_of_time"):  # every ranker on every evaluation
+        assert set(ranked.loc[ranked["evaluation"] == evaluation, "name"]) >= names - {"oracle"} - set(
+            results.loc[results["section"] == "difference", "name"])
+    assert (results["auc_ci_low"] <= results["auc"] + 1e-12).all() and (results["auc"] <= results["auc_ci_high"] + 1e-12).all()
+    meta_oof = results[results["evaluation"] == "meta_oof"]
+    assert meta_oof["rows"].nunique() == 1 and meta_oof["rows"].iloc[0] == summary["fit_rows"]
+    assert results.loc[results["teacher"], "name"].unique().tolist() == [summary["teacher"]["chosen"]]
     oot = results[results["evaluation"] == "out_of_time"]
     user = results[results["evaluation"] == "user_split"]
     assert (oot["rows"] < user["rows"].max()).all() and oot["rows"].nunique() == 1
@@ -181,7 +192,11 @@ def test_report_holds_every_table_and_figure(spark, pipeline):
         with open(f"{report['dir']}/figures/{name}.png", "rb") as fh:
             assert fh.read(8) == b"\x89PNG\r\n\x1a\n"
     numbers = json.load(open(f"{report['dir']}/report.json"))
-    assert {"base_models", "fusion", "ablations", "distillation"} == set(numbers["tables"])
+    assert {"base_models", "fusion", "ablations", "variants", "differences", "distillation"} == set(numbers["tables"])
+    assert numbers["teacher"]["teacher"] == out["fusion"]["teacher"]["chosen"]
+    diffs = numbers["tables"]["differences"]["meta_oof"]
+    assert diffs and all(r["auc_verdict"] in ("better", "worse", "no difference") for r in diffs)
+    assert "The teacher" in page and "AUC interval" in page
     oracle = [r for r in numbers["tables"]["base_models"]["user_split"] if r["name"] == "oracle"]
     assert len(oracle) == 1 and oracle[0]["share_of_oracle"] == pytest.approx(1.0)
     ev = numbers["evaluation"]

@@ -18,7 +18,7 @@ pytestmark = pytest.mark.reliability
 FAST = {"num_iterations": 20, "learning_rate": 0.1, "min_data_in_leaf": 20}
 MODELS = [lgbm_spec("lgbm_logloss", FAST), lgbm_spec("lgbm_dealer", FAST, feature_group="dealer"), TINY_MLP]
 META = {"raw_hidden": [8], "relative_hidden": [8], "output_hidden": [8], "epochs": 5, "batch_size": 256, "lr": 0.01,
-        "patience": 5}
+        "patience": 5, "min_valid_positives": 3, "bags": 1}  # a tiny world: ~20 training positives
 # columns that name the run or the model run that wrote a row, or measure wall time: they differ
 # between two runs that compute the same thing
 VOLATILE = (*RUN_COLUMNS, "model_version", "train_seconds", "seconds_per_1000")
@@ -29,7 +29,7 @@ def world(spark, base_cfg, tmp_path_factory):
     root = tmp_path_factory.mktemp("reliability")
     cfg = replace(base_cfg, tables={"root": str(root / "t")}, synthetic={"n_users": 1500, "chunk_users": 1500},
                   folds={"n_folds": 2}, base_models={"models": MODELS, "early_stopping_rounds": 5},
-                  fusion={"meta_model": META, "ablations": []},
+                  fusion={"meta_model": META, "ablations": [], "variants": {}},
                   distill={"students": [{"name": "student", "objective": "mse", "target": "teacher", "params": FAST}],
                            "timing_rows": 300},
                   lead_list={"k": 60}, report={"curve_points": 20, "top_features": 5})

@@ -57,3 +57,32 @@ def test_study_rows_come_in_the_order_the_schema_lists_the_variants():
     ordered = in_key_order(rows, "hm3_study")
     assert list(ordered["variant"]) == ["full", "without_aux", "flat_heads"]
     assert list(ordered["auc"]) == [0.3, 0.1, 0.2]
+
+
+def _fusion_row(section, name, evaluation, logloss, low, high, teacher=False):
+    return {"section": section, "name": name, "evaluation": evaluation, "rows": 100, "positives": 10,
+            "precision_at_k": 0.1, "precision_at_k_ci_low": 0.05, "precision_at_k_ci_high": 0.15, "auc": 0.8,
+            "auc_ci_low": -0.01 if section == "difference" else 0.75, "auc_ci_high": 0.85,
+            "logloss": logloss, "logloss_ci_low": low, "logloss_ci_high": high, "teacher": teacher}
+
+
+def test_differences_get_verdicts_and_the_teacher_check_reads_the_guarded_rows():
+    from remedi_spark.report.build import teacher_check, with_intervals
+
+    fr = pd.DataFrame([
+        _fusion_row("fusion", "hybrid_expert", "meta_oof", 0.02, 0.018, 0.022, teacher=True),
+        _fusion_row("difference", "hybrid_expert - lgbm", "meta_oof", 0.001, -0.001, 0.003),
+        _fusion_row("difference", "hybrid_expert - simple_average", "meta_oof", -0.004, -0.006, -0.002),
+        _fusion_row("difference", "hybrid_expert - hybrid_expert[paper]", "meta_oof", 0.003, 0.001, 0.005),
+    ])
+    shown = with_intervals(fr).set_index("name")
+    assert shown.loc["hybrid_expert - lgbm", "logloss_verdict"] == "no difference"
+    assert shown.loc["hybrid_expert - simple_average", "logloss_verdict"] == "better"  # lower log loss
+    assert shown.loc["hybrid_expert - hybrid_expert[paper]", "logloss_verdict"] == "worse"
+    assert shown.loc["hybrid_expert", "logloss_verdict"] == "" and shown.loc["hybrid_expert", "auc_ci"] == "[0.7500, 0.8500]"
+    assert shown.loc["hybrid_expert", "precision_at_k_ci"] == "[5.00%, 15.00%]"
+    check = teacher_check(fr, "lgbm")
+    assert check["teacher"] == "hybrid_expert" and len(check["comparisons"]) == 3
+    assert not check["weak"]  # worse than a head variant is not what the guard watches
+    worse = fr.assign(logloss_ci_low=lambda d: np.where(d["name"] == "hybrid_expert - lgbm", 0.0005, d["logloss_ci_low"]))
+    assert teacher_check(worse, "lgbm")["weak"]

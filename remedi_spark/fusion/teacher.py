@@ -1,8 +1,9 @@
-"""The teacher as one scorer: refit base models → Algorithm 1 → hybrid-expert head, for any rows.
+"""The teacher as one scorer: refit base models → Algorithm 1 → teacher head, for any rows.
 
 Distillation calls :func:`teacher_scores` on feature rows of any month; inference-time
 comparisons (teacher vs student per 1,000 owners) time it. Every base model is read from
-``<root>/models/<name>/`` and the head from ``<root>/models/teacher/``, never from driver memory.
+``<root>/models/<name>/`` and the head (the hybrid-expert, or the strategy the fusion stage chose
+instead) from ``<root>/models/teacher/``, never from driver memory.
 """
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ from ..io.store import TableStore
 from ..models.base import KEYS, load_model, model_roots
 from ..training.oof import model_path
 from .meta_features import relative_meta_features
-from .meta_models import HybridExpert
+from .meta_models import from_bytes
 from .train import teacher_path
 
 
@@ -31,7 +32,7 @@ def load_teacher(spark: SparkSession, store: TableStore) -> tuple[bytes, str, li
         meta_json = files.read_text(spark, f"{path}/model.json")
     except Exception as exc:  # noqa: BLE001 - Hadoop raises its own types through py4j
         raise FileNotFoundError(f"no teacher head under {path}: run the fusion stage first ({exc})") from None
-    return files.read_bytes(spark, f"{path}/model.pt"), meta_json, json.loads(meta_json)["models"]
+    return files.read_bytes(spark, f"{path}/state.bin"), meta_json, json.loads(meta_json)["models"]
 
 
 def base_predictions(spark: SparkSession, cfg: Config, store: TableStore, features: DataFrame,
@@ -53,7 +54,7 @@ def teacher_scores(spark: SparkSession, cfg: Config, store: TableStore, features
     p_cols = [f"p_{m}" for m in models]
 
     def score(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
-        model = HybridExpert.from_bytes(*head.value)
+        model = from_bytes(*head.value)
         for b in batches:
             x = relative_meta_features(b[p_cols].to_numpy(np.float64))
             yield pd.DataFrame({"user_id": b["user_id"], "month": b["month"], "p_teacher": model.predict(x)})

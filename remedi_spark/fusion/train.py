@@ -1,21 +1,32 @@
-"""Fusion stage: every meta-model trained on out-of-fold rows, compared on held-out rows (Tables 1–3).
+"""Fusion stage: every meta-model fitted on out-of-fold rows, cross-fitted on the training owners,
+compared with intervals, and a guarded choice of the teacher that distillation learns from.
 
-Training rows are the ``train`` split's out-of-fold meta-features, without the out-of-time month
-(so that month is unseen by every meta-model). Two evaluations:
+Fit rows are the ``train`` split's out-of-fold meta-features without the out-of-time month. Three
+evaluations, each row of ``fusion_results`` with a paired-bootstrap interval over owners:
 
-* ``user_split``: the held-out owners (``split = test``, 20%), every labelled month;
+* ``meta_oof``: the training owners' fit rows, each predicted by a meta-model fitted on the other
+  folds (cross-fitting over the base models' own folds). Everything the stage *chooses* — the best
+  base model, the ``auto`` teacher, the weak-teacher guard — is decided on these rows only.
+* ``user_split``: the held-out owners (``split = test``), every labelled month;
 * ``out_of_time``: the held-out owners in the newest fully labelled month (``oot_split = test``).
-  The base models were refit on the training owners' rows of every month, that month included,
-  so this checks the fusion across time, not a full backtest of the base models.
 
-Rows of the results table: each base model alone, each fusion strategy, the hybrid-expert on
-subsets of the base models (diversity ablations) and the oracle ceiling (the simulator's true
-probability). The hybrid-expert is saved as the teacher head and scores every meta-feature row
-into ``teacher_predictions`` (what distillation learns from).
+Held-out numbers are reported, never used as a target.
+
+Rows: each base model alone, each fusion strategy, the hybrid-expert on subsets of the base models
+(``ablation``), the hybrid-expert with other head settings (``variant``, e.g. the paper's head
+exactly), the oracle ceiling where the synthetic ``oracle`` table exists, and the paired
+differences that carry the method's claims (``difference``: teacher − best base model, teacher −
+stacking LR, teacher − simple average, hybrid-expert − each variant). The teacher — the
+hybrid-expert, or with ``fusion.teacher: auto`` the strategy with the best meta-OOF log loss — is
+checked against the best base model and the simple average (``fusion.on_weak_teacher``), saved as
+the teacher head and scores every meta-feature row into ``teacher_predictions``.
 """
 from __future__ import annotations
 
 import time
+import warnings
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
@@ -27,13 +38,14 @@ from ..config import Config, ConfigError, ModelSpec
 from ..io import files
 from ..io.schemas import frame_from_pandas, load_schema
 from ..io.store import TableStore
-from ..metrics import k_for, lead_metrics
+from ..metrics import BOOTSTRAP_METRICS, bootstrap, difference_verdict, k_for, lead_metrics
 from ..models.base import keyed_pandas, saved_model_dir
 from ..models.neural.base import build_config
 from .meta_features import meta_feature_names, relative_meta_features
-from .meta_models import STRATEGIES, ExpertConfig, HybridExpert, MetaModel
+from .meta_models import STRATEGIES, ExpertConfig, MetaModel, fit_strategy, to_bytes
 
-METRICS = ("precision_at_k", "business_recall_at_k", "lift_at_k", "auc", "logloss")
+METRICS = BOOTSTRAP_METRICS
+LOWER_IS_BETTER = {"logloss"}
 ABLATIONS = {
     "trees_only": lambda s: s.family == "lgbm",
     "neural_only": lambda s: s.family != "lgbm",
@@ -43,6 +55,11 @@ ABLATIONS = {
     "without_kaml": lambda s: s.family != "kaml",  # the teacher with vs without the multi-horizon model
     "without_hm3": lambda s: s.family != "hm3",  # ... and without the behaviour-funnel model
 }
+EVALUATIONS = ("meta_oof", "user_split", "out_of_time")
+
+
+class WeakTeacherError(RuntimeError):
+    """``fusion.on_weak_teacher: fail`` and the teacher is worse than its inputs on meta-OOF rows."""
 
 
 def teacher_path(store: TableStore) -> str:
@@ -54,29 +71,6 @@ def models_in(meta: DataFrame) -> list[str]:
     return [c[2:] for c in meta.columns if c.startswith("p_")]
 
 
-def _evaluation_sets(pdf: pd.DataFrame) -> dict[str, np.ndarray]:
-    test = (pdf["split"] == "test").to_numpy()
-    return {"user_split": test, "out_of_time": test & (pdf["oot_split"] == "test").to_numpy()}
-
-
-def _rows(section: str, name: str, models: list[str], y: np.ndarray, p: np.ndarray,
-          sets: dict[str, np.ndarray], k_fraction: float) -> list[dict[str, Any]]:
-    out = []
-    for evaluation, mask in sets.items():
-        m = lead_metrics(y[mask], p[mask], k_for(int(mask.sum()), k_fraction))
-        out.append({"section": section, "name": name, "models": ",".join(models), "evaluation": evaluation,
-                    "rows": int(m["rows"]), "positives": int(m["positives"]), "k": int(m["k"]),
-                    **{k: float(m[k]) for k in METRICS}})
-    return out
-
-
-def fit_strategy(name: str, m: int, x: np.ndarray, y: np.ndarray, groups: np.ndarray,
-                 expert: ExpertConfig) -> MetaModel:
-    cls = STRATEGIES[name]
-    model = cls(m, expert) if issubclass(cls, HybridExpert) else cls(m)
-    return model.fit(x, y, groups)
-
-
 def _specs_for(cfg: Config, models: list[str]) -> dict[str, ModelSpec]:
     specs = {s.name: s for s in cfg.base_models.models}
     missing = [m for m in models if m not in specs]
@@ -86,65 +80,232 @@ def _specs_for(cfg: Config, models: list[str]) -> dict[str, ModelSpec]:
     return {m: specs[m] for m in models}
 
 
-def train_fusion(spark: SparkSession, cfg: Config, store: TableStore) -> dict[str, Any]:
-    """Stage ``fusion``: results table ``fusion_results``, teacher head, ``teacher_predictions``."""
-    fcfg = cfg.fusion
-    expert = build_config(ExpertConfig, fcfg.meta_model)
-    meta = store.read("meta_features")
-    models = models_in(meta)
-    specs = _specs_for(cfg, models)
-    names = meta_feature_names(models)
-    oot = store.read("folds").select("user_id", "month", "oot_split")
-    oracle = store.read("oracle").select("user_id", "month", F.col("p_3m").alias("p_oracle"))
-    pdf = keyed_pandas(meta.join(oot, ["user_id", "month"]).join(oracle, ["user_id", "month"], "left"),
-                       "user_id", "month", "split", "oot_split", "y", "p_oracle", *names)
-    x, y, groups = pdf[names].to_numpy(np.float64), pdf["y"].to_numpy(np.float64), pdf["user_id"].to_numpy()
-    fit = ((pdf["split"] == "train") & (pdf["oot_split"] == "train")).to_numpy()
-    sets = _evaluation_sets(pdf)
-    k_fraction = cfg.base_models.metric_k_fraction
-    rows: list[dict[str, Any]] = []
-    for j, m in enumerate(models):
-        rows += _rows("base", m, [m], y, x[:, j], sets, k_fraction)
-    fitted: dict[str, MetaModel] = {}
-    seconds = {}
-    for name in STRATEGIES:
-        start = time.perf_counter()
-        fitted[name] = fit_strategy(name, len(models), x[fit], y[fit], groups[fit], expert)
-        seconds[name] = round(time.perf_counter() - start, 2)
-        rows += _rows("fusion", name, models, y, fitted[name].predict(x), sets, k_fraction)
-    for ablation in fcfg.ablations:
+def cross_fitted(fit: Callable[[np.ndarray], Callable[[np.ndarray], np.ndarray]], folds: np.ndarray) -> np.ndarray:
+    """Out-of-fold predictions over ``folds`` (one fold id per row): for each fold k, ``fit(train_rows)``
+    is given the indices of the rows of the other folds and returns a predictor, which is asked only
+    for fold k's rows. No row is predicted by a model that was fitted on it."""
+    out = np.full(len(folds), np.nan)
+    for k in np.unique(folds):
+        held = np.flatnonzero(folds == k)
+        predict = fit(np.flatnonzero(folds != k))
+        out[held] = predict(held)
+    return out
+
+
+@dataclass
+class Candidate:
+    """One meta-level ranker: its results-table section and name, the base models it uses and how
+    it is fitted (None: a base model's own OOF prediction, nothing to fit)."""
+
+    section: str
+    name: str
+    models: list[str]
+    x: np.ndarray | None = None
+    strategy: str | None = None
+    expert: ExpertConfig | None = None
+
+    def fit(self, rows: np.ndarray, y: np.ndarray, groups: np.ndarray) -> MetaModel:
+        return fit_strategy(self.strategy, len(self.models), self.x[rows], y[rows], groups[rows], self.expert)
+
+
+def _candidates(cfg: Config, models: list[str], specs: dict[str, ModelSpec], x: np.ndarray,
+                expert: ExpertConfig) -> list[Candidate]:
+    out = [Candidate("fusion", name, models, x, name, expert) for name in STRATEGIES]
+    for ablation in cfg.fusion.ablations:
         subset = [m for m in models if ABLATIONS[ablation](specs[m])]
         if not subset or len(subset) == len(models):
             continue  # nothing to compare: the subset is empty or all models
         xs = relative_meta_features(x[:, [models.index(m) for m in subset]])
-        model = fit_strategy("hybrid_expert", len(subset), xs[fit], y[fit], groups[fit], expert)
-        rows += _rows("ablation", f"hybrid_expert[{ablation}]", subset, y, model.predict(xs), sets, k_fraction)
-    known = pdf["p_oracle"].notna().to_numpy()
-    if known.all():
-        rows += _rows("oracle", "oracle", [], y, pdf["p_oracle"].to_numpy(np.float64), sets, k_fraction)
+        out.append(Candidate("ablation", f"hybrid_expert[{ablation}]", subset, xs, "hybrid_expert", expert))
+    for variant, overrides in cfg.fusion.variants.items():
+        out.append(Candidate("variant", f"hybrid_expert[{variant}]", models, x, "hybrid_expert",
+                             _expert_config({**asdict(expert), **(overrides or {})}, f"fusion.variants.{variant}")))
+    return out
+
+
+def _meta_oof(c: Candidate, fit_idx: np.ndarray, fold: np.ndarray, y: np.ndarray, groups: np.ndarray) -> np.ndarray:
+    """Candidate ``c`` cross-fitted over the fit rows' folds: its meta-level OOF predictions."""
+    def fit(rows: np.ndarray) -> Callable[[np.ndarray], np.ndarray]:
+        model = c.fit(fit_idx[rows], y, groups)
+        return lambda held: model.predict(c.x[fit_idx[held]])
+    return cross_fitted(fit, fold)
+
+
+def _expert_config(values: dict[str, Any], key: str) -> ExpertConfig:
+    try:
+        return build_config(ExpertConfig, values)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"{key}: {exc}") from None
+
+
+def _choose_teacher(mode: str, meta_oof: dict[str, dict[str, float]]) -> str:
+    """``hybrid_expert``, or for ``auto`` the strategy with the lowest meta-OOF log loss (higher P@K breaks a tie)."""
+    if mode == "hybrid_expert":
+        return "hybrid_expert"
+    return min(STRATEGIES, key=lambda s: (round(meta_oof[s]["logloss"], 6), -meta_oof[s]["precision_at_k"]))
+
+
+def weak_teacher_reasons(differences: dict[tuple[str, str], dict[str, Any]], teacher: str,
+                         rivals: list[str]) -> list[str]:
+    """The rivals the teacher is worse than beyond noise on meta-OOF log loss: the lower end of the
+    interval of (teacher − rival) log loss above 0."""
+    out = []
+    for rival in rivals:
+        iv = differences[(teacher, rival)]["logloss"]
+        if difference_verdict(iv, lower_is_better=True) == "worse":
+            out.append(f"{teacher} meta-OOF log loss is {iv.estimate:+.5f} against {rival} "
+                       f"({100 * iv.level:.0f}% interval {iv.low:+.5f} .. {iv.high:+.5f})")
+    return out
+
+
+def _pairs(teacher: str, best_base: str, variants: list[str]) -> list[tuple[str, str]]:
+    pairs = [(teacher, best_base), (teacher, "stacking_lr"), (teacher, "simple_average")]
+    if teacher != "hybrid_expert":
+        pairs += [("hybrid_expert", best_base), ("hybrid_expert", "simple_average"), ("hybrid_expert", teacher)]
+    pairs += [("hybrid_expert", v) for v in variants]
+    return list(dict.fromkeys(p for p in pairs if p[0] != p[1]))
+
+
+def _result_rows(evaluation: str, candidates: list[tuple[str, str, list[str]]], y: np.ndarray,
+                 scores: dict[str, np.ndarray], groups: np.ndarray, pairs: list[tuple[str, str]], cfg: Config
+                 ) -> tuple[list[dict[str, Any]], dict[tuple[str, str], dict[str, Any]]]:
+    """Rows of one evaluation: every candidate's metrics with intervals, then the paired differences."""
+    b = cfg.evaluation.bootstrap
+    k_fraction = cfg.base_models.metric_k_fraction
+    boot = bootstrap(y, scores, groups, k_fraction, replicates=b.replicates, seed=b.seed, level=b.level, pairs=pairs)
+    common = {"evaluation": evaluation, "rows": len(y), "positives": int(y.sum()), "k": k_for(len(y), k_fraction),
+              "ci_level": b.level}
+    rows = []
+    for section, name, models in candidates:
+        rows.append({"section": section, "name": name, "models": ",".join(models), **common,
+                     **_metric_columns(boot["intervals"][name])})
+    for (a, c), ivs in boot["differences"].items():
+        rows.append({"section": "difference", "name": f"{a} - {c}", "models": f"{a},{c}", **common,
+                     **_metric_columns(ivs)})
+    return rows, boot["differences"]
+
+
+def _metric_columns(intervals: dict[str, Any]) -> dict[str, float]:
+    out: dict[str, float] = {}
+    for metric in METRICS:
+        iv = intervals[metric]
+        out.update({metric: iv.estimate, f"{metric}_ci_low": iv.low, f"{metric}_ci_high": iv.high})
+    return out
+
+
+def train_fusion(spark: SparkSession, cfg: Config, store: TableStore) -> dict[str, Any]:
+    """Stage ``fusion``: results table ``fusion_results``, teacher head, ``teacher_predictions``."""
+    fcfg = cfg.fusion
+    expert = _expert_config(dict(fcfg.meta_model), "fusion.meta_model")
+    meta = store.read("meta_features")
+    models = models_in(meta)
+    specs = _specs_for(cfg, models)
+    names = meta_feature_names(models)
+    joined = meta.join(store.read("folds").select("user_id", "month", "oot_split"), ["user_id", "month"])
+    if store.exists("oracle"):  # the simulator's ceiling; a bring-your-own table has none
+        oracle = store.read("oracle").select("user_id", "month", F.col("p_3m").alias("p_oracle"))
+        joined = joined.join(oracle, ["user_id", "month"], "left")
+    else:
+        joined = joined.withColumn("p_oracle", F.lit(None).cast("double"))
+    pdf = keyed_pandas(joined, "user_id", "month", "fold", "split", "oot_split", "y", "p_oracle", *names)
+    x, y, groups = pdf[names].to_numpy(np.float64), pdf["y"].to_numpy(np.float64), pdf["user_id"].to_numpy()
+    fit = ((pdf["split"] == "train") & (pdf["oot_split"] == "train")).to_numpy()
+    test = (pdf["split"] == "test").to_numpy()
+    masks = {"meta_oof": fit, "user_split": test, "out_of_time": test & (pdf["oot_split"] == "test").to_numpy()}
+    if not fit.any():
+        raise ValueError("fusion: no training-owner rows outside the out-of-time month to fit the meta-models on")
+    fit_idx = np.flatnonzero(fit)
+    fold = pdf["fold"].to_numpy()[fit]
+
+    candidates = _candidates(cfg, models, specs, x, expert)
+    full: dict[str, np.ndarray] = {m: x[:, j] for j, m in enumerate(models)}  # every row
+    oof: dict[str, np.ndarray] = {m: x[fit, j] for j, m in enumerate(models)}  # fit rows, cross-fitted
+    fitted: dict[str, MetaModel] = {}
+    seconds: dict[str, float] = {}
+    for c in candidates:
+        start = time.perf_counter()
+        oof[c.name] = _meta_oof(c, fit_idx, fold, y, groups)
+        fitted[c.name] = c.fit(fit_idx, y, groups)
+        full[c.name] = fitted[c.name].predict(c.x)
+        seconds[c.name] = round(time.perf_counter() - start, 2)
+    rankers = [("base", m, [m]) for m in models] + [(c.section, c.name, c.models) for c in candidates]
+    if pdf["p_oracle"].notna().all():
+        full["oracle"] = pdf["p_oracle"].to_numpy(np.float64)
+        rankers_held = rankers + [("oracle", "oracle", [])]
+    else:
+        rankers_held = rankers
+
+    # choices on the training owners' meta-OOF rows only
+    k_oof = k_for(int(fit.sum()), cfg.base_models.metric_k_fraction)
+    point = {name: lead_metrics(y[fit], p, k_oof) for name, p in oof.items()}
+    best_base = min(models, key=lambda m: (round(point[m]["logloss"], 6), -point[m]["precision_at_k"]))
+    teacher = _choose_teacher(fcfg.teacher, point)
+    variants = [c.name for c in candidates if c.section == "variant"]
+    pairs = _pairs(teacher, best_base, variants)
+    rows, differences = _result_rows("meta_oof", rankers, y[fit], oof, groups[fit], pairs, cfg)
+    reasons = weak_teacher_reasons(differences, teacher, [best_base, "simple_average"])
+    decision = {"chosen": teacher, "mode": fcfg.teacher, "best_base_model": best_base, "weak": bool(reasons),
+                "reasons": reasons, "action": "none"}
+    if reasons:
+        decision["action"] = fcfg.on_weak_teacher
+        message = "the teacher is weaker than its inputs on meta-level OOF rows: " + "; ".join(reasons)
+        if fcfg.on_weak_teacher == "warn":
+            warnings.warn(message + " (fusion.on_weak_teacher: warn; distilling it anyway)", RuntimeWarning, stacklevel=2)
+        elif fcfg.on_weak_teacher == "fallback":
+            teacher = min(STRATEGIES, key=lambda s: (round(point[s]["logloss"], 6), -point[s]["precision_at_k"]))
+            decision["chosen"] = teacher
+    for evaluation in ("user_split", "out_of_time"):
+        mask = masks[evaluation]
+        if mask.any():
+            rows += _result_rows(evaluation, rankers_held, y[mask], {n: p[mask] for n, p in full.items()},
+                                 groups[mask], _pairs(teacher, best_base, variants), cfg)[0]
     run_id = store.run.run_id if store.run else "adhoc"
-    results = pd.DataFrame(rows).assign(run_id=run_id)
+    results = pd.DataFrame(rows).assign(run_id=run_id, teacher=lambda d: d["name"] == teacher)
     store.write_table(frame_from_pandas(spark, results, "fusion_results"), "fusion_results")
-    teacher: HybridExpert = fitted["hybrid_expert"]  # type: ignore[assignment]
-    state, meta_json = teacher.to_bytes({"models": models, "run_id": run_id})
-    files.write_bytes(spark, f"{teacher_path(store)}/model.pt", state)
+    summary = {"models": models, "fit_rows": int(fit.sum()), "fit_positives": int(y[fit].sum()),
+               "train_seconds": seconds, "teacher": decision,
+               "results": results.drop(columns="run_id").round(5).to_dict("records")}
+    if reasons and fcfg.on_weak_teacher == "fail":
+        raise WeakTeacherError(f"fusion: {message}; fusion_results was written, the teacher was not "
+                               f"(fusion.on_weak_teacher: fail). Set it to warn or fallback, or fix the base models.")
+    state, meta_json = to_bytes(fitted[teacher], {"models": models, "run_id": run_id, "decision": decision})
+    files.write_bytes(spark, f"{teacher_path(store)}/state.bin", state)
     files.write_text(spark, f"{teacher_path(store)}/model.json", meta_json)
-    teacher_pdf = pdf[["user_id", "month", "split"]].assign(p_teacher=teacher.predict(x), run_id=run_id)
+    teacher_pdf = pdf[["user_id", "month", "split"]].assign(p_teacher=full[teacher], run_id=run_id)
     schema = load_schema("teacher_predictions").struct()  # ~all labelled rows: through Arrow, not tuples
     store.write_table(spark.createDataFrame(teacher_pdf[[f.name for f in schema.fields]], schema), "teacher_predictions")
-    return {"models": models, "fit_rows": int(fit.sum()), "train_seconds": seconds,
-            "teacher_valid_auc": round(teacher.valid_auc, 4), "results": results.drop(columns="run_id")
-            .round(5).to_dict("records")}
+    return summary
+
+
+def format_teacher(decision: dict[str, Any]) -> str:
+    """One paragraph: which strategy is the teacher, chosen how, and the guard's verdict."""
+    text = (f"teacher: {decision['chosen']} (fusion.teacher: {decision['mode']}; best base model on meta-OOF log loss: "
+            f"{decision['best_base_model']})")
+    if decision["weak"]:
+        text += f"\n  WEAK TEACHER ({decision['action']}): " + "; ".join(decision["reasons"])
+    return text
 
 
 def format_results(records: list[dict[str, Any]], evaluation: str = "user_split") -> str:
-    """Markdown table of one evaluation: P@K, Business Recall@K, Lift, AUC, LogLoss per row."""
+    """Markdown table of one evaluation: P@K, AUC and LogLoss with their intervals per row;
+    a difference whose interval contains 0 is marked "no difference"."""
     table = pd.DataFrame(records)
     table = table[table["evaluation"] == evaluation]
+    if table.empty:
+        return f"{evaluation}: no rows"
+    level = int(round(100 * table["ci_level"].iloc[0]))
     lines = [f"{evaluation}: {int(table['rows'].iloc[0]):,} rows, {int(table['positives'].iloc[0]):,} positives, "
-             f"K = {int(table['k'].iloc[0]):,}",
-             "| section | name | P@K | Business Recall@K | Lift@K | AUC | LogLoss |", "|---|---|---|---|---|---|---|"]
-    for r in table.itertuples():
-        lines.append(f"| {r.section} | {r.name} | {100 * r.precision_at_k:.2f}% | {100 * r.business_recall_at_k:.1f}% "
-                     f"| {r.lift_at_k:.2f} | {r.auc:.4f} | {r.logloss:.5f} |")
+             f"K = {int(table['k'].iloc[0]):,}; [{level}% interval, paired bootstrap over owners]",
+             "| section | name | P@K | AUC | LogLoss |", "|---|---|---|---|---|"]
+    for r in table.to_dict("records"):
+        cells = [f"{100 * r['precision_at_k']:.2f}% [{100 * r['precision_at_k_ci_low']:.2f}, "
+                 f"{100 * r['precision_at_k_ci_high']:.2f}]",
+                 f"{r['auc']:.4f} [{r['auc_ci_low']:.4f}, {r['auc_ci_high']:.4f}]",
+                 f"{r['logloss']:.5f} [{r['logloss_ci_low']:.5f}, {r['logloss_ci_high']:.5f}]"]
+        if r["section"] == "difference":
+            cells = [c + (" no difference" if lo <= 0 <= hi else "") for c, lo, hi in zip(
+                cells, (r["precision_at_k_ci_low"], r["auc_ci_low"], r["logloss_ci_low"]),
+                (r["precision_at_k_ci_high"], r["auc_ci_high"], r["logloss_ci_high"]))]
+        name = f"**{r['name']}** (teacher)" if r.get("teacher") else r["name"]
+        lines.append(f"| {r['section']} | {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines)

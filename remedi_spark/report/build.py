@@ -33,9 +33,14 @@ TABLES = {  # key: (fusion_results section, title)
     "base_models": ("base", "Table 1 — base models"),
     "fusion": ("fusion", "Table 2 — fusion strategies"),
     "ablations": ("ablation", "Table 3 — diversity ablations (hybrid expert without a model family)"),
+    "variants": ("variant", "Table 3b — hybrid-expert head variants (the paper's head, without the skip path, ...)"),
+    "differences": ("difference", "Paired differences behind the method's claims (a − b)"),
 }
-EVALUATIONS = {"user_split": "held-out owners (random 20% of owners, all labelled months)",
+EVALUATIONS = {"meta_oof": "training owners, meta-level out-of-fold (cross-fitted over the folds; every choice "
+                           "— best base model, teacher, guard — is made on these rows)",
+               "user_split": "held-out owners (random 20% of owners, all labelled months)",
                "out_of_time": "held-out owners in the newest labelled month (out of time)"}
+INTERVAL_METRICS = ("precision_at_k", "auc", "logloss")
 STUDIES = {  # study table (collect.STUDY_TABLES): (section title, columns after the variant's name, footnote)
     "kdef_study": ("KDEF study (newest kdef-study run)",
                    ["k", "member", "auc", "logloss", "knowledge_abundance", "epochs"], ""),
@@ -84,17 +89,51 @@ def _with_oracle_share(rows: pd.DataFrame, oracle_precision: float | None) -> pd
     return rows
 
 
+def with_intervals(rows: pd.DataFrame) -> pd.DataFrame:
+    """``rows`` with a display column ``<metric>_ci`` ("[low, high]") per interval metric and, on
+    difference rows, ``<metric>_verdict``: "no difference" when the interval contains 0."""
+    rows = rows.copy()
+    for metric in INTERVAL_METRICS:
+        scale, digits, unit = (100, 2, "%") if metric == "precision_at_k" else (1, 4, "")
+        low, high = rows[f"{metric}_ci_low"], rows[f"{metric}_ci_high"]
+        rows[f"{metric}_ci"] = [f"[{scale * a:.{digits}f}{unit}, {scale * b:.{digits}f}{unit}]"
+                                if pd.notna(a) and pd.notna(b) else "" for a, b in zip(low, high)]
+        better = (high < 0) if metric == "logloss" else (low > 0)
+        worse = (low > 0) if metric == "logloss" else (high < 0)
+        rows[f"{metric}_verdict"] = np.where(rows["section"] != "difference", "",
+                                             np.where(better, "better", np.where(worse, "worse", "no difference")))
+    return rows
+
+
+def teacher_check(fr: pd.DataFrame, best_base: str) -> dict[str, Any]:
+    """The distilled strategy and its paired differences on meta-OOF rows; ``weak`` when its log
+    loss is worse than the best base model's or the simple average's beyond the interval (the
+    fusion stage's guard, read back from the table)."""
+    teacher = fr.loc[fr["teacher"], "name"]
+    name = str(teacher.iloc[0]) if len(teacher) else "hybrid_expert"
+    diffs = fr[(fr["section"] == "difference") & (fr["evaluation"] == "meta_oof")
+               & fr["name"].str.startswith(f"{name} - ")]
+    rows = _records(with_intervals(diffs)[["name", "rows", "positives", "logloss", "logloss_ci", "logloss_verdict",
+                                           "auc", "auc_ci", "auc_verdict"]])
+    guarded = {f"{name} - {best_base}", f"{name} - simple_average"}
+    return {"teacher": name, "comparisons": rows,
+            "weak": any(r["logloss_verdict"] == "worse" for r in rows if r["name"] in guarded)}
+
+
 def result_tables(data: ReportData) -> dict[str, dict[str, list[dict[str, Any]]]]:
-    """Tables 1–3 per evaluation (oracle row last, P@K as a share of the oracle's) and Table 4."""
+    """Tables 1–3 per evaluation (oracle row last, P@K as a share of the oracle's), the head
+    variants and the paired differences, with intervals; Table 4."""
     fr = data.fusion_results
     out: dict[str, dict[str, list[dict[str, Any]]]] = {}
     for key, (section, _) in TABLES.items():
         out[key] = {}
         for evaluation in EVALUATIONS:
             oracle = fr[(fr["section"] == "oracle") & (fr["evaluation"] == evaluation)]
-            rows = fr[(fr["section"] == section) & (fr["evaluation"] == evaluation)] \
-                .sort_values("auc", ascending=False, kind="stable")
-            rows = pd.concat([rows, oracle]) if len(oracle) else rows
+            rows = fr[(fr["section"] == section) & (fr["evaluation"] == evaluation)]
+            if section != "difference":
+                rows = rows.sort_values("auc", ascending=False, kind="stable")
+                rows = pd.concat([rows, oracle]) if len(oracle) else rows
+            rows = with_intervals(rows)
             ceiling = float(oracle["precision_at_k"].iloc[0]) if len(oracle) else None
             out[key][evaluation] = _records(_with_oracle_share(rows, ceiling).drop(columns=["run_id"]))
     oracle = fr[(fr["section"] == "oracle") & (fr["evaluation"] == "user_split")]
@@ -161,7 +200,9 @@ def report_numbers(data: ReportData, cfg: Config) -> dict[str, Any]:
         "generated_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "k_fraction": cfg.base_models.metric_k_fraction,
         "best_base_model": data.best_base,
+        "ci_level": cfg.evaluation.bootstrap.level,
         "tables": result_tables(data),
+        "teacher": teacher_check(data.fusion_results, data.best_base),
         "studies": {t: _records(rows.drop(columns=["run_id"], errors="ignore")) for t, rows in data.studies.items()},
         "evaluation": evaluation_numbers(data, cfg.report.curve_points, cfg.report.calibration_bins),
         "monthly": _records(monthly),
@@ -211,15 +252,31 @@ def _headline(numbers: dict[str, Any]) -> str:
 
 def render_html(numbers: dict[str, Any], pngs: dict[str, bytes]) -> str:
     """The report page (see the module docstring for its sections)."""
-    cols = ["name", "rows", "k", *METRIC_COLUMNS, "share_of_oracle"]
+    cols = ["name", "rows", "positives", "k", "precision_at_k", "precision_at_k_ci", "business_recall_at_k",
+            "lift_at_k", "auc", "auc_ci", "logloss", "logloss_ci", "share_of_oracle"]
+    diff_cols = ["name", "rows", "positives", "precision_at_k", "precision_at_k_ci", "precision_at_k_verdict", "auc",
+                 "auc_ci", "auc_verdict", "logloss", "logloss_ci", "logloss_verdict"]
     sections: list[tuple[str, str]] = []
-    if numbers["warnings"]:
-        sections.append(("Warnings", "".join(f"<p class='warn'>{w}</p>" for w in numbers["warnings"])))
+    tc = numbers["teacher"]
+    warnings = list(numbers["warnings"]) + ([f"The teacher ({tc['teacher']}) has a worse meta-level OOF log loss than "
+                                             "a simpler ranker beyond the interval; see 'The teacher'."]
+                                            if tc["weak"] else [])
+    if warnings:
+        sections.append(("Warnings", "".join(f"<p class='warn'>{w}</p>" for w in warnings)))
     sections.append(("Headline: the evaluation month", _headline(numbers)))
-    for key, (_, title) in TABLES.items():
-        inner = "".join(f"<h3>{EVALUATIONS[e]}</h3>" + table(numbers["tables"][key][e], cols)
-                        for e in EVALUATIONS)
-        sections.append((title, inner))
+    sections.append(("The teacher", f"<p>Distilled strategy: <b>{tc['teacher']}</b>. Checked on the training owners' "
+                     "meta-level out-of-fold rows against the best base model (lowest meta-OOF log loss) and the "
+                     "simple average; a difference whose interval contains 0 is no difference.</p>"
+                     + table(tc["comparisons"], ["name", "rows", "positives", "logloss", "logloss_ci", "logloss_verdict",
+                                                 "auc", "auc_ci", "auc_verdict"])))
+    level = numbers.get("ci_level")
+    for key, (section, title) in TABLES.items():
+        inner = "".join(f"<h3>{EVALUATIONS[e]}</h3>" + table(numbers["tables"][key][e],
+                                                              diff_cols if section == "difference" else cols)
+                        for e in EVALUATIONS if numbers["tables"][key][e])
+        if inner:
+            sections.append((title, inner + (f"<p class='meta'>Intervals: {100 * level:.0f}%, paired bootstrap over "
+                                             "owners.</p>" if level else "")))
     distill_cols = ["name", "kind", *METRIC_COLUMNS, "corr_vs_teacher", "rank_corr_vs_teacher", "mse_vs_teacher",
                     "best_iteration", "seconds_per_1000", "share_of_oracle"]
     sections.append(("Table 4 — distillation (teacher → one LightGBM student)",

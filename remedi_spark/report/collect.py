@@ -179,8 +179,10 @@ def collect(spark: SparkSession, cfg: Config, store: TableStore, run: str | None
     versions = table_versions(stages)
     fusion = _pinned(store, versions, "fusion_results").toPandas()
     distill = _pinned(store, versions, "distill_results").toPandas()
-    base = fusion[(fusion["section"] == "base") & (fusion["evaluation"] == "user_split")]
-    best_base = str(base.sort_values("auc", ascending=False).iloc[0]["name"])
+    # the best base model is chosen on the training owners' OOF rows, never on the held-out ones
+    base = fusion[(fusion["section"] == "base") & (fusion["evaluation"] == "meta_oof")]
+    best_base = str(base.sort_values(["logloss", "precision_at_k"], ascending=[True, False], kind="stable")
+                    .iloc[0]["name"])
     warnings: list[str] = []
     student = load_student(spark, cfg, store)
     if not any(m["run_id"] == student.run_id for m in manifests):

@@ -27,6 +27,8 @@ LABELS = {"precision_at_k": "P@K", "business_recall_at_k": "Business Recall@K", 
           "corr_vs_teacher": "corr. vs teacher", "rank_corr_vs_teacher": "rank corr. vs teacher",
           "mse_vs_teacher": "MSE vs teacher", "seconds_per_1000": "s / 1,000 owners", "best_iteration": "trees",
           "read_version": "read version", "written_version": "written version", "run_id": "run id",
+          "precision_at_k_ci": "P@K interval", "auc_ci": "AUC interval", "logloss_ci": "LogLoss interval",
+          "precision_at_k_verdict": "P@K verdict", "auc_verdict": "AUC verdict", "logloss_verdict": "LogLoss verdict",
           "oracle_hits": "oracle hits", "oracle_precision": "oracle precision", "business_recall": "business recall"}
 PERCENT = {"lead_list.precision", "lead_list.business_recall", "ranking.precision_at_k", "precision_at_k", "business_recall_at_k", "precision", "oracle_precision", "business_recall",
            "share_of_oracle", "share"}
