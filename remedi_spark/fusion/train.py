@@ -241,7 +241,9 @@ def train_fusion(spark: SparkSession, cfg: Config, store: TableStore) -> dict[st
     best_base = min(models, key=lambda m: (round(point[m]["logloss"], 6), -point[m]["precision_at_k"]))
     teacher = _choose_teacher(fcfg.teacher, point)
     variants = [c.name for c in candidates if c.section == "variant"]
-    pairs = _pairs(teacher, best_base, variants)
+    # every strategy against the guard's two rivals, so whichever ends up distilled has its rows
+    guard_pairs = [(s, rival) for s in STRATEGIES for rival in (best_base, "simple_average") if s != rival]
+    pairs = list(dict.fromkeys(guard_pairs + _pairs(teacher, best_base, variants)))
     rows, differences = _result_rows("meta_oof", rankers, y[fit], oof, groups[fit], pairs, cfg)
     reasons = weak_teacher_reasons(differences, teacher, [best_base, "simple_average"])
     decision = {"chosen": teacher, "mode": fcfg.teacher, "best_base_model": best_base, "weak": bool(reasons),
