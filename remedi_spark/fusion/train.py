@@ -23,6 +23,7 @@ the teacher head and scores every meta-feature row into ``teacher_predictions``.
 """
 from __future__ import annotations
 
+import sys
 import time
 import warnings
 from collections.abc import Callable
@@ -222,12 +223,14 @@ def train_fusion(spark: SparkSession, cfg: Config, store: TableStore) -> dict[st
     oof: dict[str, np.ndarray] = {m: x[fit, j] for j, m in enumerate(models)}  # fit rows, cross-fitted
     fitted: dict[str, MetaModel] = {}
     seconds: dict[str, float] = {}
-    for c in candidates:
+    for i, c in enumerate(candidates):
         start = time.perf_counter()
         oof[c.name] = _meta_oof(c, fit_idx, fold, y, groups)
         fitted[c.name] = c.fit(fit_idx, y, groups)
         full[c.name] = fitted[c.name].predict(c.x)
         seconds[c.name] = round(time.perf_counter() - start, 2)
+        print(f"[remedi] fusion: {c.name} fitted {len(np.unique(fold)) + 1} times in {seconds[c.name]:.0f} s "
+              f"({i + 1}/{len(candidates)})", file=sys.stderr, flush=True)
     rankers = [("base", m, [m]) for m in models] + [(c.section, c.name, c.models) for c in candidates]
     if pdf["p_oracle"].notna().all():
         full["oracle"] = pdf["p_oracle"].to_numpy(np.float64)

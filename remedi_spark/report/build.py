@@ -94,7 +94,7 @@ def with_intervals(rows: pd.DataFrame) -> pd.DataFrame:
     difference rows, ``<metric>_verdict``: "no difference" when the interval contains 0."""
     rows = rows.copy()
     for metric in INTERVAL_METRICS:
-        scale, digits, unit = (100, 2, "%") if metric == "precision_at_k" else (1, 4, "")
+        scale, digits, unit = (100, 2, "%") if metric == "precision_at_k" else (1, 5 if metric == "logloss" else 4, "")
         low, high = rows[f"{metric}_ci_low"], rows[f"{metric}_ci_high"]
         rows[f"{metric}_ci"] = [f"[{scale * a:.{digits}f}{unit}, {scale * b:.{digits}f}{unit}]"
                                 if pd.notna(a) and pd.notna(b) else "" for a, b in zip(low, high)]
