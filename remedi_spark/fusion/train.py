@@ -141,9 +141,7 @@ def _expert_config(values: dict[str, Any], key: str) -> ExpertConfig:
 
 def _choose_teacher(mode: str, meta_oof: dict[str, dict[str, float]]) -> str:
     """``hybrid_expert``, or for ``auto`` the strategy with the lowest meta-OOF log loss (higher P@K breaks a tie)."""
-    if mode == "hybrid_expert":
-        return "hybrid_expert"
-    return min(STRATEGIES, key=lambda s: (round(meta_oof[s]["logloss"], 6), -meta_oof[s]["precision_at_k"]))
+    return "hybrid_expert" if mode == "hybrid_expert" else _best_by_logloss(STRATEGIES, meta_oof)
 
 
 def weak_teacher_reasons(differences: dict[tuple[str, str], dict[str, Any]], teacher: str,
@@ -194,6 +192,40 @@ def _metric_columns(intervals: dict[str, Any]) -> dict[str, float]:
     return out
 
 
+def _meta_frame(store: TableStore, meta: DataFrame, names: list[str]) -> pd.DataFrame:
+    """The meta-features in key order with fold, splits, label and, where the synthetic ``oracle``
+    table exists, its probability (a bring-your-own table has no ceiling: ``p_oracle`` is null)."""
+    joined = meta.join(store.read("folds").select("user_id", "month", "oot_split"), ["user_id", "month"])
+    if store.exists("oracle"):
+        oracle = store.read("oracle").select("user_id", "month", F.col("p_3m").alias("p_oracle"))
+        joined = joined.join(oracle, ["user_id", "month"], "left")
+    else:
+        joined = joined.withColumn("p_oracle", F.lit(None).cast("double"))
+    return keyed_pandas(joined, "user_id", "month", "fold", "split", "oot_split", "y", "p_oracle", *names)
+
+
+def _best_by_logloss(names: Any, point: dict[str, dict[str, float]]) -> str:
+    """The name with the lowest meta-OOF log loss (higher P@K breaks a tie)."""
+    return min(names, key=lambda n: (round(point[n]["logloss"], 6), -point[n]["precision_at_k"]))
+
+
+def _guard(mode: str, teacher: str, best_base: str, differences: dict[tuple[str, str], dict[str, Any]],
+           point: dict[str, dict[str, float]]) -> dict[str, Any]:
+    """``fusion.on_weak_teacher`` applied: the decision record, with the strategy to distill in ``chosen``."""
+    reasons = weak_teacher_reasons(differences, teacher, [best_base, "simple_average"])
+    decision = {"chosen": teacher, "best_base_model": best_base, "weak": bool(reasons), "reasons": reasons,
+                "action": mode if reasons else "none"}
+    if not reasons:
+        return decision
+    decision["message"] = "the teacher is weaker than its inputs on meta-level OOF rows: " + "; ".join(reasons)
+    if mode == "warn":
+        warnings.warn(decision["message"] + " (fusion.on_weak_teacher: warn; distilling it anyway)", RuntimeWarning,
+                      stacklevel=3)
+    elif mode == "fallback":
+        decision["chosen"] = _best_by_logloss(STRATEGIES, point)
+    return decision
+
+
 def train_fusion(spark: SparkSession, cfg: Config, store: TableStore) -> dict[str, Any]:
     """Stage ``fusion``: results table ``fusion_results``, teacher head, ``teacher_predictions``."""
     fcfg = cfg.fusion
@@ -202,13 +234,7 @@ def train_fusion(spark: SparkSession, cfg: Config, store: TableStore) -> dict[st
     models = models_in(meta)
     specs = _specs_for(cfg, models)
     names = meta_feature_names(models)
-    joined = meta.join(store.read("folds").select("user_id", "month", "oot_split"), ["user_id", "month"])
-    if store.exists("oracle"):  # the simulator's ceiling; a bring-your-own table has none
-        oracle = store.read("oracle").select("user_id", "month", F.col("p_3m").alias("p_oracle"))
-        joined = joined.join(oracle, ["user_id", "month"], "left")
-    else:
-        joined = joined.withColumn("p_oracle", F.lit(None).cast("double"))
-    pdf = keyed_pandas(joined, "user_id", "month", "fold", "split", "oot_split", "y", "p_oracle", *names)
+    pdf = _meta_frame(store, meta, names)
     x, y, groups = pdf[names].to_numpy(np.float64), pdf["y"].to_numpy(np.float64), pdf["user_id"].to_numpy()
     fit = ((pdf["split"] == "train") & (pdf["oot_split"] == "train")).to_numpy()
     test = (pdf["split"] == "test").to_numpy()
@@ -241,24 +267,16 @@ def train_fusion(spark: SparkSession, cfg: Config, store: TableStore) -> dict[st
     # choices on the training owners' meta-OOF rows only
     k_oof = k_for(int(fit.sum()), cfg.base_models.metric_k_fraction)
     point = {name: lead_metrics(y[fit], p, k_oof) for name, p in oof.items()}
-    best_base = min(models, key=lambda m: (round(point[m]["logloss"], 6), -point[m]["precision_at_k"]))
+    best_base = _best_by_logloss(models, point)
     teacher = _choose_teacher(fcfg.teacher, point)
     variants = [c.name for c in candidates if c.section == "variant"]
     # every strategy against the guard's two rivals, so whichever ends up distilled has its rows
     guard_pairs = [(s, rival) for s in STRATEGIES for rival in (best_base, "simple_average") if s != rival]
     pairs = list(dict.fromkeys(guard_pairs + _pairs(teacher, best_base, variants)))
     rows, differences = _result_rows("meta_oof", rankers, y[fit], oof, groups[fit], pairs, cfg)
-    reasons = weak_teacher_reasons(differences, teacher, [best_base, "simple_average"])
-    decision = {"chosen": teacher, "mode": fcfg.teacher, "best_base_model": best_base, "weak": bool(reasons),
-                "reasons": reasons, "action": "none"}
-    if reasons:
-        decision["action"] = fcfg.on_weak_teacher
-        message = "the teacher is weaker than its inputs on meta-level OOF rows: " + "; ".join(reasons)
-        if fcfg.on_weak_teacher == "warn":
-            warnings.warn(message + " (fusion.on_weak_teacher: warn; distilling it anyway)", RuntimeWarning, stacklevel=2)
-        elif fcfg.on_weak_teacher == "fallback":
-            teacher = min(STRATEGIES, key=lambda s: (round(point[s]["logloss"], 6), -point[s]["precision_at_k"]))
-            decision["chosen"] = teacher
+    decision = _guard(fcfg.on_weak_teacher, teacher, best_base, differences, point)
+    decision["mode"] = fcfg.teacher
+    teacher = decision["chosen"]
     for evaluation in ("user_split", "out_of_time"):
         mask = masks[evaluation]
         if mask.any():
@@ -270,8 +288,8 @@ def train_fusion(spark: SparkSession, cfg: Config, store: TableStore) -> dict[st
     summary = {"models": models, "fit_rows": int(fit.sum()), "fit_positives": int(y[fit].sum()),
                "train_seconds": seconds, "teacher": decision,
                "results": results.drop(columns="run_id").round(5).to_dict("records")}
-    if reasons and fcfg.on_weak_teacher == "fail":
-        raise WeakTeacherError(f"fusion: {message}; fusion_results was written, the teacher was not "
+    if decision["action"] == "fail":
+        raise WeakTeacherError(f"fusion: {decision['message']}; fusion_results was written, the teacher was not "
                                f"(fusion.on_weak_teacher: fail). Set it to warn or fallback, or fix the base models.")
     state, meta_json = to_bytes(fitted[teacher], {"models": models, "run_id": run_id, "decision": decision})
     files.write_bytes(spark, f"{teacher_path(store)}/state.bin", state)
