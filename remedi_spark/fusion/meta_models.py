@@ -55,6 +55,13 @@ def _logit(p: np.ndarray) -> np.ndarray:
     return np.log(p / (1 - p))
 
 
+def _scale_of(z: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Column means and standard deviations of ``z`` for standardising (a constant column keeps scale 1)."""
+    mean, scale = z.mean(axis=0), z.std(axis=0)
+    scale[scale == 0] = 1.0
+    return mean, scale
+
+
 class MetaModel(ABC):
     """A fusion strategy over the meta-feature matrix of M base models."""
 
@@ -137,8 +144,7 @@ class StackingLogistic(MetaModel):
         from sklearn.linear_model import LogisticRegression
 
         z = _logit(self.raw(x))
-        self.mean, self.scale = z.mean(axis=0), z.std(axis=0)
-        self.scale[self.scale == 0] = 1.0
+        self.mean, self.scale = _scale_of(z)
         lr = LogisticRegression(C=1.0, max_iter=2000).fit((z - self.mean) / self.scale, y)
         self.coef, self.intercept = lr.coef_[0], float(lr.intercept_[0])
         return self
@@ -293,9 +299,12 @@ class HybridExpert(MetaModel):
         super().__init__(m)
         self.cfg = cfg or ExpertConfig()
 
+    def _unscaled(self, x: np.ndarray) -> np.ndarray:
+        """The network's inputs before standardising: raw p as logits, then the relative columns."""
+        return np.concatenate([_logit(self.raw(x)), x[:, self.m:]], axis=1)
+
     def _inputs(self, x: np.ndarray) -> np.ndarray:
-        z = np.concatenate([_logit(self.raw(x)), x[:, self.m:]], axis=1)
-        return ((z - self.mean) / self.std).astype(np.float32)
+        return ((self._unscaled(x) - self.mean) / self.std).astype(np.float32)
 
     def _holdout(self, y: np.ndarray, groups: np.ndarray, seed: int) -> np.ndarray:
         cfg = self.cfg
@@ -374,10 +383,9 @@ class HybridExpert(MetaModel):
         return net, history
 
     def fit(self, x, y, groups):
-        z = np.concatenate([_logit(self.raw(x)), x[:, self.m:]], axis=1)
-        self.mean, self.std = z.mean(axis=0), z.std(axis=0)
-        self.std[self.std == 0] = 1.0
-        inputs = self._inputs(x)
+        z = self._unscaled(x)
+        self.mean, self.std = _scale_of(z)
+        inputs = ((z - self.mean) / self.std).astype(np.float32)
         y = np.asarray(y, dtype=np.float64)
         with one_torch_thread():
             fitted = [self._fit_one(inputs, y, groups, bag) for bag in range(self.cfg.bags)]

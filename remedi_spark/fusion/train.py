@@ -45,8 +45,6 @@ from ..models.neural.base import build_config
 from .meta_features import meta_feature_names, relative_meta_features
 from .meta_models import STRATEGIES, ExpertConfig, MetaModel, fit_strategy, to_bytes
 
-METRICS = BOOTSTRAP_METRICS
-LOWER_IS_BETTER = {"logloss"}
 ABLATIONS = {
     "trees_only": lambda s: s.family == "lgbm",
     "neural_only": lambda s: s.family != "lgbm",
@@ -56,7 +54,6 @@ ABLATIONS = {
     "without_kaml": lambda s: s.family != "kaml",  # the teacher with vs without the multi-horizon model
     "without_hm3": lambda s: s.family != "hm3",  # ... and without the behaviour-funnel model
 }
-EVALUATIONS = ("meta_oof", "user_split", "out_of_time")
 
 
 class WeakTeacherError(RuntimeError):
@@ -95,15 +92,15 @@ def cross_fitted(fit: Callable[[np.ndarray], Callable[[np.ndarray], np.ndarray]]
 
 @dataclass
 class Candidate:
-    """One meta-level ranker: its results-table section and name, the base models it uses and how
-    it is fitted (None: a base model's own OOF prediction, nothing to fit)."""
+    """One fitted meta-level ranker: its results-table section and name, the base models it uses,
+    their meta-features ``x`` (every row), the strategy fitted on them and the networks' config."""
 
     section: str
     name: str
     models: list[str]
-    x: np.ndarray | None = None
-    strategy: str | None = None
-    expert: ExpertConfig | None = None
+    x: np.ndarray
+    strategy: str
+    expert: ExpertConfig
 
     def fit(self, rows: np.ndarray, y: np.ndarray, groups: np.ndarray) -> MetaModel:
         return fit_strategy(self.strategy, len(self.models), self.x[rows], y[rows], groups[rows], self.expert)
@@ -186,7 +183,7 @@ def _result_rows(evaluation: str, candidates: list[tuple[str, str, list[str]]], 
 
 def _metric_columns(intervals: dict[str, Any]) -> dict[str, float]:
     out: dict[str, float] = {}
-    for metric in METRICS:
+    for metric in BOOTSTRAP_METRICS:
         iv = intervals[metric]
         out.update({metric: iv.estimate, f"{metric}_ci_low": iv.low, f"{metric}_ci_high": iv.high})
     return out
