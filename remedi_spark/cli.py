@@ -33,6 +33,8 @@ DESCRIPTIONS = {
                "(exit status monitoring.retrain_exit_code when retraining is due)",
     "monitor-demo": "simulated months with a behaviour shift: pipeline, then score, lead list and monitor every "
                     "later month (`make monitor-demo` on conf/monitor_demo.yaml)",
+    "backtest": "walk-forward backtest of the lead list: per month T of the last backtest.months, the chain trained "
+                "on months t with t + 3 <= T only, T's lead list vs T's buyers, with intervals (backtest_results)",
     "foundation": "generate → features → folds and print per-month rows and positive rate",
     "pipeline": "the whole pipeline: foundation → base models → fusion → distillation → scoring → lead list",
     "reproduce": "re-run a recorded stage run from its manifest at the Delta versions it read, into another "
@@ -84,34 +86,60 @@ def format_demo(summaries: dict[str, dict[str, Any]]) -> str:
         rate = f"{100 * r['positive_rate']:.3f}%" if r["positive_rate"] is not None else "open"
         lines.append(f"  {month:8} {r['rows']:>9,} {r['labelled']:>9,} {r['positives']:>9,} {rate:>9}")
     folds = summaries["folds"]
+    evaluation = (f"evaluation month {folds['oot_test_month']} (no model trains on it)" if folds["oot_test_month"]
+                  else "no evaluation month (a single labelled month)")
     lines.append(f"folds: {len(folds['folds'])} user-grouped folds over {folds['months'][0]}..{folds['months'][-1]}, "
-                 f"out-of-time test month {folds['oot_test_month']}")
+                 + evaluation)
     for fold, r in folds["folds"].items():
         lines.append(f"  fold {fold}: {r['users']:,} users, {r['rows']:,} rows, {r['positives']:,} positives")
     lines.append("runs: " + ", ".join(s["run_id"] for s in summaries.values()))
     return "\n".join(lines)
 
 
+def format_evaluation(e: dict[str, Any]) -> str:
+    """The lead list of the evaluation month against its buyers (and the oracle's list), with intervals."""
+    level = f"{100 * e['ci_level']:.0f}%"
+
+    def pct(name: str) -> str:
+        return f"{100 * e[name]:.2f}% [{100 * e[f'{name}_ci_low']:.2f}, {100 * e[f'{name}_ci_high']:.2f}]"
+
+    text = (f"evaluation month {e['month']} (no model trained on it; {e['owners']:,} owners, {e['positives']:,} "
+            f"three-month buyers): lead list precision {pct('precision')} ({e['hits']} buyers in {e['leads']:,} "
+            f"leads); recall {pct('recall')}; business recall {pct('business_recall')}")
+    if e.get("oracle_precision") is not None:
+        text += (f"; oracle list {pct('oracle_precision')} ({e['oracle_hits']}); list − oracle "
+                 f"{100 * e['difference']:+.2f} points [{100 * e['difference_ci_low']:+.2f}, "
+                 f"{100 * e['difference_ci_high']:+.2f}]")
+    return text + f" ({level} intervals, paired bootstrap over owners)"
+
+
 def format_pipeline(out: dict[str, Any]) -> str:
     """The demo's closing summary: data, base models, fusion, student, lead lists, evaluation."""
     from .distill.students import format_distill
-    from .fusion.train import format_results, format_teacher
+    from .fusion.train import format_results, format_seeds, format_teacher
 
-    lines = [format_demo({k: out[k] for k in ("generate", "features", "folds")}), "", "base models (held-out owners):"]
-    for name, r in out["train-base"]["models"].items():
-        lines.append(f"  {name:14} P@K {100 * r['precision_at_k']:.2f}%  AUC {r['auc']:.4f}  ({r['train_seconds']:.0f} s)")
+    lines = [format_demo({k: out[k] for k in ("generate", "features", "folds")}), "",
+             "base models (AUC [interval]; oof = training owners, test = held-out owners, out_of_time = every owner "
+             "of the evaluation month):"]
+    for name, by_split in out["train-base"]["models"].items():
+        cells = [f"{split} {r['auc']:.3f} [{r['auc_ci_low']:.3f}, {r['auc_ci_high']:.3f}] ({r['positives']} pos.)"
+                 for split, r in by_split.items()]
+        seconds = next(iter(by_split.values()))["train_seconds"]
+        lines.append(f"  {name:14} " + "  ".join(cells) + f"  ({seconds:.0f} s)")
+    lines += [f"  note: {n}" for n in out["train-base"].get("notes", [])]
     lines += ["", format_teacher(out["fusion"]["teacher"])]
     for evaluation in ("meta_oof", "user_split", "out_of_time"):
         lines += ["", format_results(out["fusion"]["results"], evaluation)]
-    lines += ["", format_distill(out["distill"]["results"]), ""]
+    if format_seeds(out["fusion"]["results"]):
+        lines += ["", format_seeds(out["fusion"]["results"])]
+    lines += ["", format_distill(out["distill"]["results"], "user_split"), "",
+              format_distill(out["distill"]["results"], "out_of_time"), ""]
     for key in [k for k in out if k.startswith("lead-list[")]:
         r = out[key]
         lines.append(f"{key}: {r['leads']:,} leads of {r['scored']:,} scored owners in {r['month']} "
                      f"(eligible {r['eligible']:,}; excluded {r['excluded']}); export {r['export']}")
-    e = out["evaluation"]
-    lines.append(f"out-of-time month {e['month']}: lead list precision {100 * e['precision']:.2f}% "
-                 f"({e['hits']} buyers in {e['leads']:,} leads), oracle {100 * e['oracle_precision']:.2f}% "
-                 f"({e['oracle_hits']}); business recall {100 * e['business_recall']:.1f}%")
+    if out.get("evaluation"):
+        lines.append(format_evaluation(out["evaluation"]))
     if "report" in out:
         lines.append(f"report: {out['report']['report']}")
     return "\n".join(lines)
@@ -182,15 +210,21 @@ def _run(args: argparse.Namespace) -> int:
 
         print(format_hm3_table(summary["table"]))
     if args.stage == "fusion":
-        from .fusion.train import format_results, format_teacher
+        from .fusion.train import format_results, format_seeds, format_teacher
 
         print(format_teacher(summary["teacher"]))
         for evaluation in ("meta_oof", "user_split", "out_of_time"):
             print(format_results(summary["results"], evaluation))
+        print(format_seeds(summary["results"]))
     if args.stage == "distill":
         from .distill.students import format_distill
 
-        print(format_distill(summary["results"]))
+        print(format_distill(summary["results"], "user_split"))
+        print(format_distill(summary["results"], "out_of_time"))
+    if args.stage == "backtest":
+        from .backtest.stage import format_backtest
+
+        print(format_backtest(summary))
     return 0
 
 

@@ -134,6 +134,7 @@ class FusionSettings:
     variants: dict
     teacher: str
     on_weak_teacher: str
+    seeds: list[int]
 
 
 @dataclass(frozen=True)
@@ -238,6 +239,20 @@ class Hm3StudySettings:
 
 
 @dataclass(frozen=True)
+class BacktestSettings:
+    """Walk-forward backtest of the lead list (stage backtest): for each of the last ``months`` fully
+    labelled months T, the chain (folds → base models → fusion → student) is trained in a sub-root
+    ``<root>/T=YYYY-MM`` on the months whose label window closed by T (t + 3 ≤ T) only, then T's
+    owners are scored and listed and the list is evaluated against T's buyers. ``models``: base
+    models (names from base_models.models) for a lighter chain, null = all; ``root``: where the
+    sub-roots go, null = ``<tables.root>/backtest``."""
+
+    months: int
+    models: list[str] | None
+    root: str | None
+
+
+@dataclass(frozen=True)
 class Config:
     spark: SparkSettings
     tables: TableSettings
@@ -256,6 +271,7 @@ class Config:
     monitoring: MonitoringSettings
     kaml_study: KamlStudySettings
     hm3_study: Hm3StudySettings
+    backtest: BacktestSettings
 
     def to_dict(self) -> dict[str, Any]:
         """Plain-dict view (for run manifests and logs)."""
@@ -382,7 +398,7 @@ def _build(cls: type, data: Any, prefix: str) -> Any:
 
 _SECRET_WORDS = ("token", "password", "secret", "credential", "access.key", "accesskey")
 # paths the pipeline writes to or loads models from: each must stay under tables.root or tables.allowed_roots
-_OUTPUT_PATHS = ("scoring.model_dir", "lead_list.export_dir", "report.dir")
+_OUTPUT_PATHS = ("scoring.model_dir", "lead_list.export_dir", "report.dir", "backtest.root")
 
 
 def normalize_path(path: str) -> str:

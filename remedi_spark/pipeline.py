@@ -11,6 +11,7 @@ from typing import Any
 
 from pyspark.sql import SparkSession
 
+from .backtest.stage import run_backtest
 from .config import Config
 from .data.generate import generate_synthetic
 from .features.build import build_features
@@ -47,6 +48,7 @@ STAGES: dict[str, StageFn] = {
     "lead-list": build_lead_list,
     "report": build_report,
     "monitor": monitor_month,
+    "backtest": run_backtest,
 }
 
 # Logged to MLflow after the stage (models and files, beyond the summary's numbers).
@@ -93,8 +95,8 @@ def run_pipeline(spark: SparkSession, cfg: Config) -> dict[str, Any]:
         out: dict[str, Any] = dict(run_foundation(spark, cfg, run.run_id))
         for stage in ("train-base", "meta-features", "fusion", "distill"):
             out[stage] = run_stage(spark, cfg, stage, run.run_id)
-        oot = out["folds"]["oot_test_month"]
-        months = {"evaluation": oot}
+        oot = out["folds"]["oot_test_month"]  # None: a single labelled month, no evaluation month
+        months = {"evaluation": oot} if oot else {}
         feature_months = sorted(out["features"]["per_month"])
         if feature_months[-1] != oot:
             months["current"] = feature_months[-1]
@@ -102,11 +104,15 @@ def run_pipeline(spark: SparkSession, cfg: Config) -> dict[str, Any]:
             out[f"score[{role}]"] = run_stage(spark, cfg, "score", run.run_id, f"score.{role}", month=month)
             out[f"lead-list[{role}]"] = run_stage(spark, cfg, "lead-list", run.run_id, f"lead-list.{role}", month=month)
         store = TableStore(spark, cfg.tables.root, run)
-        out["evaluation"] = evaluate_lead_list(spark, cfg, store, oot)
-        out["evaluation"]["observed_through"] = out["features"]["observed_through"]
-        tracker.log_stage("evaluation", out["evaluation"], run.to_dict())
+        if oot:
+            out["evaluation"] = evaluate_lead_list(spark, cfg, store, oot)
+            out["evaluation"]["observed_through"] = out["features"]["observed_through"]
+            tracker.log_stage("evaluation", out["evaluation"], run.to_dict())
+        else:
+            print("[remedi] evaluation: a single labelled month, no evaluation month: models are evaluated on "
+                  "held-out owners only", file=sys.stderr, flush=True)
         run.info = {"stages": {key: summary["run_id"] for key, summary in out.items() if "run_id" in summary},
-                    "months": months, "evaluation": out["evaluation"]}
+                    "months": months, "evaluation": out.get("evaluation")}
         out["pipeline_run_id"] = store.save_manifest()
         out["report"] = run_stage(spark, cfg, "report", run.run_id, run=run.run_id)
     return out

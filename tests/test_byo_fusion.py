@@ -8,6 +8,7 @@ import os
 import time
 
 import numpy as np
+import pandas as pd
 import pytest
 from pyspark.sql import functions as F
 from sklearn.metrics import roc_auc_score
@@ -159,3 +160,24 @@ def test_a_weak_teacher_is_flagged_replaced_or_stopped_as_configured(spark, byo)
     # with `teacher: auto` the untrained head is not chosen: the best meta-OOF strategy is
     auto = run_stage(spark, replace(cfg, fusion={**weak, "teacher": "auto"}), "fusion")
     assert auto["teacher"]["chosen"] != "hybrid_expert" and auto["teacher"]["mode"] == "auto"
+
+
+def test_fusion_seeds_repeat_the_meta_oof_comparison_per_network_seed(spark, byo):
+    from remedi_spark.fusion.train import format_seeds, seed_summary
+
+    cfg, table, summaries, store = byo
+    own = cfg.fusion.meta_model.get("seed", 7)
+    summary = run_stage(spark, replace(cfg, fusion={"ablations": [], "variants": {}, "seeds": [own, own + 1]}), "fusion")
+    results = pd.DataFrame(summary["results"])
+    seeded = results[results["section"] == "seed"]
+    assert set(seeded["seed"]) == {own, own + 1}
+    assert set(seeded["name"]) >= {"hybrid_expert", "no_hybrid", "hybrid_expert - simple_average"}
+    main = results[(results["evaluation"] == "meta_oof") & (results["name"] == "hybrid_expert")
+                   & (results["section"] == "fusion")].iloc[0]
+    again = seeded[(seeded["name"] == "hybrid_expert") & (seeded["seed"] == own)].iloc[0]
+    other = seeded[(seeded["name"] == "hybrid_expert") & (seeded["seed"] == own + 1)].iloc[0]
+    assert again["logloss"] == pytest.approx(main["logloss"], rel=1e-9)  # the same seed reproduces the main row
+    assert other["logloss"] != again["logloss"]  # another seed trains other networks
+    stats = seed_summary(summary["results"]).set_index("name")
+    assert stats.loc["hybrid_expert", "seeds"] == 2 and stats.loc["hybrid_expert", "logloss_std"] > 0
+    assert "mean ± sd" in format_seeds(summary["results"])

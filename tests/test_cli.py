@@ -11,7 +11,8 @@ JOBS = {"generate": "generate.py", "features": "build_features.py", "folds": "ma
         "hm3-study": "hm3_study.py", "meta-features": "meta_features.py",
         "fusion": "fusion.py", "distill": "distill.py", "score": "score.py", "lead-list": "lead_list.py",
         "foundation": "foundation.py", "pipeline": "run_pipeline.py", "report": "report.py", "monitor": "monitor.py",
-        "monitor-demo": "monitor_demo.py", "reproduce": "reproduce.py"}
+        "monitor-demo": "monitor_demo.py", "reproduce": "reproduce.py",
+        "backtest": "backtest.py"}
 
 
 def test_every_stage_has_a_job():

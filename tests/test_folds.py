@@ -77,3 +77,16 @@ def test_rerun_replaces_the_table(world):
     assign_folds(spark, cfg, store)
     assert store.read("folds").count() == N_USERS * 2
     assert store.read("folds").agg(F.countDistinct("user_id")).first()[0] == N_USERS
+
+
+def test_a_single_labelled_month_has_no_evaluation_month(world, cfg_at):
+    """With one labelled month there is nothing to train on besides it: it is not held out of training."""
+    from remedi_spark.folds.assign import evaluation_month
+
+    spark, cfg, store = world
+    summary = assign_folds(spark, cfg_at(tables={"root": cfg.tables.root}, folds={"months": ["2024-06"]}), store)
+    assert summary["oot_test_month"] is None and "no evaluation month" in summary["warnings"][0]
+    folds = store.read("folds")
+    assert folds.filter("oot_split = 'test'").count() == 0 and evaluation_month(folds) is None
+    assign_folds(spark, cfg, store)
+    assert evaluation_month(store.read("folds")) == "2024-07"

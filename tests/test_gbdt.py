@@ -102,19 +102,27 @@ def test_oof_covers_every_training_row_once_per_model(spark, base_cfg, tmp_path)
     folds = store.read("folds")
     oof = store.read("oof_predictions")
     assert sorted(summary["models"]) == ["lgbm_dealer", "lgbm_focal", "lgbm_logloss"]
+    assert summary["evaluation_month"] == folds.agg(F.max("month")).first()[0]
     for name in summary["models"]:
         mine = oof.filter(F.col("model") == name)
-        train_rows = folds.filter("split = 'train'").select("user_id", "month", "fold")
-        got = mine.filter("split = 'train'").select("user_id", "month", "fold")
+        # out of fold: the training owners outside the evaluation month, each in its own fold
+        train_rows = folds.filter("split = 'train' AND oot_split = 'train'").select("user_id", "month", "fold")
+        got = mine.filter("fold >= 0").select("user_id", "month", "fold")
         assert got.count() == train_rows.count()
         assert got.exceptAll(train_rows).count() == 0 and train_rows.exceptAll(got).count() == 0
-        test_rows = folds.filter("split = 'test'").select("user_id", "month")
-        held = mine.filter("split = 'test'")
-        assert held.count() == test_rows.count() and held.filter("fold != -1").count() == 0
+        # the refit predicts the held-out owners and every owner of the evaluation month
+        refit_rows = folds.filter("split = 'test' OR oot_split = 'test'").select("user_id", "month", "split")
+        held = mine.filter("fold = -1").select("user_id", "month", "split")
+        assert held.count() == refit_rows.count() and held.exceptAll(refit_rows).count() == 0
         assert mine.filter("p < 0 OR p > 1 OR p IS NULL").count() == 0
-    metrics = store.read("base_model_metrics").toPandas().set_index("model")
-    assert set(metrics.index) == set(summary["models"])
-    assert (metrics["rows"] == folds.filter("split = 'test'").count()).all()
+    metrics = store.read("base_model_metrics").toPandas()
+    assert set(metrics["model"]) == set(summary["models"])
+    rows = {"oof": folds.filter("split = 'train' AND oot_split = 'train'").count(),
+            "test": folds.filter("split = 'test'").count(), "out_of_time": folds.filter("oot_split = 'test'").count()}
+    assert (metrics["rows"] == metrics["split"].map(rows)).all() and len(metrics) == 3 * len(rows)
+    for metric in ("auc", "precision_at_k", "logloss"):  # every estimate inside its interval
+        assert (metrics[f"{metric}_ci_low"] <= metrics[metric]).all()
+        assert (metrics[metric] <= metrics[f"{metric}_ci_high"]).all()
     # the dealer model only saw dealer features; the sidecar says so and names the data versions
     sidecar = load_model(spark, f"{cfg.tables.root}/models/lgbm_dealer", cfg.base_models, [cfg.tables.root])
     assert all(c.startswith(("visit_", "service_visit", "months_since_dealer", "brands_per_visit", "non_service"))

@@ -265,7 +265,7 @@ def test_oof_with_and_without_aux_tasks_and_the_study_on_synthetic_data(spark, c
     assert features.filter(F.col("y_engage").isNull() | F.col("y_visit").isNull()).count() == 0
     summary = train_base_models(spark, cfg, store)
     assert set(summary["models"]) == {"hm3", "hm3_no_aux"}
-    assert all(0.0 <= summary["models"][m]["auc"] <= 1.0 for m in summary["models"])
+    assert all(0.0 <= summary["models"][m]["test"]["auc"] <= 1.0 for m in summary["models"])
     oof = store.read("oof_predictions")
     labelled = store.read("folds").select("user_id", "month")
     assert oof.filter(F.col("model") == "hm3").count() == labelled.count()

@@ -76,8 +76,8 @@ def test_results_table_has_every_row_kind(fused):
     assert meta_oof["rows"].nunique() == 1 and meta_oof["rows"].iloc[0] == summary["fit_rows"]
     assert results.loc[results["teacher"], "name"].unique().tolist() == [summary["teacher"]["chosen"]]
     oot = results[results["evaluation"] == "out_of_time"]
-    user = results[results["evaluation"] == "user_split"]
-    assert (oot["rows"] < user["rows"].max()).all() and oot["rows"].nunique() == 1
+    evaluation_rows = store.read("folds").filter("oot_split = 'test'").count()  # every owner of that month
+    assert (oot["rows"] == evaluation_rows).all()
     assert results.loc[results["name"] == "oracle", "auc"].min() > 0.5  # tiny: ~30 held-out positives
 
 
@@ -103,11 +103,18 @@ def test_teacher_scorer_reproduces_held_out_teacher_predictions(spark, fused):
 
 
 def test_distillation_table_compares_students_with_the_teacher(distilled):
-    summary = distilled[0]
-    rows = {r["name"]: r for r in summary["results"]}
-    assert set(rows) == {"teacher", "student", "hard_label"}
-    assert rows["teacher"]["corr_vs_teacher"] == pytest.approx(1.0)
-    assert all(np.isfinite(r["corr_vs_teacher"]) and r["mse_vs_teacher"] >= 0 for r in rows.values())
+    summary, month = distilled[0], distilled[1]
+    assert summary["evaluation_month"] == month
+    for evaluation in ("user_split", "out_of_time"):
+        rows = {r["name"]: r for r in summary["results"] if r["evaluation"] == evaluation}
+        assert set(rows) == {"teacher", "student", "hard_label", "student - teacher", "hard_label - teacher"}
+        assert rows["teacher"]["corr_vs_teacher"] == pytest.approx(1.0)
+        ranked = [r for r in rows.values() if r["kind"] != "difference"]
+        assert all(np.isfinite(r["corr_vs_teacher"]) and r["mse_vs_teacher"] >= 0 for r in ranked)
+        for r in rows.values():  # every estimate inside its interval, differences included
+            assert r["auc_ci_low"] - 1e-9 <= r["auc"] <= r["auc_ci_high"] + 1e-9
+        diff = rows["student - teacher"]
+        assert diff["auc"] == pytest.approx(rows["student"]["auc"] - rows["teacher"]["auc"], abs=1e-4)
     assert summary["inference"]["teacher"] > 0 and summary["inference"]["student"] > 0
 
 
@@ -125,7 +132,7 @@ def test_student_reproduces_a_known_teacher_on_held_out_owners(spark, fused, tmp
     teacher = store.read("folds").join(features, ["user_id", "month"]).select(
         "user_id", "month", "split", (1 / (1 + F.exp(-z))).alias("p_teacher"), F.lit("known").alias("run_id"))
     copy.write_table(teacher, "teacher_predictions")
-    rows = {r["name"]: r for r in run_stage(spark, other, "distill")["results"]}
+    rows = {r["name"]: r for r in run_stage(spark, other, "distill")["results"] if r["evaluation"] == "user_split"}
     assert rows["student"]["corr_vs_teacher"] > 0.95 and rows["student"]["rank_corr_vs_teacher"] > 0.9
     assert rows["student"]["mse_vs_teacher"] < rows["hard_label"]["mse_vs_teacher"]
 
@@ -261,7 +268,7 @@ def test_monitor_realized_metrics_equal_a_direct_computation(spark, pipeline):
     table = store.read("monitoring", months=[month]).toPandas()
     decision = table[table["check"] == "decision"]
     assert len(decision) == 1 and decision["flagged"].item() == summary["retrain"] == bool(summary["reasons"])
-    assert summary["model_age_months"] == 0  # the evaluation month is the newest training month
+    assert summary["model_age_months"] == 1  # the student's newest training month is the one before it
     psi = table[table["check"] == "feature_psi"]
     assert len(psi) > 10 and psi["value"].ge(0).all()
     run_stage(spark, cfg, "monitor", month=month)

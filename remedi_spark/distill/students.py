@@ -2,12 +2,15 @@
 
 The teacher (base models + hybrid-expert) is too slow to run on every owner each month, so a
 single LightGBM is trained on the original features to reproduce its probabilities. Every
-student variant from ``distill.students`` is trained on the training owners' rows (with the
-same owner-grouped early-stopping share as the base models) and compared on the held-out
-owners: against the true labels (P@K, Business Recall@K, Lift, AUC, LogLoss) and against the
-teacher (MSE, Pearson correlation). The teacher's own row and the inference time per 1,000
-owners of teacher and student complete the table (``distill_results``). The student named
-``distill.student`` is saved under ``<root>/models/student/`` for the scoring job.
+student variant from ``distill.students`` is trained on the training owners' rows outside the
+evaluation month (with the same owner-grouped early-stopping share as the base models) and
+compared, in two evaluations, on the held-out owners (``user_split``) and on every owner of the
+evaluation month (``out_of_time``): against the true labels (P@K, Business Recall@K, Lift, AUC,
+LogLoss, each with a paired-bootstrap interval over owners) and against the teacher (MSE,
+Pearson and Spearman correlation); ``kind = difference`` rows hold student − teacher with its
+interval. The teacher's own row and the inference time per 1,000 owners of teacher and student
+complete the table (``distill_results``). The student named ``distill.student`` is saved under
+``<root>/models/student/`` for the scoring job.
 
 Targets: ``teacher`` = the teacher's probability (``mse``: LightGBM regressor, the paper's
 student; ``xentropy``: cross-entropy to the soft target), ``label`` = the 0/1 label (the
@@ -30,13 +33,14 @@ from ..config import Config, ConfigError, ModelSpec
 from ..io import files
 from ..io.schemas import frame_from_pandas
 from ..io.store import TableStore
-from ..metrics import k_for, lead_metrics
+from ..folds.assign import evaluation_month
+from ..metrics import BOOTSTRAP_METRICS, bootstrap, k_for, lead_metrics
 from ..models.base import (KEYS, LABEL, BaseModel, FeatureSpec, channel_of, load_model, model_roots,
                            saved_model_dir)
 from ..models.registry import build_model
-from ..training.oof import ES, training_frame
+from ..training.oof import ES, EVALUATION, training_frame
 
-METRICS = ("precision_at_k", "business_recall_at_k", "lift_at_k", "auc", "logloss")
+METRICS = BOOTSTRAP_METRICS
 TARGETS = {"teacher": "p_teacher", "label": LABEL}
 
 
@@ -74,21 +78,51 @@ def _row(name: str, kind: str, scored: pd.DataFrame, p_col: str, k_fraction: flo
             "rank_corr_vs_teacher": float(pd.Series(p).corr(pd.Series(t), method="spearman"))}
 
 
+def _with_intervals(rows: list[dict[str, Any]], scored: pd.DataFrame, evaluation: str, cfg: Config
+                    ) -> list[dict[str, Any]]:
+    """``rows`` (one per ranker, scored on ``scored``'s rows: columns ``user_id``, ``y``, ``p_<name>``)
+    with paired-bootstrap intervals over owners, plus one ``difference`` row per student: student −
+    teacher."""
+    b = cfg.evaluation.bootstrap
+    names = [r["name"] for r in rows]
+    students = [n for n in names if n != "teacher"]
+    boot = bootstrap(scored[LABEL].to_numpy(), {n: scored[f"p_{n}"].to_numpy() for n in names},
+                     scored["user_id"].to_numpy(), cfg.base_models.metric_k_fraction, replicates=b.replicates,
+                     seed=b.seed, level=b.level, pairs=[(s, "teacher") for s in students])
+    out = []
+    for r in rows:
+        ivs = boot["intervals"][r["name"]]
+        out.append({**r, "evaluation": evaluation, "ci_level": b.level,
+                    **{f"{m}_ci_{end}": getattr(ivs[m], end) for m in METRICS for end in ("low", "high")}})
+    for s in students:
+        ivs = boot["differences"][(s, "teacher")]
+        out.append({"name": f"{s} - teacher", "kind": "difference", "evaluation": evaluation, "rows": len(scored),
+                    "k": out[0]["k"], "ci_level": b.level,
+                    **{m: ivs[m].estimate for m in METRICS},
+                    **{f"{m}_ci_{end}": getattr(ivs[m], end) for m in METRICS for end in ("low", "high")}})
+    return out
+
+
 def train_students(spark: SparkSession, cfg: Config, store: TableStore) -> dict[str, Any]:
     """Stage ``distill``: every configured student, the ``distill_results`` table, the saved student."""
     dcfg = cfg.distill
     specs = {item["name"]: (_spec(item), TARGETS[item["target"]]) for item in dcfg.students}
     if dcfg.student not in specs:
         raise ConfigError(f"distill.student: {dcfg.student!r} is not one of distill.students {sorted(specs)}")
+    if "teacher" in specs:
+        raise ConfigError("distill.students: 'teacher' names the teacher's own row; call the student something else")
+    eval_month = evaluation_month(store.read("folds"))
     teacher = store.read("teacher_predictions").select(*KEYS, "p_teacher")
     data = training_frame(store, cfg).join(teacher, list(KEYS))
     features = FeatureSpec.from_frame(data.filter(F.col("split") == "train").drop("fold", "split", ES, "p_teacher"))
     encoded = features.encode(data, extra=(LABEL, "p_teacher", "split", ES)).persist(StorageLevel.MEMORY_AND_DISK)
+    # fit and early stopping: training owners outside the evaluation month (split = train)
     train = encoded.filter(F.col("split") == "train")
-    test = encoded.filter(F.col("split") == "test")
-    truth = test.select(*KEYS, LABEL, "p_teacher").toPandas()
+    # scored: the held-out owners and every owner of the evaluation month
+    test = encoded.filter(F.col("split").isin("test", EVALUATION))
+    truth = test.select(*KEYS, LABEL, "p_teacher", "split").toPandas().sort_values(list(KEYS), ignore_index=True)
     k_fraction = cfg.base_models.metric_k_fraction
-    rows = [_row("teacher", "teacher", truth.assign(p=truth["p_teacher"]), "p", k_fraction)]
+    fitted: dict[str, dict[str, Any]] = {}
     saved: BaseModel | None = None
     try:
         for name, (spec, target) in specs.items():
@@ -96,25 +130,35 @@ def train_students(spark: SparkSession, cfg: Config, store: TableStore) -> dict[
             start = time.perf_counter()
             model = build_model(spec, cfg.base_models, features).fit(frame.filter(~F.col(ES)), frame.filter(F.col(ES)))
             seconds = time.perf_counter() - start
-            scored = model.predict(test).join(test.select(*KEYS, LABEL, "p_teacher"), list(KEYS)).toPandas()
-            rows.append({**_row(name, "student", scored, "p", k_fraction), "train_seconds": round(seconds, 2),
-                         "best_iteration": int(model.info.get("best_iteration", 0))})
+            p = model.predict(test).toPandas().sort_values(list(KEYS), ignore_index=True)
+            truth[f"p_{name}"] = p["p"].to_numpy()
+            fitted[name] = {"train_seconds": round(seconds, 2), "best_iteration": int(model.info.get("best_iteration", 0))}
             if name == dcfg.student:
                 saved = model
         assert saved is not None
         saved.save(spark, student_path(store), extra={"run_id": store.run.run_id if store.run else None,
-                                                      "data_versions": dict(store.run.reads) if store.run else {}})
+                                                      "data_versions": dict(store.run.reads) if store.run else {},
+                                                      "evaluation_month": eval_month})
         timing = (_inference_times(spark, cfg, store, saved, data.filter(F.col("split") == "test"), dcfg.timing_rows)
                   if dcfg.timing_rows > 0 else {})
     finally:
         encoded.unpersist()
+    evaluations = {"user_split": (truth["split"] == "test").to_numpy()}
+    if eval_month is not None:
+        evaluations["out_of_time"] = (truth["month"] == eval_month).to_numpy()
+    rows: list[dict[str, Any]] = []
+    for evaluation, mask in evaluations.items():
+        part = truth[mask]
+        plain = [_row("teacher", "teacher", part, "p_teacher", k_fraction)]
+        plain += [{**_row(n, "student", part, f"p_{n}", k_fraction), **fitted[n]} for n in specs]
+        rows += _with_intervals(plain, part, evaluation, cfg)
     for r in rows:
         r["seconds_per_1000"] = timing.get("teacher") if r["kind"] == "teacher" else (
             timing.get("student") if r["name"] == dcfg.student else None)
     run_id = store.run.run_id if store.run else "adhoc"
     table = pd.DataFrame(rows).assign(run_id=run_id)
     store.write_table(frame_from_pandas(spark, table, "distill_results"), "distill_results")
-    return {"student": dcfg.student, "inference": timing,
+    return {"student": dcfg.student, "inference": timing, "evaluation_month": eval_month,
             "results": table.drop(columns="run_id").round(5).to_dict("records")}
 
 
@@ -176,12 +220,29 @@ def student_importance(student: BaseModel, groups: dict[str, list[str]]) -> pd.D
     return out.sort_values("gain", ascending=False, kind="stable").reset_index(drop=True)
 
 
-def format_distill(records: list[dict[str, Any]]) -> str:
-    lines = ["| name | P@K | Business Recall@K | AUC | LogLoss | MSE vs teacher | corr vs teacher | s / 1,000 owners |",
-             "|---|---|---|---|---|---|---|---|"]
-    for r in records:
-        t = r.get("seconds_per_1000")
-        lines.append(f"| {r['name']} | {100 * r['precision_at_k']:.2f}% | {100 * r['business_recall_at_k']:.1f}% "
-                     f"| {r['auc']:.4f} | {r['logloss']:.5f} | {r['mse_vs_teacher']:.2e} | {r['corr_vs_teacher']:.4f} "
+def format_distill(records: list[dict[str, Any]], evaluation: str = "user_split") -> str:
+    """Markdown table of one evaluation's ``distill_results`` rows, intervals in brackets; a
+    difference whose interval holds 0 is marked "no difference"."""
+    from ..metrics import Interval, difference_verdict
+
+    def cell(r: dict[str, Any], metric: str, fmt: str) -> str:
+        low, high = r.get(f"{metric}_ci_low"), r.get(f"{metric}_ci_high")
+        text = format(r[metric], fmt)
+        if low is None or low != low:
+            return text
+        text += f" [{format(low, fmt)}, {format(high, fmt)}]"
+        if r["kind"] == "difference":
+            text += f" ({difference_verdict(Interval(r[metric], low, high), metric == 'logloss')})"
+        return text
+
+    rows = [r for r in records if r.get("evaluation", "user_split") == evaluation]
+    lines = [f"distillation, {evaluation} ({rows[0]['rows'] if rows else 0:,} rows)",
+             "| name | P@K | AUC | LogLoss | MSE vs teacher | rank corr vs teacher | s / 1,000 owners |",
+             "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        t, mse, corr = r.get("seconds_per_1000"), r.get("mse_vs_teacher"), r.get("rank_corr_vs_teacher")
+        lines.append(f"| {r['name']} | {cell(r, 'precision_at_k', '.4f')} | {cell(r, 'auc', '.4f')} "
+                     f"| {cell(r, 'logloss', '.5f')} | {'' if mse is None or mse != mse else f'{mse:.2e}'} "
+                     f"| {'' if corr is None or corr != corr else f'{corr:.4f}'} "
                      f"| {'' if t is None or t != t else f'{t:.3f}'} |")
     return "\n".join(lines)

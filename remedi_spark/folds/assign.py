@@ -7,7 +7,10 @@ never spans two folds, and the result depends only on the seed and the data.
 
 * ``split``: random hold-out by user (``folds.test_fraction``, 20% as in the paper), stratified
   the same way with an independent hash.
-* ``oot_split``: out-of-time: rows of the newest fully labelled month are ``test``.
+* ``oot_split``: out-of-time: rows of the newest fully labelled month, the *evaluation month*,
+  are ``test``. No model fits or early-stops on that month (base models, refits, meta-models,
+  students): it is scored like a new month, every owner of it. A table with a single labelled
+  month has no evaluation month (every row ``train``); the stages then evaluate on held-out owners only.
 
 With ``folds.include_open_windows`` the table also holds the rows of the months after the newest
 fully labelled one, whose T+1..T+3 window is still open (some or all of y_h1..y_h3 unknown), for
@@ -54,11 +57,17 @@ def fold_assignment(features: DataFrame, n_folds: int, seed: int, test_fraction:
         ID, (F.col("_fold_rank") % n_folds).cast("int").alias("fold"),
         F.when(is_test, "test").otherwise("train").alias("split"),
     )
-    oot_month = rows.agg(F.max("month")).collect()[0][0]
+    months = rows.agg(F.max("month"), F.countDistinct("month")).first()
+    oot_month = months[0] if months[1] > 1 else None  # one labelled month: nothing left to train on
     return rows.join(users, ID, "inner").select(
         ID, "month", "fold", "split",
-        F.when(F.col("month") == oot_month, "test").otherwise("train").alias("oot_split"), "y",
+        F.when(F.col("month") == F.lit(oot_month), "test").otherwise("train").alias("oot_split"), "y",
     )
+
+
+def evaluation_month(folds: DataFrame) -> str | None:
+    """The folds table's evaluation month (its ``oot_split = test`` month), or None when it has none."""
+    return folds.filter(F.col("oot_split") == "test").agg(F.max("month")).first()[0]
 
 
 OPEN = "open"
@@ -90,10 +99,15 @@ def assign_folds(spark: SparkSession, cfg: Config, store: TableStore) -> dict[st
             raise DataValidationError("features", [("month", f"no fully labelled rows for folds.months {missing}")])
     if not labelled:
         raise DataValidationError("features", [("label_complete", "no fully labelled rows to build folds from")])
-    oot = max(labelled)
-    oot_positives = features.filter(F.col("label_complete") & (F.col("month") == oot)).agg(F.sum("y")).first()[0]
+    oot = max(labelled) if len(labelled) > 1 else None
     warnings = []
-    if not oot_positives:
+    if oot is None:
+        warnings.append(f"a single labelled month ({min(labelled)}): no evaluation month is held out of training; "
+                        "models are evaluated on held-out owners only")
+        print(f"[remedi] note: folds: {warnings[-1]}", file=sys.stderr, flush=True)
+    oot_positives = (features.filter(F.col("label_complete") & (F.col("month") == oot)).agg(F.sum("y")).first()[0]
+                     if oot else None)
+    if oot and not oot_positives:
         warnings.append(f"the out-of-time test month {oot} has no positives: its AUC and lift are undefined; "
                         "check the purchases extract or set folds.months")
         print(f"[remedi] warning: folds: {warnings[-1]}", file=sys.stderr, flush=True)

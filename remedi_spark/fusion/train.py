@@ -1,14 +1,16 @@
 """Fusion stage: every meta-model fitted on out-of-fold rows, cross-fitted on the training owners,
 compared with intervals, and a guarded choice of the teacher that distillation learns from.
 
-Fit rows are the ``train`` split's out-of-fold meta-features without the out-of-time month. Three
+Fit rows are the ``train`` split's out-of-fold meta-features without the evaluation month (the
+folds table's ``oot_split = test`` month, which no base model trained on either). Three
 evaluations, each row of ``fusion_results`` with a paired-bootstrap interval over owners:
 
 * ``meta_oof``: the training owners' fit rows, each predicted by a meta-model fitted on the other
   folds (cross-fitting over the base models' own folds). Everything the stage *chooses* — the best
   base model, the ``auto`` teacher, the weak-teacher guard — is decided on these rows only.
 * ``user_split``: the held-out owners (``split = test``), every labelled month;
-* ``out_of_time``: the held-out owners in the newest fully labelled month (``oot_split = test``).
+* ``out_of_time``: every owner of the evaluation month (``oot_split = test``), whose base-model
+  inputs come from the refit models, as for a new month.
 
 Held-out numbers are reported, never used as a target.
 
@@ -27,7 +29,7 @@ import sys
 import time
 import warnings
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -127,6 +129,35 @@ def _meta_oof(c: Candidate, fit_idx: np.ndarray, fold: np.ndarray, y: np.ndarray
         model = c.fit(fit_idx[rows], y, groups)
         return lambda held: model.predict(c.x[fit_idx[held]])
     return cross_fitted(fit, fold)
+
+
+SEEDED = ("hybrid_expert", "no_hybrid")  # strategies whose fit depends on the networks' seed
+
+
+def _seed_rows(seeds: list[int], candidates: list[Candidate], fit_idx: np.ndarray, fold: np.ndarray, y: np.ndarray,
+               groups: np.ndarray, oof: dict[str, np.ndarray], pairs: list[tuple[str, str]], k_fraction: float
+               ) -> list[dict[str, Any]]:
+    """The meta-OOF comparison repeated per seed of ``fusion.seeds``: every network candidate
+    cross-fitted again with ``meta_model.seed = s`` (the other rankers do not depend on it), one row
+    per (seed, candidate) and per (seed, pair) difference, point estimates (section ``seed``)."""
+    y_fit, rows = y[fit_idx], []
+    k = k_for(len(fit_idx), k_fraction)
+    common = {"section": "seed", "evaluation": "meta_oof", "rows": len(fit_idx), "positives": int(y_fit.sum()), "k": k}
+    for seed in seeds:
+        scores = dict(oof)
+        seeded = [c for c in candidates if c.strategy in SEEDED]
+        for c in seeded:
+            scores[c.name] = _meta_oof(replace(c, expert=replace(c.expert, seed=seed)), fit_idx, fold, y, groups)
+        point = {name: lead_metrics(y_fit, p, k) for name, p in scores.items()}
+        for c in seeded:
+            rows.append({**common, "name": c.name, "models": ",".join(c.models), "seed": seed,
+                         **{m: point[c.name][m] for m in BOOTSTRAP_METRICS}})
+        for a, b in pairs:
+            rows.append({**common, "name": f"{a} - {b}", "models": f"{a},{b}", "seed": seed,
+                         **{m: point[a][m] - point[b][m] for m in BOOTSTRAP_METRICS}})
+        print(f"[remedi] fusion: seed {seed} cross-fitted ({seeds.index(seed) + 1}/{len(seeds)})", file=sys.stderr,
+              flush=True)
+    return rows
 
 
 def _expert_config(values: dict[str, Any], key: str) -> ExpertConfig:
@@ -235,7 +266,7 @@ def train_fusion(spark: SparkSession, cfg: Config, store: TableStore) -> dict[st
     x, y, groups = pdf[names].to_numpy(np.float64), pdf["y"].to_numpy(np.float64), pdf["user_id"].to_numpy()
     fit = ((pdf["split"] == "train") & (pdf["oot_split"] == "train")).to_numpy()
     test = (pdf["split"] == "test").to_numpy()
-    masks = {"meta_oof": fit, "user_split": test, "out_of_time": test & (pdf["oot_split"] == "test").to_numpy()}
+    masks = {"meta_oof": fit, "user_split": test, "out_of_time": (pdf["oot_split"] == "test").to_numpy()}
     if not fit.any():
         raise ValueError("fusion: no training-owner rows outside the out-of-time month to fit the meta-models on")
     fit_idx = np.flatnonzero(fit)
@@ -271,6 +302,9 @@ def train_fusion(spark: SparkSession, cfg: Config, store: TableStore) -> dict[st
     guard_pairs = [(s, rival) for s in STRATEGIES for rival in (best_base, "simple_average") if s != rival]
     pairs = list(dict.fromkeys(guard_pairs + _pairs(teacher, best_base, variants)))
     rows, differences = _result_rows("meta_oof", rankers, y[fit], oof, groups[fit], pairs, cfg)
+    if fcfg.seeds:
+        rows += _seed_rows(list(fcfg.seeds), candidates, fit_idx, fold, y, groups, oof, pairs,
+                           cfg.base_models.metric_k_fraction)
     decision = _guard(fcfg.on_weak_teacher, teacher, best_base, differences, point)
     decision["mode"] = fcfg.teacher
     teacher = decision["chosen"]
@@ -280,7 +314,9 @@ def train_fusion(spark: SparkSession, cfg: Config, store: TableStore) -> dict[st
             rows += _result_rows(evaluation, rankers_held, y[mask], {n: p[mask] for n, p in full.items()},
                                  groups[mask], _pairs(teacher, best_base, variants), cfg)[0]
     run_id = store.run.run_id if store.run else "adhoc"
-    results = pd.DataFrame(rows).assign(run_id=run_id, teacher=lambda d: d["name"] == teacher)
+    results = pd.DataFrame(rows).assign(run_id=run_id, teacher=lambda d: (d["name"] == teacher) & (d["section"] != "seed"))
+    if "seed" not in results:
+        results["seed"] = None
     store.write_table(frame_from_pandas(spark, results, "fusion_results"), "fusion_results")
     summary = {"models": models, "fit_rows": int(fit.sum()), "fit_positives": int(y[fit].sum()),
                "train_seconds": seconds, "teacher": decision,
@@ -297,6 +333,31 @@ def train_fusion(spark: SparkSession, cfg: Config, store: TableStore) -> dict[st
     return summary
 
 
+def seed_summary(records: list[dict[str, Any]]) -> pd.DataFrame:
+    """Mean and standard deviation over ``fusion.seeds`` of each ``seed`` row's metrics (empty when
+    the comparison ran with one seed)."""
+    table = pd.DataFrame(records)
+    if table.empty or "seed" not in table or not (table["section"] == "seed").any():
+        return pd.DataFrame()
+    seeded = table[table["section"] == "seed"]
+    stats = seeded.groupby("name", sort=False)[list(BOOTSTRAP_METRICS)].agg(["mean", "std"])
+    stats.columns = [f"{m}_{s}" for m, s in stats.columns]
+    return stats.assign(seeds=seeded.groupby("name", sort=False)["seed"].nunique()).reset_index()
+
+
+def format_seeds(records: list[dict[str, Any]]) -> str:
+    """Markdown table of :func:`seed_summary`: AUC, P@K and log loss as mean ± sd over the seeds."""
+    stats = seed_summary(records)
+    if stats.empty:
+        return ""
+    lines = [f"meta_oof over {int(stats['seeds'].max())} seeds (fusion.seeds): mean ± sd",
+             "| name | P@K | AUC | LogLoss |", "|---|---|---|---|"]
+    for r in stats.to_dict("records"):
+        lines.append(f"| {r['name']} | {100 * r['precision_at_k_mean']:.2f}% ± {100 * r['precision_at_k_std']:.2f} "
+                     f"| {r['auc_mean']:.4f} ± {r['auc_std']:.4f} | {r['logloss_mean']:.5f} ± {r['logloss_std']:.5f} |")
+    return "\n".join(lines)
+
+
 def format_teacher(decision: dict[str, Any]) -> str:
     """One paragraph: which strategy is the teacher, chosen how, and the guard's verdict."""
     text = (f"teacher: {decision['chosen']} (fusion.teacher: {decision['mode']}; best base model on meta-OOF log loss: "
@@ -310,7 +371,7 @@ def format_results(records: list[dict[str, Any]], evaluation: str = "user_split"
     """Markdown table of one evaluation: P@K, AUC and LogLoss with their intervals per row;
     a difference whose interval contains 0 is marked "no difference"."""
     table = pd.DataFrame(records)
-    table = table[table["evaluation"] == evaluation]
+    table = table[(table["evaluation"] == evaluation) & (table["section"] != "seed")]
     if table.empty:
         return f"{evaluation}: no rows"
     level = int(round(100 * table["ci_level"].iloc[0]))

@@ -21,7 +21,9 @@ from pyspark.sql import functions as F
 
 from ..config import Config, ConfigError
 from ..distill.students import load_student
+from ..io.schemas import DataValidationError
 from ..io.store import TableStore
+from ..metrics import Interval, bootstrap
 from ..models.base import channel_of
 from ..months import add_months
 
@@ -123,19 +125,66 @@ def build_lead_list(spark: SparkSession, cfg: Config, store: TableStore, month: 
 
 
 def evaluate_lead_list(spark: SparkSession, cfg: Config, store: TableStore, month: str) -> dict[str, Any]:
-    """For a month whose 3-month window has closed: precision of the lead list against the true
-    labels, beside the oracle's list (the simulator's true probability, same filters, same size)."""
-    leads = store.read("lead_list", months=[month]).select("user_id")
+    """For a month whose 3-month window has closed: the lead list against the true labels, beside the
+    oracle's list (the simulator's true probability, same filters, same size) where the synthetic
+    ``oracle`` table exists, with paired-bootstrap intervals over the month's owners
+    (``evaluation.bootstrap``) for precision, Business Recall (hits / (three-month buyers / 3), the
+    paper's per-month definition), plain recall (hits / three-month buyers) and the difference in
+    precision list − oracle."""
     labels = store.read("features", months=[month]).filter("label_complete").select("user_id", "y")
-    n = leads.count()
-    hits = leads.join(labels, "user_id").agg(F.sum("y")).first()[0] or 0
+    listed = store.read("lead_list", months=[month]).select("user_id", F.lit(True).alias("listed"))
     scores = store.read("scores", months=[month]).select("user_id", "score", "model_version")
     flagged = flag_exclusions(scores, store.read("owners"), store.read("purchases"), cfg, month)
-    eligible = flagged.filter(is_eligible(flagged)).select("user_id")
-    oracle = store.read("oracle", months=[month]).select("user_id", "p_3m").join(eligible, "user_id")
-    top = oracle.join(labels, "user_id").orderBy(F.desc("p_3m"), "user_id").limit(n)
-    oracle_hits = top.agg(F.sum("y")).first()[0] or 0
-    positives = labels.agg(F.sum("y")).first()[0] or 0
-    return {"month": month, "leads": n, "hits": int(hits), "precision": hits / n if n else float("nan"),
-            "oracle_hits": int(oracle_hits), "oracle_precision": oracle_hits / n if n else float("nan"),
-            "business_recall": hits / (positives / 3) if positives else float("nan"), "positives": int(positives)}
+    rows = flagged.select("user_id", "score", is_eligible(flagged).alias("eligible")).join(labels, "user_id") \
+        .join(listed, "user_id", "left")
+    has_oracle = store.exists("oracle")
+    if has_oracle:
+        rows = rows.join(store.read("oracle", months=[month]).select("user_id", "p_3m"), "user_id", "left")
+    pdf = rows.toPandas()
+    if pdf.empty:
+        raise DataValidationError("features", [("label_complete", f"no fully labelled rows of {month} with scores: "
+                                                                  "its lead list cannot be evaluated")])
+    return lead_list_evaluation(pdf, month, cfg)
+
+
+def lead_list_evaluation(pdf: pd.DataFrame, month: str, cfg: Config) -> dict[str, Any]:
+    """:func:`evaluate_lead_list` on the month's owners as a frame (``user_id, y, score, eligible,
+    listed`` and optionally ``p_3m``). The list's members are ranked first, so the bootstrap's top K
+    (K = the list's size) is the list itself; the oracle's list is the top K of the eligible owners
+    by ``p_3m``."""
+    y = pdf["y"].to_numpy(np.int64)
+    listed = pdf["listed"].fillna(False).to_numpy(bool)
+    n = int(listed.sum())
+    owners = len(pdf)
+    scores = {"lead_list": np.where(listed, 2.0 + pdf["score"].to_numpy(float), -1.0)}
+    has_oracle = "p_3m" in pdf and pdf["p_3m"].notna().all()
+    if has_oracle:
+        eligible = pdf["eligible"].to_numpy(bool)
+        scores["oracle"] = np.where(eligible, pdf["p_3m"].to_numpy(float), -1.0)
+    b = cfg.evaluation.bootstrap
+    boot = bootstrap(y, scores, pdf["user_id"].to_numpy(), max(n, 1) / owners, replicates=b.replicates, seed=b.seed,
+                     level=b.level, pairs=[("lead_list", "oracle")] if has_oracle else [])
+    positives = int(y.sum())
+    hits = int(y[listed].sum())
+    lead = boot["intervals"]["lead_list"]
+    out: dict[str, Any] = {
+        "month": month, "owners": owners, "leads": n, "positives": positives, "hits": hits, "ci_level": b.level,
+        "precision": hits / n if n else float("nan"),
+        "business_recall": hits / (positives / 3) if positives else float("nan"),
+        "recall": hits / positives if positives else float("nan"),
+        "oracle_hits": None, "oracle_precision": None}
+    out.update(_bounds("precision", lead["precision_at_k"]))
+    out.update(_bounds("business_recall", lead["business_recall_at_k"]))
+    out.update(_bounds("recall", lead["business_recall_at_k"], scale=1 / 3))
+    if has_oracle:
+        top = np.argsort(-scores["oracle"], kind="stable")[:n]
+        out["oracle_hits"] = int(y[top].sum())
+        out["oracle_precision"] = out["oracle_hits"] / n if n else float("nan")
+        out.update(_bounds("oracle_precision", boot["intervals"]["oracle"]["precision_at_k"]))
+        out.update(_bounds("difference", boot["differences"][("lead_list", "oracle")]["precision_at_k"]))
+        out["difference"] = out["precision"] - out["oracle_precision"]
+    return out
+
+
+def _bounds(name: str, iv: Interval, scale: float = 1.0) -> dict[str, float]:
+    return {f"{name}_ci_low": scale * iv.low, f"{name}_ci_high": scale * iv.high}

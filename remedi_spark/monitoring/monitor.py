@@ -138,7 +138,9 @@ def monitor_month(spark: SparkSession, cfg: Config, store: TableStore, month: st
         if r["subject"] == "lead_list" and r["metric"] == "precision":
             r["flagged"] = bool(r["value"] < cfg.monitoring.min_realized_precision)
     rows += drift_rows(spark, cfg, store, month)
-    newest_training = store.read("folds").filter(F.col("split") != "open").agg(F.max("month")).first()[0]
+    # the newest month the student fitted on: the evaluation month (oot_split = test) is not one
+    newest_training = store.read("folds").filter((F.col("split") != "open") & (F.col("oot_split") == "train")) \
+        .agg(F.max("month")).first()[0]
     model_age = parse_month(month) - parse_month(newest_training)
     rows.append({"check": "model_age", "subject": "student", "evaluated_month": month, "metric": "months",
                  "value": float(model_age), "band": None,

@@ -23,8 +23,10 @@ from pyspark.sql import SparkSession
 from ..config import Config
 from ..io import files
 from ..io.store import TableStore
+from ..fusion.train import seed_summary
 from ..metrics import curve_ks, lead_metrics, ranked_curves
 from . import figures
+from .backtest import backtest_figures, backtest_numbers, backtest_section, latest_run
 from .collect import SCORERS, ReportData, collect, data_version_rows, monthly_metrics
 from .html import figure, page, table
 
@@ -39,7 +41,8 @@ TABLES = {  # key: (fusion_results section, title)
 EVALUATIONS = {"meta_oof": "training owners, meta-level out-of-fold (cross-fitted over the folds; every choice "
                            "— best base model, teacher, guard — is made on these rows)",
                "user_split": "held-out owners (random 20% of owners, all labelled months)",
-               "out_of_time": "held-out owners in the newest labelled month (out of time)"}
+               "out_of_time": "every owner of the evaluation month (the newest labelled month; no model trained on it)"}
+DISTILL_EVALUATIONS = ("user_split", "out_of_time")
 INTERVAL_METRICS = ("precision_at_k", "auc", "logloss")
 STUDIES = {  # study table (collect.STUDY_TABLES): (section title, columns after the variant's name, footnote)
     "kdef_study": ("KDEF study (newest kdef-study run)",
@@ -136,12 +139,18 @@ def result_tables(data: ReportData) -> dict[str, dict[str, list[dict[str, Any]]]
             rows = with_intervals(rows)
             ceiling = float(oracle["precision_at_k"].iloc[0]) if len(oracle) else None
             out[key][evaluation] = _records(_with_oracle_share(rows, ceiling).drop(columns=["run_id"]))
-    oracle = fr[(fr["section"] == "oracle") & (fr["evaluation"] == "user_split")]
     distill = data.distill_results.drop(columns=["run_id"])
-    if len(oracle):
-        distill = pd.concat([distill, oracle.assign(kind="ceiling")[["name", "kind", "rows", "k", *METRIC_COLUMNS]]])
-    ceiling = float(oracle["precision_at_k"].iloc[0]) if len(oracle) else None
-    out["distillation"] = {"user_split": _records(_with_oracle_share(distill, ceiling))}
+    out["distillation"] = {}
+    for evaluation in DISTILL_EVALUATIONS:
+        part = distill[distill["evaluation"] == evaluation]
+        oracle = fr[(fr["section"] == "oracle") & (fr["evaluation"] == evaluation)]
+        if len(oracle):
+            ceiling_cols = ["name", "rows", "k", *METRIC_COLUMNS,
+                            *[f"{m}_ci_{e}" for m in METRIC_COLUMNS for e in ("low", "high")]]
+            part = pd.concat([part, oracle.assign(kind="ceiling")[["kind", *ceiling_cols]]])
+        ceiling = float(oracle["precision_at_k"].iloc[0]) if len(oracle) else None
+        part = with_intervals(part.assign(section=part["kind"])).drop(columns=["section"])
+        out["distillation"][evaluation] = _records(_with_oracle_share(part, ceiling))
     return out
 
 
@@ -203,6 +212,7 @@ def report_numbers(data: ReportData, cfg: Config) -> dict[str, Any]:
         "ci_level": cfg.evaluation.bootstrap.level,
         "tables": result_tables(data),
         "teacher": teacher_check(data.fusion_results, data.best_base),
+        "seeds": _records(seed_summary(data.fusion_results.to_dict("records"))),
         "studies": {t: _records(rows.drop(columns=["run_id"], errors="ignore")) for t, rows in data.studies.items()},
         "evaluation": evaluation_numbers(data, cfg.report.curve_points, cfg.report.calibration_bins),
         "monthly": _records(monthly),
@@ -246,7 +256,8 @@ def _headline(numbers: dict[str, Any]) -> str:
         m = ev["metrics"][s]
         cells.append(f"<div>{SCORERS[s]}<b>{100 * m['precision_at_k']:.2f}%</b>P@K · AUC {m['auc']:.4f} · "
                      f"lift {m['lift_at_k']:.1f}</div>")
-    return (f"<p>Held-out owners of {ev['month']}: {ev['rows']:,} rows, {ev['positives']:,} buyers in T+1..T+3, "
+    return (f"<p>Every owner of the evaluation month {ev['month']} (no model trained on it): {ev['rows']:,} rows, "
+            f"{ev['positives']:,} buyers in T+1..T+3, "
             f"K = {ev['k']:,} ({100 * numbers['k_fraction']:.1f}%).</p><div class='kpi'>{''.join(cells)}</div>")
 
 
@@ -277,11 +288,19 @@ def render_html(numbers: dict[str, Any], pngs: dict[str, bytes]) -> str:
         if inner:
             sections.append((title, inner + (f"<p class='meta'>Intervals: {100 * level:.0f}%, paired bootstrap over "
                                              "owners.</p>" if level else "")))
-    distill_cols = ["name", "kind", *METRIC_COLUMNS, "corr_vs_teacher", "rank_corr_vs_teacher", "mse_vs_teacher",
-                    "best_iteration", "seconds_per_1000", "share_of_oracle"]
+    if numbers.get("seeds"):
+        sections.append(("Seeds: the meta-OOF comparison repeated per network seed (fusion.seeds)", table(
+            numbers["seeds"], ["name", "seeds", "precision_at_k_mean", "precision_at_k_std", "auc_mean", "auc_std",
+                               "logloss_mean", "logloss_std"])
+            + "<p class='meta'>Mean and standard deviation over the seeds; difference rows are a − b per seed.</p>"))
+    distill_cols = ["name", "kind", "precision_at_k", "precision_at_k_ci", "precision_at_k_verdict", "auc", "auc_ci",
+                    "auc_verdict", "logloss", "logloss_ci", "logloss_verdict", "rank_corr_vs_teacher",
+                    "mse_vs_teacher", "best_iteration", "seconds_per_1000", "share_of_oracle"]
     sections.append(("Table 4 — distillation (teacher → one LightGBM student)",
-                     "<p>Held-out owners; <i>seconds_per_1000</i> is the inference time per 1,000 owners.</p>"
-                     + table(numbers["tables"]["distillation"]["user_split"], distill_cols)))
+                     "<p>Students fit on the training owners outside the evaluation month; <i>difference</i> rows "
+                     "are student − teacher; <i>seconds_per_1000</i> is the inference time per 1,000 owners.</p>"
+                     + "".join(f"<h3>{EVALUATIONS[e]}</h3>" + table(numbers["tables"]["distillation"][e], distill_cols)
+                               for e in DISTILL_EVALUATIONS if numbers["tables"]["distillation"].get(e))))
     for name, rows in numbers["studies"].items():
         title, columns, note = STUDIES[name]
         sections.append((title, table([{"name": r["variant"], **r} for r in rows], ["name", *columns])
@@ -313,12 +332,22 @@ def render_html(numbers: dict[str, Any], pngs: dict[str, bytes]) -> str:
                          + f"<h3>largest feature shifts in {newest['month']}</h3>" + table(
                              [{"name": r["subject"], "psi": r["value"], "band": r["band"]} for r in newest["top_psi"]],
                              ["name", "psi", "band"])))
+    sections += backtest_section(numbers.get("backtest"), pngs)  # the newest backtest run under the root, if any
     lead = numbers["lead_list"]
     if lead:
+        lead = dict(lead)
+        for name in ("precision", "oracle_precision", "difference", "business_recall", "recall"):
+            if lead.get(f"{name}_ci_low") is not None:
+                lead[f"{name}_ci"] = f"[{100 * lead[f'{name}_ci_low']:.2f}%, {100 * lead[f'{name}_ci_high']:.2f}%]"
         sections.append(("Lead list of the evaluation month", table([{"name": "lead list", **lead}], [
-            "name", "month", "leads", "hits", "precision", "oracle_hits", "oracle_precision", "business_recall"])
-            + "<p class='meta'>All owners of the month after the business filters; owners of the training split "
-              "are included, so this is optimistic next to the held-out numbers above.</p>"))
+            "name", "month", "leads", "positives", "hits", "precision", "precision_ci", "oracle_hits",
+            "oracle_precision", "oracle_precision_ci", "difference_ci", "business_recall", "business_recall_ci",
+            "recall", "recall_ci"])
+            + "<p class='meta'>All owners of the evaluation month after the business filters; no model trained on "
+              "that month (the training owners' earlier months were trained on, as in production). Intervals: "
+              "paired bootstrap over owners. Business Recall = hits / (the month's three-month buyers / 3), the "
+              "paper's definition: above 100% when the list catches more than a third of the three-month buyers; "
+              "recall = hits / all three-month buyers.</p>"))
     dv = numbers["data_versions"]
     sections.append(("Data versions", "<p>Every number above was read at these Delta versions (time travel: "
                      "<code>versionAsOf</code>).</p>" + table(
@@ -341,6 +370,9 @@ def build_report(spark: SparkSession, cfg: Config, store: TableStore, run: str |
     data = collect(spark, cfg, store, run)
     numbers = report_numbers(data, cfg)
     pngs = render_figures(data, numbers, cfg)
+    backtest = latest_run(spark, store)
+    numbers["backtest"] = backtest_numbers(*backtest) if backtest else None
+    pngs.update(backtest_figures(numbers["backtest"]))
     out = report_dir(cfg, store, data.pipeline["run_id"])
     for name, png in pngs.items():
         files.write_bytes(spark, f"{out}/figures/{name}.png", png)

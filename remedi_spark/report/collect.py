@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from ..config import Config
@@ -39,12 +39,17 @@ class ReportData:
     held_out: pd.DataFrame          # user_id, month, y + one column per scorer (held-out owners)
     best_base: str
     importance: pd.DataFrame        # feature, group, gain, share
+    evaluation_frame: pd.DataFrame | None = None  # as held_out, every owner of the evaluation month
     warnings: list[str] = field(default_factory=list)
     studies: dict[str, pd.DataFrame] = field(default_factory=dict)  # study table name → its rows (those written)
     monitoring: pd.DataFrame | None = None
 
     @property
     def evaluation_rows(self) -> pd.DataFrame:
+        """Every owner of the evaluation month (no model trained on it); without an evaluation month
+        (a single labelled month) the held-out owners of the newest month."""
+        if self.evaluation_frame is not None:
+            return self.evaluation_frame
         return self.held_out[self.held_out["month"] == self.evaluation_month]
 
 
@@ -125,12 +130,12 @@ def _pinned(store: TableStore, versions: dict[str, int], table: str) -> DataFram
     return store.read(table, version=versions.get(table))
 
 
-def _held_out_frame(store: TableStore, versions: dict[str, int], student: SavedStudent, best_base: str
-                    ) -> pd.DataFrame:
-    """Held-out owners (never in any training set) of every labelled month with the label, the
-    student's score (computed here with the saved student), the teacher, the best base model
-    and, on synthetic data, the oracle."""
-    folds = _pinned(store, versions, "folds").filter(F.col("split") == "test").select("user_id", "month")
+def _scored_frame(store: TableStore, versions: dict[str, int], student: SavedStudent, best_base: str,
+                  rows: Column) -> pd.DataFrame:
+    """The folds rows matching ``rows`` (held-out owners, or every owner of the evaluation month:
+    rows no model trained on) with the label, the student's score (computed here with the saved
+    student), the teacher, the best base model and, on synthetic data, the oracle."""
+    folds = _pinned(store, versions, "folds").filter(rows).select("user_id", "month")
     features = _pinned(store, versions, "features").filter("label_complete").join(folds, ["user_id", "month"])
     frame = features.select("user_id", "month", "y")
     scored = student.model.predict(student.model.features.encode(features)).withColumnRenamed("p", "student")
@@ -188,10 +193,12 @@ def collect(spark: SparkSession, cfg: Config, store: TableStore, run: str | None
     if not any(m["run_id"] == student.run_id for m in manifests):
         warnings.append(f"the student at {student.path} comes from run {student.run_id}, which is not in this "
                         "table root's runs")
-    held_out = _held_out_frame(store, versions, student, best_base)
+    held_out = _scored_frame(store, versions, student, best_base, F.col("split") == "test")
     months = pipeline.get("info", {}).get("months", {})
     evaluation_month = months.get("evaluation") or str(held_out["month"].max())
-    n_eval = int((held_out["month"] == evaluation_month).sum())
+    evaluation_frame = (_scored_frame(store, versions, student, best_base, F.col("oot_split") == "test")
+                        if months.get("evaluation") else None)
+    n_eval = len(evaluation_frame) if evaluation_frame is not None else int((held_out["month"] == evaluation_month).sum())
     studies = {t: in_key_order(store.read(t).toPandas(), t) for t in STUDY_TABLES if store.exists(t)}
     monitoring = None
     if store.exists("monitoring"):  # monitoring runs after the pipeline: its newest version
@@ -200,5 +207,6 @@ def collect(spark: SparkSession, cfg: Config, store: TableStore, run: str | None
     return ReportData(pipeline=pipeline, stages=stages, versions=versions, evaluation_month=evaluation_month,
                       k=k_for(n_eval, cfg.base_models.metric_k_fraction), fusion_results=fusion,
                       distill_results=distill, held_out=held_out, best_base=best_base,
+                      evaluation_frame=evaluation_frame,
                       importance=student_importance(student.model, cfg.base_models.feature_groups), warnings=warnings, studies=studies,
                       monitoring=monitoring)

@@ -5,13 +5,21 @@ share of those users held aside for early stopping) and predicts fold k: every t
 gets exactly one out-of-fold prediction per model. The model is then refit on all training rows,
 saved (LightGBM text + JSON sidecar with features, params and the Delta versions it read) under
 ``<root>/models/<name>/``, and scores the held-out split. Predictions go to ``oof_predictions``
-(one partition per model, replaced on re-run), held-out metrics to ``base_model_metrics``.
+(one partition per model, replaced on re-run), metrics with intervals to ``base_model_metrics``.
 For scoring, REMEDI uses the refit model (not an average of the fold models).
+
+The evaluation month (the folds table's ``oot_split = test`` month) is no model's training or
+early-stopping row: its training owners get ``split = evaluation`` in :func:`training_frame`,
+and the refit predicts every owner of it (``fold = -1``), as it would a new month. Metrics:
+``oof`` (training owners outside the evaluation month: what choices rest on), ``test`` (held-out
+owners) and ``out_of_time`` (every owner of the evaluation month).
 
 Models that train on the horizon labels (KAML) also fit on the open-window rows of the folds
 table (``split = open``, written with ``folds.include_open_windows``) of the users outside the
-predicted fold; their predictions and metrics, like every model's, cover fully labelled rows only.
-Models with auxiliary labels (HM3) also receive those columns of ``features`` (y_engage, y_visit).
+predicted fold, unless an evaluation month exists: open-window rows postdate it (their partial
+labels are purchases inside its window), so they are then left out. Predictions and metrics,
+like every model's, cover fully labelled rows only. Models with auxiliary labels (HM3) also
+receive those columns of ``features`` (y_engage, y_visit).
 """
 from __future__ import annotations
 
@@ -24,16 +32,17 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from ..config import Config, ConfigError, ModelSpec
-from ..folds.assign import OPEN
+from ..folds.assign import OPEN, evaluation_month
 from ..io.schemas import frame_from_pandas
 from ..io.store import TableStore
-from ..metrics import k_for, lead_metrics
+from ..metrics import BOOTSTRAP_METRICS, bootstrap, k_for, lead_metrics
 from ..models.base import BaseModel, FeatureSpec, saved_model_dir
 from ..models.neural.model import HORIZON_COLS
 from ..models.registry import aux_labels, build_model, needs_horizons
 from ..spark import root_cause
 
 ES = "_early_stop"
+EVALUATION = "evaluation"  # training-frame split of the training owners' evaluation-month rows
 
 
 def model_path(store: TableStore, name: str) -> str:
@@ -43,8 +52,15 @@ def model_path(store: TableStore, name: str) -> str:
 def training_frame(store: TableStore, cfg: Config, folds: DataFrame | None = None) -> DataFrame:
     """Features joined with their folds (fully labelled rows, plus ``split = open`` rows when the folds
     table holds them) and a seeded early-stopping flag per user. ``folds`` replaces the folds table
-    (the KAML study adds open-window rows to it)."""
-    folds = (store.read("folds") if folds is None else folds).select("user_id", "month", "fold", "split")
+    (the KAML study adds open-window rows to it).
+
+    ``split`` says what a row may be used for: ``train`` (fitting, early stopping, OOF), ``test``
+    (held-out owners), ``open`` (open-window rows) and ``evaluation`` (the training owners' rows of
+    the evaluation month, which nothing fits on). Everything that fits on ``split = train`` thereby
+    leaves the evaluation month out."""
+    folds = (store.read("folds") if folds is None else folds).select("user_id", "month", "fold", "split", "oot_split")
+    in_evaluation_month = (F.col("split") == "train") & (F.col("oot_split") == "test")
+    folds = folds.withColumn("split", F.when(in_evaluation_month, EVALUATION).otherwise(F.col("split"))).drop("oot_split")
     data = store.read("features").join(folds, ["user_id", "month"], "inner")
     share = cfg.base_models.early_stopping_fraction
     bucket = F.pmod(F.xxhash64("user_id", F.lit(cfg.folds.seed), F.lit(3)), F.lit(10_000))
@@ -69,6 +85,11 @@ def select_models(cfg: Config, names: list[str] | None) -> list[ModelSpec]:
     return [s for s in specs if s.name in names]
 
 
+def fold_fit_rows(pool: DataFrame, k: int) -> DataFrame:
+    """The rows fold ``k``'s model fits on: every row of ``pool`` outside fold ``k``."""
+    return pool.filter(F.col("fold") != k)
+
+
 def _fit(spec: ModelSpec, cfg: Config, features: FeatureSpec, rows: DataFrame) -> BaseModel:
     """Fit on the rows of users outside the early-stopping share; stop early on that share's fully
     labelled rows (its users' open-window rows are not used at all)."""
@@ -76,9 +97,11 @@ def _fit(spec: ModelSpec, cfg: Config, features: FeatureSpec, rows: DataFrame) -
     return model.fit(rows.filter(~F.col(ES)), rows.filter(F.col(ES) & (F.col("split") == "train")))
 
 
-def train_model_oof(spark: SparkSession, cfg: Config, store: TableStore, spec: ModelSpec, data: DataFrame
-                    ) -> tuple[DataFrame, dict[str, Any]]:
-    """OOF + held-out predictions of one model (persisted frame) and its metrics row."""
+def train_model_oof(spark: SparkSession, cfg: Config, store: TableStore, spec: ModelSpec, data: DataFrame,
+                    eval_month: str | None = None) -> tuple[DataFrame, list[dict[str, Any]]]:
+    """OOF, held-out and evaluation-month predictions of one model (persisted frame) and its metrics
+    rows (``oof``, ``test``, ``out_of_time``; with intervals). ``eval_month``: the folds table's
+    evaluation month (rows of it in ``data`` are ``test`` or ``evaluation``, never fitted on)."""
     members = cfg.base_models.feature_groups[spec.feature_group] if spec.feature_group else None
     train = data.filter(F.col("split") == "train")
     features = FeatureSpec.from_frame(train.drop("fold", "split", ES), members)
@@ -86,12 +109,13 @@ def train_model_oof(spark: SparkSession, cfg: Config, store: TableStore, spec: M
     extra = ("y", *(HORIZON_COLS if horizons else ()), *aux_labels(spec), "fold", "split", ES)
     encoded = features.encode(data, extra=extra).persist(StorageLevel.MEMORY_AND_DISK)
     enc_train = encoded.filter(F.col("split") == "train")
-    # horizon models also learn from the open-window rows; predictions stay on labelled rows
-    fit_pool = encoded.filter(F.col("split").isin("train", OPEN)) if horizons else enc_train
+    # horizon models also learn from the open-window rows (when they do not postdate the evaluation
+    # month); predictions stay on labelled rows
+    fit_pool = encoded.filter(F.col("split").isin("train", OPEN)) if horizons and eval_month is None else enc_train
     start = time.perf_counter()
     parts = []
     for k in range(cfg.folds.n_folds):
-        model = _fit(spec, cfg, features, fit_pool.filter(F.col("fold") != k))
+        model = _fit(spec, cfg, features, fold_fit_rows(fit_pool, k))
         parts.append(model.predict(enc_train.filter(F.col("fold") == k)).select(
             "user_id", "month", F.lit(k).alias("fold"), F.lit("train").alias("split"), "p"))
         # materialise now: the next fold's fit must not re-run this one lazily
@@ -102,24 +126,49 @@ def train_model_oof(spark: SparkSession, cfg: Config, store: TableStore, spec: M
     final.save(spark, model_path(store, spec.name),
                extra={"run_id": store.run.run_id if store.run else None,
                       "data_versions": dict(store.run.reads) if store.run else {}})
-    held_out = final.predict(encoded.filter(F.col("split") == "test")).select(
-        "user_id", "month", F.lit(-1).alias("fold"), F.lit("test").alias("split"), "p")
+    # held-out owners and the evaluation month: the refit, as for a new month (its split as in folds)
+    held_out = [final.predict(encoded.filter(F.col("split") == split)).select(
+        "user_id", "month", F.lit(-1).alias("fold"), F.lit(written).alias("split"), "p")
+        for split, written in (("test", "test"), (EVALUATION, "train"))]
     predictions = parts[0]
-    for part in [*parts[1:], held_out]:
+    for part in [*parts[1:], *held_out]:
         predictions = predictions.unionByName(part)
     predictions = predictions.withColumn("model", F.lit(spec.name)).persist(StorageLevel.MEMORY_AND_DISK)
     labels = encoded.select("user_id", "month", "y")
-    scored = predictions.filter(F.col("split") == "test").join(labels, ["user_id", "month"]).select("y", "p").toPandas()
+    scored = predictions.join(labels, ["user_id", "month"]).select("user_id", "month", "fold", "split", "y", "p") \
+        .toPandas()
     encoded.unpersist()
     for part in parts:
         part.unpersist()
-    metrics = lead_metrics(scored["y"].to_numpy(), scored["p"].to_numpy(),
-                           k_for(len(scored), cfg.base_models.metric_k_fraction))
-    row = {"model": spec.name, "split": "test", **{k: metrics[k] for k in (
-        "precision_at_k", "business_recall_at_k", "lift_at_k", "auc", "logloss")},
-        "rows": int(metrics["rows"]), "positives": int(metrics["positives"]), "k": int(metrics["k"]),
-        "best_iteration": int(final.info.get("best_iteration", 0)), "train_seconds": round(seconds, 2)}
-    return predictions, row
+    rows = [{**row, "best_iteration": int(final.info.get("best_iteration", 0)), "train_seconds": round(seconds, 2)}
+            for row in evaluation_rows(scored, eval_month, cfg)]
+    return predictions, rows
+
+
+def evaluation_rows(scored: pd.DataFrame, eval_month: str | None, cfg: Config) -> list[dict[str, Any]]:
+    """Metrics rows with paired-bootstrap intervals over owners of one model's predictions
+    (``user_id, month, fold, split, y, p``): ``oof`` = out-of-fold rows (training owners outside the
+    evaluation month), ``test`` = held-out owners, ``out_of_time`` = every owner of ``eval_month``."""
+    b = cfg.evaluation.bootstrap
+    masks = {"oof": scored["fold"].to_numpy() >= 0, "test": (scored["split"] == "test").to_numpy()}
+    if eval_month is not None:
+        masks["out_of_time"] = (scored["month"] == eval_month).to_numpy()
+    out = []
+    for split, mask in masks.items():
+        if not mask.any():
+            continue
+        y, p, owners = scored["y"].to_numpy()[mask], scored["p"].to_numpy()[mask], scored["user_id"].to_numpy()[mask]
+        k_fraction = cfg.base_models.metric_k_fraction
+        point = lead_metrics(y, p, k_for(len(y), k_fraction))
+        ivs = bootstrap(y, {"m": p}, owners, k_fraction, replicates=b.replicates, seed=b.seed,
+                        level=b.level)["intervals"]["m"]
+        row: dict[str, Any] = {"split": split, "rows": int(point["rows"]), "positives": int(point["positives"]),
+                               "k": int(point["k"]), "ci_level": b.level}
+        for metric in BOOTSTRAP_METRICS:
+            row.update({metric: ivs[metric].estimate, f"{metric}_ci_low": ivs[metric].low,
+                        f"{metric}_ci_high": ivs[metric].high})
+        out.append(row)
+    return out
 
 
 class BaseModelFailed(RuntimeError):
@@ -136,24 +185,28 @@ def train_base_models(spark: SparkSession, cfg: Config, store: TableStore, model
                       ) -> dict[str, Any]:
     """Train the configured base models (or ``models``) out-of-fold; write predictions and metrics."""
     specs = select_models(cfg, models)
+    eval_month = evaluation_month(store.read("folds"))
     data = training_frame(store, cfg).persist(StorageLevel.MEMORY_AND_DISK)
     run_id = store.run.run_id if store.run else "adhoc"
     results = {}
     try:
         for spec in specs:
             try:
-                predictions, row = train_model_oof(spark, cfg, store, spec, data)
+                predictions, rows = train_model_oof(spark, cfg, store, spec, data, eval_month)
             except Exception as exc:  # the stage stops here: fusion never sees a model with no predictions
                 raise BaseModelFailed(spec.name, spec.family, spec.backend, exc) from exc
             store.write_partitions(predictions, "oof_predictions", [spec.name])
             predictions.unpersist()
-            row["run_id"] = run_id
-            metrics_df = frame_from_pandas(spark, pd.DataFrame([row]), "base_model_metrics")  # undefined (NaN) → null
+            table = pd.DataFrame(rows).assign(model=spec.name, run_id=run_id)
+            metrics_df = frame_from_pandas(spark, table, "base_model_metrics")  # undefined (NaN) → null
             _append_metrics(store, metrics_df, spec.name)
-            results[spec.name] = row
+            results[spec.name] = {r["split"]: {k: v for k, v in r.items() if k != "split"} for r in rows}
     finally:
         data.unpersist()
-    return {"models": results}
+    notes = []
+    if eval_month and any(needs_horizons(s) for s in specs) and store.read("folds").filter(F.col("split") == OPEN).limit(1).count():
+        notes.append(f"open-window rows postdate the evaluation month {eval_month}: no model fitted on them")
+    return {"models": results, "evaluation_month": eval_month, "notes": notes}
 
 
 def _append_metrics(store: TableStore, row: DataFrame, model: str) -> None:
@@ -161,5 +214,7 @@ def _append_metrics(store: TableStore, row: DataFrame, model: str) -> None:
     if store.exists("base_model_metrics"):
         earlier = store.read("base_model_metrics").filter(F.col("model") == model) \
             .filter(F.col("run_id") != row.first()["run_id"])
+        if set(earlier.columns) != set(row.columns):  # a table written before intervals: start it afresh
+            earlier = row.limit(0)
         row = earlier.unionByName(row.select(*earlier.columns)).localCheckpoint()
     store.write_partitions(row, "base_model_metrics", [model])
