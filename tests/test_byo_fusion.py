@@ -84,11 +84,12 @@ def test_features_hold_the_custom_rows_and_no_synthetic_table_exists(byo):
 def test_every_training_row_has_an_oof_prediction_per_model(byo):
     cfg, table, summaries, store = byo
     folds = store.read("folds").toPandas()
-    train = folds[folds["split"] == "train"].set_index(["user_id", "month"]).sort_index()
+    in_training = (folds["split"] == "train") & (folds["oot_split"] == "train")  # the evaluation month is not
+    train = folds[in_training].set_index(["user_id", "month"]).sort_index()
     oof = store.read("oof_predictions").toPandas()
     assert set(oof["model"]) == {m["name"] for m in MODELS}
     for model in (m["name"] for m in MODELS):
-        rows = oof[(oof["model"] == model) & (oof["split"] == "train")].set_index(["user_id", "month"]).sort_index()
+        rows = oof[(oof["model"] == model) & (oof["fold"] >= 0)].set_index(["user_id", "month"]).sort_index()
         assert rows.index.equals(train.index), model  # exactly one OOF prediction per training row
         assert (rows["fold"] == train["fold"]).all() and rows["p"].between(0, 1).all()
         auc = roc_auc_score(train["y"], rows["p"])
