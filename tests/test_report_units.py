@@ -86,3 +86,22 @@ def test_differences_get_verdicts_and_the_teacher_check_reads_the_guarded_rows()
     assert not check["weak"]  # worse than a head variant is not what the guard watches
     worse = fr.assign(logloss_ci_low=lambda d: np.where(d["name"] == "hybrid_expert - lgbm", 0.0005, d["logloss_ci_low"]))
     assert teacher_check(worse, "lgbm")["weak"]
+
+
+def test_month_by_month_metrics_carry_paired_intervals_over_owners():
+    from remedi_spark.config import BootstrapSettings
+    from remedi_spark.report.collect import monthly_metrics
+
+    rng = np.random.default_rng(3)
+    n = 4000
+    y = (rng.random(n) < 0.05).astype(int)
+    frame = pd.DataFrame({"user_id": np.arange(n) % 2000, "month": np.where(np.arange(n) < 2000, "2024-06", "2024-07"),
+                          "y": y, "student": y * 0.5 + rng.random(n), "teacher": rng.random(n)})
+    settings = BootstrapSettings(replicates=200, seed=7, level=0.9)
+    rows = monthly_metrics(frame, 0.075, settings)
+    assert len(rows) == 4 and set(rows["scorer"]) == {"student", "teacher"}
+    for metric in ("auc", "precision_at_k", "logloss"):
+        assert (rows[f"{metric}_ci_low"] <= rows[metric]).all() and (rows[metric] <= rows[f"{metric}_ci_high"]).all()
+    student, teacher = rows[rows["scorer"] == "student"], rows[rows["scorer"] == "teacher"]
+    assert (student["auc_ci_low"].to_numpy() > teacher["auc_ci_high"].to_numpy()).all()  # informative vs noise
+    assert "auc_ci_low" not in monthly_metrics(frame, 0.075)  # without settings: point estimates only

@@ -24,7 +24,7 @@ from ..config import Config
 from ..io import files
 from ..io.store import TableStore
 from ..fusion.train import seed_summary
-from ..metrics import curve_ks, lead_metrics, ranked_curves
+from ..metrics import bootstrap, curve_ks, lead_metrics, ranked_curves
 from . import figures
 from .backtest import backtest_figures, backtest_numbers, backtest_section, latest_run
 from .collect import SCORERS, ReportData, collect, data_version_rows, monthly_metrics
@@ -154,8 +154,9 @@ def result_tables(data: ReportData) -> dict[str, dict[str, list[dict[str, Any]]]
     return out
 
 
-def evaluation_numbers(data: ReportData, points: int, bins: int) -> dict[str, Any]:
-    """Metrics at the chosen K, curves and calibration of every scorer on the evaluation month."""
+def evaluation_numbers(data: ReportData, points: int, bins: int, bootstrap_settings: Any = None) -> dict[str, Any]:
+    """Metrics at the chosen K (with paired-bootstrap intervals over owners when
+    ``bootstrap_settings`` is given), curves and calibration of every scorer on the evaluation month."""
     rows = data.evaluation_rows
     y = rows["y"].to_numpy()
     scorers = [s for s in SCORERS if s in rows and not rows[s].isna().any()]
@@ -163,9 +164,16 @@ def evaluation_numbers(data: ReportData, points: int, bins: int) -> dict[str, An
     metrics, curves, calibration = {}, {}, {}
     from sklearn.calibration import calibration_curve
 
+    intervals: dict[str, Any] = {}
+    if bootstrap_settings is not None and scorers and 0 < y.sum() < len(y):
+        b = bootstrap_settings
+        intervals = bootstrap(y, {s: rows[s].to_numpy(dtype=float) for s in scorers}, rows["user_id"].to_numpy(),
+                              data.k / len(rows), replicates=b.replicates, seed=b.seed, level=b.level)["intervals"]
     for s in scorers:
         p = rows[s].to_numpy(dtype=float)
         metrics[s] = lead_metrics(y, p, data.k)
+        for metric, iv in intervals.get(s, {}).items():
+            metrics[s].update({f"{metric}_ci_low": iv.low, f"{metric}_ci_high": iv.high})
         curves[s] = {k: v.tolist() for k, v in ranked_curves(y, p, ks).items()}
         observed, predicted = calibration_curve(y, np.clip(p, 0, 1), n_bins=bins, strategy="quantile")
         calibration[s] = {"predicted": predicted.tolist(), "observed": observed.tolist()}
@@ -202,7 +210,9 @@ def report_numbers(data: ReportData, cfg: Config) -> dict[str, Any]:
     """Every number the report shows, as plain JSON-able values."""
     importance = data.importance
     groups = importance.groupby("group")["share"].sum().sort_values(ascending=False) if len(importance) else pd.Series()
-    monthly = monthly_metrics(data.held_out, cfg.base_models.metric_k_fraction)
+    monthly = monthly_metrics(data.held_out, cfg.base_models.metric_k_fraction, cfg.evaluation.bootstrap)
+    if len(monthly) and "auc_ci_low" in monthly:
+        monthly = with_intervals(monthly.assign(section="")).drop(columns=["section"])
     return {
         "pipeline_run_id": data.pipeline["run_id"],
         "pipeline_started_at": data.pipeline["started_at"],
@@ -214,7 +224,8 @@ def report_numbers(data: ReportData, cfg: Config) -> dict[str, Any]:
         "teacher": teacher_check(data.fusion_results, data.best_base),
         "seeds": _records(seed_summary(data.fusion_results.to_dict("records"))),
         "studies": {t: _records(rows.drop(columns=["run_id"], errors="ignore")) for t, rows in data.studies.items()},
-        "evaluation": evaluation_numbers(data, cfg.report.curve_points, cfg.report.calibration_bins),
+        "evaluation": evaluation_numbers(data, cfg.report.curve_points, cfg.report.calibration_bins,
+                                         cfg.evaluation.bootstrap),
         "monthly": _records(monthly),
         "importance": {"top": _records(importance.head(cfg.report.top_features)),
                        "groups": {g: float(v) for g, v in groups.items()}},
@@ -254,7 +265,10 @@ def _headline(numbers: dict[str, Any]) -> str:
     cells = []
     for s in ev["scorers"]:
         m = ev["metrics"][s]
-        cells.append(f"<div>{SCORERS[s]}<b>{100 * m['precision_at_k']:.2f}%</b>P@K · AUC {m['auc']:.4f} · "
+        ci = (f" [{100 * m['precision_at_k_ci_low']:.2f}, {100 * m['precision_at_k_ci_high']:.2f}]"
+              if m.get("precision_at_k_ci_low") is not None else "")
+        auc_ci = f" [{m['auc_ci_low']:.3f}, {m['auc_ci_high']:.3f}]" if m.get("auc_ci_low") is not None else ""
+        cells.append(f"<div>{SCORERS[s]}<b>{100 * m['precision_at_k']:.2f}%</b>P@K{ci} · AUC {m['auc']:.4f}{auc_ci} · "
                      f"lift {m['lift_at_k']:.1f}</div>")
     return (f"<p>Every owner of the evaluation month {ev['month']} (no model trained on it): {ev['rows']:,} rows, "
             f"{ev['positives']:,} buyers in T+1..T+3, "
@@ -313,7 +327,8 @@ def render_html(numbers: dict[str, Any], pngs: dict[str, bytes]) -> str:
         groups = [{"name": g, "share": v} for g, v in numbers["importance"]["groups"].items()]
         sections.append(("What drives the score", figure(pngs["importance"], FIGURES["importance"])
                          + "<h3>share of gain by feature group</h3>" + table(groups, ["name", "share"])))
-    monthly_cols = ["month", "scorer", "rows", "positives", "k", *METRIC_COLUMNS]
+    monthly_cols = ["month", "scorer", "rows", "positives", "k", "precision_at_k", "precision_at_k_ci",
+                    "business_recall_at_k", "lift_at_k", "auc", "auc_ci", "logloss", "logloss_ci"]
     sections.append(("Month by month", figure(pngs["monthly"], FIGURES["monthly"])
                      + table(numbers["monthly"], monthly_cols)))
     mon = numbers["monitoring"]

@@ -18,7 +18,7 @@ from ..config import Config
 from ..distill.students import SavedStudent, load_student, student_importance
 from ..io.schemas import load_schema
 from ..io.store import TableStore
-from ..metrics import k_for, lead_metrics
+from ..metrics import bootstrap, k_for, lead_metrics
 
 # score columns of the evaluation frame, in the order the report lists them
 SCORERS = {"student": "distilled student", "teacher": "teacher (base models + hybrid expert)",
@@ -150,17 +150,25 @@ def _scored_frame(store: TableStore, versions: dict[str, int], student: SavedStu
     return frame.toPandas().sort_values(["month", "user_id"], kind="stable").reset_index(drop=True)
 
 
-def monthly_metrics(held_out: pd.DataFrame, k_fraction: float) -> pd.DataFrame:
+def monthly_metrics(held_out: pd.DataFrame, k_fraction: float, bootstrap_settings: Any = None) -> pd.DataFrame:
     """Per month and scorer: P@K (K = ``k_fraction`` of the month's held-out owners), Business
-    Recall@K, Lift, AUC and LogLoss."""
+    Recall@K, Lift, AUC and LogLoss; with ``bootstrap_settings`` (``evaluation.bootstrap``) each
+    with its paired-bootstrap interval over the month's owners (``<metric>_ci_low/high``)."""
     rows = []
     for month, part in held_out.groupby("month", sort=True):
         y = part["y"].to_numpy()
-        for scorer in [s for s in SCORERS if s in part]:
-            p = part[scorer].to_numpy(dtype=float)
-            if np.isnan(p).any():
-                continue
-            rows.append({"month": month, "scorer": scorer, **lead_metrics(y, p, k_for(len(part), k_fraction))})
+        scorers = {s: part[s].to_numpy(dtype=float) for s in SCORERS if s in part}
+        scorers = {s: p for s, p in scorers.items() if not np.isnan(p).any()}
+        intervals = {}
+        if bootstrap_settings is not None and scorers and 0 < y.sum() < len(y):
+            b = bootstrap_settings
+            intervals = bootstrap(y, scorers, part["user_id"].to_numpy(), k_fraction, replicates=b.replicates,
+                                  seed=b.seed, level=b.level)["intervals"]
+        for scorer, p in scorers.items():
+            row = {"month": month, "scorer": scorer, **lead_metrics(y, p, k_for(len(part), k_fraction))}
+            for metric, iv in intervals.get(scorer, {}).items():
+                row.update({f"{metric}_ci_low": iv.low, f"{metric}_ci_high": iv.high})
+            rows.append(row)
     return pd.DataFrame(rows)
 
 
