@@ -8,7 +8,7 @@ import pytest
 import torch
 from pyspark.sql import functions as F
 
-from remedi_spark.config import ConfigError, ModelSpec
+from remedi_spark.config import BootstrapSettings, ConfigError, ModelSpec
 from remedi_spark.features.build import FUNNEL_LABELS, build_features
 from remedi_spark.io.store import TableStore
 from remedi_spark.models.base import NOT_FEATURES, FeatureSpec
@@ -165,13 +165,16 @@ def _funnel_world(n: int, seed: int):
 
 def test_ablation_table_has_every_variant_and_the_heads_learn_their_labels():
     table = hm3_ablation_table(_funnel_world(6000, 1), _funnel_world(1500, 2), _funnel_world(3000, 3), [4], 3,
-                               TINY, PARAMS, k_fraction=0.1)
+                               TINY, PARAMS, k_fraction=0.1,
+                               bootstrap_settings=BootstrapSettings(replicates=200, seed=3, level=0.9))
     t = table.set_index("variant")
     assert list(table["variant"]) == ["full", "without_aux", "flat_heads"]
     assert bool(t.loc["full", "hierarchical"]) and not bool(t.loc["flat_heads", "hierarchical"])
     assert t.loc["without_aux", "aux_weight"] == 0.0
     assert table["auc"].between(0.6, 1.0).all()
     assert t.loc["full", "auc_visit"] > 0.6 and t.loc["full", "auc_engage"] > 0.6
+    assert t["reference"].tolist() == [None, "full", "full"]
+    assert (t["auc_ci_low"] <= t["auc"]).all() and (t["auc"] <= t["auc_ci_high"]).all()
     assert "| flat_heads | flat |" in format_hm3_table(table.to_dict("records"))
 
 

@@ -10,7 +10,7 @@ import torch
 from pyspark.sql import functions as F
 from sklearn.metrics import roc_auc_score
 
-from remedi_spark.config import ConfigError, ModelSpec
+from remedi_spark.config import BootstrapSettings, ConfigError, ModelSpec
 from remedi_spark.models.base import FeatureSpec
 from remedi_spark.models.neural.base import Batch
 from remedi_spark.models.neural.loop import make_module, predict_logits, train_in_process
@@ -196,17 +196,26 @@ def test_trains_in_process_on_rows_with_open_windows():
 def test_ablation_table_has_every_variant():
     complete = _world(4000, 4)
     opened = _world(3000, 5, open_share=1.0)
-    table = kaml_ablation_table(complete, opened, _world(1000, 6), _world(2000, 7), [4], 3, TINY,
-                                {**PARAMS, "epochs": 1}, k_fraction=0.1)
+    test = _world(2000, 7)
+    table = kaml_ablation_table(complete, opened, _world(1000, 6), test, [4], 3, TINY,
+                                {**PARAMS, "epochs": 1}, k_fraction=0.1,
+                                bootstrap_settings=BootstrapSettings(replicates=200, seed=3, level=0.9))
     assert list(table["variant"]) == ["full", "without_open_windows", "without_rank_loss", "independent_heads",
                                       "mlp_baseline"]
     assert table.set_index("variant").loc["full", "open_rows"] == 3000
     assert table.set_index("variant").loc["without_open_windows", "train_rows"] == 4000
     assert table["auc"].between(0.6, 1.0).all()
     assert table["auc_h1"].isna().tolist() == [False, False, False, False, True]
-    assert "| independent_heads |" in format_kaml_table(table.to_dict("records"))
+    # every variant is compared with the full model on the same rows, with a paired interval
+    assert table["reference"].tolist() == [None, "full", "full", "full", "full"]
+    assert (table["auc_ci_low"] <= table["auc"]).all() and (table["auc"] <= table["auc_ci_high"]).all()
+    compared = table.iloc[1:]
+    assert ((compared["auc_diff_ci_low"] <= compared["auc_diff"]) & (compared["auc_diff"] <= compared["auc_diff_ci_high"])).all()
+    text = format_kaml_table(table.to_dict("records"))
+    assert "| independent_heads |" in text and f"{int(test[2].sum()):,} positive held-out rows" in text
     with pytest.raises(ValueError, match="fully labelled"):
-        kaml_ablation_table(opened, opened, _world(100, 6), _world(100, 7), [4], 3, TINY, PARAMS, 0.1)
+        kaml_ablation_table(opened, opened, _world(100, 6), _world(100, 7), [4], 3, TINY, PARAMS, 0.1,
+                            bootstrap_settings=BootstrapSettings(replicates=10, seed=3, level=0.9))
 
 
 # ---------------------------------------------------------------------------------------------- Spark
@@ -314,5 +323,6 @@ def test_oof_and_study_on_synthetic_data_with_open_windows(spark, cfg_at):
     study = run_kaml_study(spark, cfg, store)
     written = store.read("kaml_study").toPandas()
     assert len(written) == len(study["table"]) == 5 and study["rows"]["open"] > 0
+    assert written["positives"].nunique() == 1 and written["auc_ci_low"].notna().all()
     with pytest.raises(ConfigError, match="kaml_study.model"):
         run_kaml_study(spark, cfg_at(tables={"root": cfg.tables.root}, kaml_study={"model": "nope"}), store)

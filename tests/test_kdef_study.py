@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 import torch
 
-from remedi_spark.config import replace
+from remedi_spark.config import BootstrapSettings, replace
 from remedi_spark.io.store import TableStore
 from remedi_spark.models.neural.layers import FieldEmbedding
 from remedi_spark.pipeline import run_stage
@@ -12,6 +12,7 @@ from remedi_spark.training.kdef_study import format_k_table, kdef_k_table, knowl
 PARAMS = {"epochs": 2, "batch_size": 256, "lr": 3e-3, "patience": 2, "grad_clip": 10.0, "embedding_l2": 1e-5,
           "num_processes": 1, "seed": 7}
 TINY = {"emb_dim": 4, "hidden": [16], "cin_layers": [4], "cross_layers": 1}
+BOOT = BootstrapSettings(replicates=200, seed=3, level=0.9)
 
 
 def _arrays(n, seed):
@@ -36,19 +37,45 @@ def test_knowledge_abundance_counts_significant_directions():
 
 
 def test_k_table_compares_kdef_with_independent_nets():
-    table = kdef_k_table(_arrays(6000, 1), _arrays(1500, 2), _arrays(3000, 3), vocab_sizes=[4], num_numeric=3,
-                         model_cfg=TINY, params=PARAMS, subnets=["mlp", "cross", "cin"], max_k=2, tau=0.1)
+    test = _arrays(3000, 3)
+    table = kdef_k_table(_arrays(6000, 1), _arrays(1500, 2), test, vocab_sizes=[4], num_numeric=3,
+                         model_cfg=TINY, params=PARAMS, subnets=["mlp", "cross", "cin"], max_k=2, tau=0.1,
+                         bootstrap_settings=BOOT)
     assert len(table) == (2 + 2) + (3 + 3)  # K=1: member + ensemble per variant; K=2: two members + ensemble
     assert set(table["variant"]) == {"kdef", "independent"}
     assert table["auc"].between(0.7, 1.0).all() and table["knowledge_abundance"].between(0, 1).all()
     one = table[table["k"] == 1].set_index(["variant", "member"])["auc"]
     assert one[("kdef", "ensemble")] == one[("independent", "ensemble")]  # K = 1 KDEF is the lone network
-    assert "| 2 |" in format_k_table(table.to_dict("records"))
+    assert (table["auc_ci_low"] <= table["auc"]).all() and (table["auc"] <= table["auc_ci_high"]).all()
+    assert (table["positives"] == int(test[2].sum())).all()
+    # only the K = 2 KDEF teacher is compared, with the mean fusion of the same two nets
+    compared = table[table["reference"].notna()]
+    assert compared[["k", "variant", "member"]].values.tolist() == [[2, "kdef", "ensemble"]]
+    row = compared.iloc[0]
+    assert row["auc_diff_ci_low"] <= row["auc_diff"] <= row["auc_diff_ci_high"]
+    text = format_k_table(table.to_dict("records"))
+    assert "| 2 |" in text and f"{int(test[2].sum()):,} positive held-out rows" in text
+
+
+def test_owners_drawn_together_widen_the_interval():
+    """Rows of one owner are resampled together: the same rows repeated per owner give wider intervals
+    than when every row is taken as its own owner (the row bootstrap would be overconfident)."""
+    test = _arrays(2000, 5)
+    repeated = tuple(np.repeat(a, 4, axis=0) for a in test)
+    owners = np.repeat(np.arange(2000), 4)
+    args = ([4], 3, TINY, {**PARAMS, "epochs": 1}, ["mlp"], 1, 0.1)
+    as_rows = kdef_k_table(_arrays(4000, 1), _arrays(1000, 2), repeated, *args, bootstrap_settings=BOOT)
+    by_owner = kdef_k_table(_arrays(4000, 1), _arrays(1000, 2), repeated, *args, bootstrap_settings=BOOT,
+                            test_owners=owners)
+    width = lambda t: (t["auc_ci_high"] - t["auc_ci_low"]).iloc[0]
+    assert as_rows["auc"].iloc[0] == pytest.approx(by_owner["auc"].iloc[0])  # same model, same rows
+    assert width(by_owner) > 1.5 * width(as_rows)  # ~2x in theory: 4 copies per owner
 
 
 def test_max_k_beyond_subnets_is_a_config_error():
     with pytest.raises(ValueError, match="max_k"):
-        kdef_k_table(_arrays(100, 1), _arrays(100, 2), _arrays(100, 3), [4], 3, TINY, PARAMS, ["mlp"], 2, 0.1)
+        kdef_k_table(_arrays(100, 1), _arrays(100, 2), _arrays(100, 3), [4], 3, TINY, PARAMS, ["mlp"], 2, 0.1,
+                     bootstrap_settings=BOOT)
 
 
 def test_stage_writes_the_k_table(spark, base_cfg, tmp_path):
@@ -64,3 +91,4 @@ def test_stage_writes_the_k_table(spark, base_cfg, tmp_path):
     assert len(written) == len(summary["table"]) == 10
     assert (written["run_id"] == summary["run_id"]).all()
     assert summary["rows"]["test"] > 0 and summary["rows"]["valid"] > 0
+    assert written["auc_ci_low"].notna().all() and (written["ci_level"] == cfg.evaluation.bootstrap.level).all()

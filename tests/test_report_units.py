@@ -49,7 +49,27 @@ def test_every_study_table_has_a_report_section_of_its_own_columns():
     assert set(STUDIES) == set(STUDY_TABLES)
     for name, (_, columns, _) in STUDIES.items():
         schema = load_schema(name).names
-        assert "variant" in schema and set(columns) <= set(schema), name
+        stored = [c for c in columns if not c.endswith(("_ci", "_diff_text"))]
+        shown = {c: c.removesuffix("_ci") + "_ci_low" if c.endswith("_ci") else c.removesuffix("_text")
+                 for c in columns if c not in stored}  # display column -> the stored column it is made from
+        assert "variant" in schema and set(stored) <= set(schema) and set(shown.values()) <= set(schema), name
+
+
+def test_study_differences_read_no_difference_when_the_interval_holds_0():
+    from remedi_spark.report.build import study_display
+
+    rows = pd.DataFrame({"variant": ["full", "a", "b"], "auc": [0.8, 0.78, 0.75],
+                         "auc_ci_low": [0.77, 0.75, 0.72], "auc_ci_high": [0.83, 0.81, 0.78],
+                         "auc_diff": [np.nan, -0.02, -0.05], "auc_diff_ci_low": [np.nan, -0.05, -0.08],
+                         "auc_diff_ci_high": [np.nan, 0.01, -0.02],
+                         "logloss": [0.1, 0.1, 0.1], "logloss_ci_low": [0.09] * 3, "logloss_ci_high": [0.11] * 3,
+                         "logloss_diff": [np.nan, -0.002, 0.001], "logloss_diff_ci_low": [np.nan, -0.003, 0.0005],
+                         "logloss_diff_ci_high": [np.nan, -0.001, 0.002]})
+    shown = study_display(rows)
+    assert shown["auc_diff_text"].tolist() == ["", "-0.0200 [-0.0500, +0.0100] no difference",
+                                               "-0.0500 [-0.0800, -0.0200] worse"]
+    assert [t.split()[-1] if t else "" for t in shown["logloss_diff_text"]] == ["", "better", "worse"]  # lower is better
+    assert shown["auc_ci"].tolist()[0] == "[0.7700, 0.8300]"
 
 
 def test_study_rows_come_in_the_order_the_schema_lists_the_variants():

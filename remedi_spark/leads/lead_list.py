@@ -147,20 +147,39 @@ def evaluate_lead_list(spark: SparkSession, cfg: Config, store: TableStore, mont
     return lead_list_evaluation(pdf, month, cfg)
 
 
+def list_first_ranking(listed: np.ndarray, eligible: np.ndarray, score: np.ndarray, user_id: np.ndarray
+                       ) -> np.ndarray:
+    """Distinct values in (0.1, 0.9] that order the owners as the lead-list rule would: the ``listed``
+    owners first, then the other ``eligible`` ones, then the rest; within each, by ``score``
+    descending, ties by owner id. The top K (K = the list's size) of this ranking is the list, and in
+    a bootstrap replicate it is the list the rule would pick from the drawn owners (cut by score when
+    the list's owners were drawn more than once in total, extended by the next eligible owners when
+    fewer), whatever the order of the rows."""
+    tier = np.where(listed, 0, np.where(eligible, 1, 2))
+    order = np.lexsort((np.asarray(user_id), -np.asarray(score, dtype=float), tier))
+    ranking = np.empty(len(order))
+    ranking[order] = 0.9 - 0.8 * np.arange(len(order)) / max(len(order), 1)
+    return ranking
+
+
 def lead_list_evaluation(pdf: pd.DataFrame, month: str, cfg: Config) -> dict[str, Any]:
     """:func:`evaluate_lead_list` on the month's owners as a frame (``user_id, y, score, eligible,
-    listed`` and optionally ``p_3m``). The list's members are ranked first, so the bootstrap's top K
-    (K = the list's size) is the list itself; the oracle's list is the top K of the eligible owners
-    by ``p_3m``."""
+    listed`` and optionally ``p_3m``). Both lists are ranked by :func:`list_first_ranking`; the
+    oracle's list is the top K of the eligible owners by ``p_3m``. The result does not depend on the
+    order of ``pdf``'s rows."""
     y = pdf["y"].to_numpy(np.int64)
-    listed = pdf["listed"].fillna(False).to_numpy(bool)
+    listed = pdf["listed"].eq(True).to_numpy(bool)  # null: not listed
+    eligible = pdf["eligible"].to_numpy(bool)
+    user_id = pdf["user_id"].to_numpy()
     n = int(listed.sum())
     owners = len(pdf)
-    scores = {"lead_list": np.where(listed, 2.0 + pdf["score"].to_numpy(float), -1.0)}
+    scores = {"lead_list": list_first_ranking(listed, eligible, pdf["score"].to_numpy(float), user_id)}
     has_oracle = "p_3m" in pdf and pdf["p_3m"].notna().all()
     if has_oracle:
-        eligible = pdf["eligible"].to_numpy(bool)
-        scores["oracle"] = np.where(eligible, pdf["p_3m"].to_numpy(float), -1.0)
+        p_3m = pdf["p_3m"].to_numpy(float)
+        oracle_listed = np.zeros(owners, dtype=bool)
+        oracle_listed[np.lexsort((user_id, -p_3m, ~eligible))[:n]] = True  # top n eligible by p_3m, ties by id
+        scores["oracle"] = list_first_ranking(oracle_listed, eligible, p_3m, user_id)
     b = cfg.evaluation.bootstrap
     boot = bootstrap(y, scores, pdf["user_id"].to_numpy(), max(n, 1) / owners, replicates=b.replicates, seed=b.seed,
                      level=b.level, pairs=[("lead_list", "oracle")] if has_oracle else [])
@@ -177,8 +196,7 @@ def lead_list_evaluation(pdf: pd.DataFrame, month: str, cfg: Config) -> dict[str
     out.update(_bounds("business_recall", lead["business_recall_at_k"]))
     out.update(_bounds("recall", lead["business_recall_at_k"], scale=1 / 3))
     if has_oracle:
-        top = np.argsort(-scores["oracle"], kind="stable")[:n]
-        out["oracle_hits"] = int(y[top].sum())
+        out["oracle_hits"] = int(y[oracle_listed].sum())
         out["oracle_precision"] = out["oracle_hits"] / n if n else float("nan")
         out.update(_bounds("oracle_precision", boot["intervals"]["oracle"]["precision_at_k"]))
         out.update(_bounds("difference", boot["differences"][("lead_list", "oracle")]["precision_at_k"]))

@@ -29,12 +29,14 @@ from ..config import Config
 from ..distill.students import load_student, student_importance
 from ..io.schemas import DataValidationError, frame_from_pandas
 from ..io.store import TableStore
-from ..metrics import lead_metrics
+from ..leads.lead_list import evaluate_lead_list
+from ..metrics import bootstrap, lead_metrics
 from ..months import parse_month
 from ..scoring.score import student_scores
 from .psi import psi_band, psi_table
 
-COLUMNS = ["month", "check", "subject", "evaluated_month", "metric", "value", "band", "flagged", "run_id"]
+COLUMNS = ["month", "check", "subject", "evaluated_month", "metric", "value", "ci_low", "ci_high", "ci_level", "band",
+           "flagged", "run_id"]
 
 
 def closed_months(store: TableStore, months: list[str]) -> list[str]:
@@ -45,27 +47,36 @@ def closed_months(store: TableStore, months: list[str]) -> list[str]:
 
 
 def realized_metrics(spark: SparkSession, cfg: Config, store: TableStore, month: str) -> list[dict[str, Any]]:
-    """Lead-list and full-ranking metrics of a closed ``month`` (see the module docstring)."""
+    """Lead-list and full-ranking metrics of a closed ``month`` (see the module docstring), each rate
+    with its paired-bootstrap interval over the month's owners (``ci_low``, ``ci_high``, ``ci_level``;
+    ``evaluation.bootstrap``). The lead list's numbers are :func:`~remedi_spark.leads.lead_list.evaluate_lead_list`'s."""
     labels = store.read("features", months=[month]).select("user_id", "y")
-    ranking = store.read("scores", months=[month]).select("user_id", "score").join(labels, "user_id").toPandas()
-    y, score = ranking["y"].to_numpy(dtype=int), ranking["score"].to_numpy(dtype=float)
-    positives = int(y.sum())
+    # ties in the score go to the lower owner id, as in the lead list, whatever order Spark returns
+    pdf = store.read("scores", months=[month]).select("user_id", "score").join(labels, "user_id").toPandas() \
+        .sort_values("user_id", kind="stable")
+    y, score = pdf["y"].to_numpy(dtype=np.int64), pdf["score"].to_numpy(dtype=float)
+    b = cfg.evaluation.bootstrap
+
+    def row(subject: str, metric: str, value: float, low: float | None = None, high: float | None = None
+            ) -> dict[str, Any]:
+        return {"check": "realized", "subject": subject, "metric": metric, "value": value, "ci_low": low,
+                "ci_high": high, "ci_level": b.level if low is not None else None}
+
     rows: list[dict[str, Any]] = []
     k = cfg.lead_list.k
-    if store.exists("lead_list"):
-        leads = store.read("lead_list", months=[month]).select("user_id").join(labels, "user_id")
-        n = leads.count()
-        if n:
-            hits = int(leads.agg(F.sum("y")).first()[0] or 0)
-            k = n
-            rows += [{"check": "realized", "subject": "lead_list", "metric": "precision", "value": hits / n},
-                     {"check": "realized", "subject": "lead_list", "metric": "business_recall",
-                      "value": hits / (positives / 3) if positives else float("nan")},
-                     {"check": "realized", "subject": "lead_list", "metric": "leads", "value": float(n)}]
-    m = lead_metrics(y, score, min(k, len(y)))
-    rows += [{"check": "realized", "subject": "ranking", "metric": name, "value": float(m[key])}
-             for name, key in (("precision_at_k", "precision_at_k"), ("business_recall_at_k", "business_recall_at_k"),
-                               ("lift_at_k", "lift_at_k"), ("auc", "auc"), ("k", "k"), ("positives", "positives"))]
+    if store.exists("lead_list") and store.read("lead_list", months=[month]).limit(1).count():
+        lead = evaluate_lead_list(spark, cfg, store, month)
+        k = lead["leads"]
+        rows += [row("lead_list", metric, lead[metric], lead[f"{metric}_ci_low"], lead[f"{metric}_ci_high"])
+                 for metric in ("precision", "business_recall")]
+        rows.append(row("lead_list", "leads", float(k)))
+    k = min(k, len(y))
+    intervals = bootstrap(y, {"ranking": score}, pdf["user_id"].to_numpy(), k / len(y), replicates=b.replicates,
+                          seed=b.seed, level=b.level)["intervals"]["ranking"]
+    m = lead_metrics(y, score, k)
+    rows += [row("ranking", metric, float(m[metric]), intervals[metric].low, intervals[metric].high)
+             for metric in ("precision_at_k", "business_recall_at_k", "lift_at_k", "auc")]
+    rows += [row("ranking", metric, float(m[metric])) for metric in ("k", "positives")]
     return [{**r, "evaluated_month": month} for r in rows]
 
 

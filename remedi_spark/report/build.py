@@ -24,7 +24,7 @@ from ..config import Config
 from ..io import files
 from ..io.store import TableStore
 from ..fusion.train import seed_summary
-from ..metrics import bootstrap, curve_ks, lead_metrics, ranked_curves
+from ..metrics import Interval, bootstrap, curve_ks, difference_verdict, lead_metrics, ranked_curves
 from . import figures
 from .backtest import backtest_figures, backtest_numbers, backtest_section, latest_run
 from .collect import SCORERS, ReportData, collect, data_version_rows, monthly_metrics
@@ -44,17 +44,22 @@ EVALUATIONS = {"meta_oof": "training owners, meta-level out-of-fold (cross-fitte
                "out_of_time": "every owner of the evaluation month (the newest labelled month; no model trained on it)"}
 DISTILL_EVALUATIONS = ("user_split", "out_of_time")
 INTERVAL_METRICS = ("precision_at_k", "auc", "logloss")
+_STUDY_INTERVALS = ["auc", "auc_ci", "logloss", "logloss_ci", "reference", "auc_diff_text", "logloss_diff_text",
+                    "positives"]
 STUDIES = {  # study table (collect.STUDY_TABLES): (section title, columns after the variant's name, footnote)
     "kdef_study": ("KDEF study (newest kdef-study run)",
-                   ["k", "member", "auc", "logloss", "knowledge_abundance", "epochs"], ""),
+                   ["k", "member", *_STUDY_INTERVALS, "knowledge_abundance", "epochs"],
+                   "Differences: the KDEF teacher − the mean fusion of the same K independently trained nets."),
     "kaml_study": ("KAML study: multi-horizon model ablations (newest kaml-study run)",
-                   ["open_windows", "shared", "rank_weight", "train_rows", "open_rows", "auc", "logloss",
-                    "precision_at_k", "auc_h1", "auc_h2", "auc_h3"],
-                   "Fully labelled held-out owners; open-window rows only ever used for training."),
+                   ["open_windows", "shared", "rank_weight", "train_rows", "open_rows", *_STUDY_INTERVALS,
+                    "precision_at_k", "precision_at_k_ci", "auc_h1", "auc_h2", "auc_h3"],
+                   "Fully labelled held-out owners; open-window rows only ever used for training. Differences: "
+                   "variant − full."),
     "hm3_study": ("HM3 study: behaviour-funnel model ablations (newest hm3-study run)",
-                  ["hierarchical", "aux_weight", "train_rows", "auc", "logloss", "precision_at_k", "auc_engage",
-                   "auc_visit"],
-                  "Fully labelled held-out owners; the teacher without HM3 is the fusion ablation <i>without_hm3</i>."),
+                  ["hierarchical", "aux_weight", "train_rows", *_STUDY_INTERVALS, "precision_at_k",
+                   "precision_at_k_ci", "auc_engage", "auc_visit"],
+                  "Fully labelled held-out owners; the teacher without HM3 is the fusion ablation <i>without_hm3</i>. "
+                  "Differences: variant − full."),
 }
 FIGURES = {
     "gains": "Cumulative gains, held-out owners of the evaluation month",
@@ -105,6 +110,30 @@ def with_intervals(rows: pd.DataFrame) -> pd.DataFrame:
         worse = (low > 0) if metric == "logloss" else (high < 0)
         rows[f"{metric}_verdict"] = np.where(rows["section"] != "difference", "",
                                              np.where(better, "better", np.where(worse, "worse", "no difference")))
+    return rows
+
+
+def study_display(rows: pd.DataFrame) -> pd.DataFrame:
+    """A study table with display columns: ``<metric>_ci`` ("[low, high]") and ``<metric>_diff_text``
+    (the difference to the row's reference, its interval and "no difference" / "better" / "worse")."""
+    rows = rows.copy()
+    for metric in ("auc", "logloss", "precision_at_k"):
+        if f"{metric}_ci_low" not in rows:
+            continue
+        scale, digits, unit = (100, 2, "%") if metric == "precision_at_k" else (1, 5 if metric == "logloss" else 4, "")
+        rows[f"{metric}_ci"] = [f"[{scale * a:.{digits}f}{unit}, {scale * b:.{digits}f}{unit}]"
+                                if pd.notna(a) and pd.notna(b) else "" for a, b in zip(rows[f"{metric}_ci_low"],
+                                                                                     rows[f"{metric}_ci_high"])]
+        if f"{metric}_diff" not in rows:
+            continue
+        texts = []
+        for d, a, b in zip(rows[f"{metric}_diff"], rows[f"{metric}_diff_ci_low"], rows[f"{metric}_diff_ci_high"]):
+            if pd.isna(d) or pd.isna(a) or pd.isna(b):
+                texts.append("")
+                continue
+            verdict = difference_verdict(Interval(float(d), float(a), float(b), 0.0), metric == "logloss")
+            texts.append(f"{d:+.{digits}f} [{a:+.{digits}f}, {b:+.{digits}f}] {verdict}")
+        rows[f"{metric}_diff_text"] = texts
     return rows
 
 
@@ -203,6 +232,13 @@ def monitoring_numbers(monitoring: pd.DataFrame | None) -> dict[str, Any] | None
     realized = newest[newest["check"] == "realized"].pivot_table(index="evaluated_month", columns=["subject", "metric"],
                                                                  values="value", aggfunc="first")
     realized.columns = [f"{a}.{b}" for a, b in realized.columns]
+    rates = newest[(newest["check"] == "realized") & newest["ci_low"].notna()] if "ci_low" in newest else newest[:0]
+    for r in rates.itertuples():  # "[low, high]" beside each rate (percent for precision and recall)
+        scale, fmt = (1, ".3f") if r.metric in ("auc", "lift_at_k") else (100, ".2f")
+        realized.loc[r.evaluated_month, f"{r.subject}.{r.metric}_ci"] = \
+            f"[{scale * r.ci_low:{fmt}}, {scale * r.ci_high:{fmt}}]"
+        realized.loc[r.evaluated_month, f"{r.subject}.{r.metric}_ci_low"] = r.ci_low
+        realized.loc[r.evaluated_month, f"{r.subject}.{r.metric}_ci_high"] = r.ci_high
     return {"months": months, "realized": _records(realized.reset_index())}
 
 
@@ -223,7 +259,8 @@ def report_numbers(data: ReportData, cfg: Config) -> dict[str, Any]:
         "tables": result_tables(data),
         "teacher": teacher_check(data.fusion_results, data.best_base),
         "seeds": _records(seed_summary(data.fusion_results.to_dict("records"))),
-        "studies": {t: _records(rows.drop(columns=["run_id"], errors="ignore")) for t, rows in data.studies.items()},
+        "studies": {t: _records(study_display(rows.drop(columns=["run_id"], errors="ignore")))
+                    for t, rows in data.studies.items()},
         "evaluation": evaluation_numbers(data, cfg.report.curve_points, cfg.report.calibration_bins,
                                          cfg.evaluation.bootstrap),
         "monthly": _records(monthly),
@@ -333,8 +370,9 @@ def render_html(numbers: dict[str, Any], pngs: dict[str, bytes]) -> str:
                      + table(numbers["monthly"], monthly_cols)))
     mon = numbers["monitoring"]
     if mon:
-        realized_cols = ["evaluated_month", "lead_list.precision", "lead_list.business_recall", "ranking.precision_at_k",
-                         "ranking.auc", "ranking.lift_at_k"]
+        realized_cols = ["evaluated_month", "lead_list.precision", "lead_list.precision_ci", "lead_list.business_recall",
+                         "lead_list.business_recall_ci", "ranking.precision_at_k", "ranking.precision_at_k_ci",
+                         "ranking.auc", "ranking.auc_ci", "ranking.lift_at_k", "ranking.positives"]
         realized = [{**r, "name": r["evaluated_month"]} for r in mon["realized"]]
         months = [{**m, "name": m["month"]} for m in mon["months"]]
         newest = mon["months"][-1]

@@ -134,10 +134,16 @@ def monitoring_chart(months: pd.DataFrame, realized: pd.DataFrame) -> bytes:
     """Realized lead-list precision per closed month; max feature PSI and score PSI per monitored
     month with the 0.1 / 0.25 bands."""
     fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
-    if "lead_list.precision" in realized:
-        left.plot(realized["evaluated_month"], realized["lead_list.precision"], marker="o", label="lead list")
-    if "ranking.precision_at_k" in realized:
-        left.plot(realized["evaluated_month"], realized["ranking.precision_at_k"], marker="s", label="ranking P@K")
+    for column, marker, label in (("lead_list.precision", "o", "lead list"), ("ranking.precision_at_k", "s", "ranking P@K")):
+        if column not in realized:
+            continue
+        values = realized[column].astype(float)
+        if f"{column}_ci_low" in realized:  # bootstrap interval over the month's owners as an error bar
+            low, high = realized[f"{column}_ci_low"].astype(float), realized[f"{column}_ci_high"].astype(float)
+            left.errorbar(realized["evaluated_month"], values, yerr=[values - low, high - values], marker=marker,
+                          capsize=3, label=label)
+        else:
+            left.plot(realized["evaluated_month"], values, marker=marker, label=label)
     left.set(title="Realized precision (closed windows)", ylabel="precision")
     left.legend(fontsize=8)
     right.plot(months["month"], months["max_feature_psi"], marker="o", label="max feature PSI")

@@ -24,7 +24,7 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from sklearn.metrics import roc_auc_score
 
-from ..config import Config, ConfigError
+from ..config import BootstrapSettings, Config, ConfigError
 from ..io.schemas import frame_from_pandas
 from ..io.store import TableStore
 from ..metrics import k_for, lead_metrics
@@ -33,7 +33,7 @@ from ..models.neural.loop import make_module, predict_outputs, train_in_process
 from ..models.neural.model import NeuralModel
 from ..models.neural.zoo.hm3 import AUX_LABELS
 from .oof import model_path, training_frame
-from .study_inputs import Arrays, cell, study_model, study_rows
+from .study_inputs import Arrays, cell, difference_cell, interval_cell, study_intervals, study_model, study_rows
 
 
 VARIANTS: dict[str, dict[str, Any]] = {
@@ -50,33 +50,40 @@ def _auc(y: np.ndarray, p: np.ndarray) -> float | None:
     return float(roc_auc_score(y, p)) if 0 < y.sum() < len(y) else None
 
 
-def _evaluate(model: Any, test: Arrays, k_fraction: float) -> dict[str, Any]:
-    """P(buy) metrics on ``test`` and the AUC of P(engage), P(visit) vs their labels (known rows)."""
+def _evaluate(model: Any, test: Arrays, k_fraction: float) -> tuple[dict[str, Any], np.ndarray]:
+    """P(buy) metrics on ``test`` and the AUC of P(engage), P(visit) vs their labels (known rows);
+    and P(buy) itself."""
     dense, ids, y, aux = test
     out = predict_outputs(model, dense, ids, ("logit", *FUNNEL_OUTPUTS))
     p = 1.0 / (1.0 + np.exp(-out["logit"].astype(np.float64)))
     m = lead_metrics(y, p, k_for(len(y), k_fraction))
     return {"auc": m["auc"], "logloss": m["logloss"], "precision_at_k": m["precision_at_k"],
-            "auc_engage": _auc(aux[:, 0], out["p_engage"]), "auc_visit": _auc(aux[:, 1], out["p_visit"])}
+            "auc_engage": _auc(aux[:, 0], out["p_engage"]), "auc_visit": _auc(aux[:, 1], out["p_visit"])}, p
 
 
 def hm3_ablation_table(train: Arrays, valid: Arrays, test: Arrays, vocab_sizes: list[int], num_numeric: int,
-                       model_cfg: dict, params: dict[str, Any], k_fraction: float) -> pd.DataFrame:
+                       model_cfg: dict, params: dict[str, Any], k_fraction: float, *,
+                       bootstrap_settings: BootstrapSettings, test_owners: np.ndarray | None = None) -> pd.DataFrame:
     """One row per variant of :data:`VARIANTS`: hierarchical, aux_weight, train rows, AUC, LogLoss and
-    P@K of P(buy) on ``test``, the engage and visit heads' AUC, epochs and training seconds."""
+    P@K of P(buy) on ``test`` with paired-bootstrap intervals over ``test_owners`` (None: every row its
+    own owner), each variant's AUC and LogLoss difference to ``full`` with its interval, the engage and
+    visit heads' AUC, epochs and training seconds."""
     if np.isnan(train[2]).any() or np.isnan(test[2]).any():
         raise ValueError(f"hm3 study: train and test rows need a known {LABEL!r} (fully labelled rows only)")
-    rows = []
+    rows, scores = [], {}
     for variant, change in VARIANTS.items():
         model = make_module("hm3", {**model_cfg, **change}, vocab_sizes, num_numeric, seed=params["seed"])
         start = time.perf_counter()
         result = train_in_process(model, train[:3], params, valid[:3], aux=train[3])
         seconds = time.perf_counter() - start
         model.load_state_dict(result["state"])
+        metrics, scores[variant] = _evaluate(model, test, k_fraction)
         rows.append({"variant": variant, "hierarchical": bool(model.cfg.hierarchical),
                      "aux_weight": float(model.cfg.aux_weight), "train_rows": len(train[2]),
-                     **_evaluate(model, test, k_fraction), "epochs": result["epochs"], "train_seconds": seconds})
-    return pd.DataFrame(rows)
+                     **metrics, "epochs": result["epochs"], "train_seconds": seconds})
+    intervals = study_intervals(test[2], scores, test_owners, k_fraction, bootstrap_settings,
+                                {v: "full" for v in VARIANTS if v != "full"})
+    return pd.DataFrame([{**row, **intervals[row["variant"]]} for row in rows])
 
 
 def run_hm3_study(spark: SparkSession, cfg: Config, store: TableStore) -> dict[str, Any]:
@@ -93,11 +100,12 @@ def run_hm3_study(spark: SparkSession, cfg: Config, store: TableStore) -> dict[s
     valid = rows.arrays(rows.split("train", early_stopping=True))
     test = rows.arrays(rows.split("test"))
     table = hm3_ablation_table(train, valid, test, rows.fmap.vocab_sizes, len(rows.fmap.numeric), params.model,
-                               params.loop_params(), cfg.base_models.metric_k_fraction)
+                               params.loop_params(), cfg.base_models.metric_k_fraction,
+                               bootstrap_settings=cfg.evaluation.bootstrap, test_owners=rows.owners(rows.split("test")))
     table["run_id"] = store.run.run_id if store.run else "adhoc"
     store.write_table(frame_from_pandas(spark, table, "hm3_study"), "hm3_study")
     return {"rows": {"train": len(train[2]), "valid": len(valid[2]), "test": len(test[2])},
-            "table": table.drop(columns="run_id").round(4).to_dict("records")}
+            "table": table.drop(columns="run_id").round(6).to_dict("records")}
 
 
 def funnel_scores(spark: SparkSession, cfg: Config, store: TableStore, df: DataFrame, model: str = "hm3"
@@ -114,13 +122,21 @@ def funnel_scores(spark: SparkSession, cfg: Config, store: TableStore, df: DataF
 
 
 def format_hm3_table(records: list[dict[str, Any]]) -> str:
-    """Markdown: one line per variant (AUC, LogLoss, P@K of P(buy), engage/visit AUC, rows, seconds)."""
-    lines = ["| variant | heads | aux weight | AUC | LogLoss | P@K | AUC engage | AUC visit | train rows | seconds |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+    """Markdown: one line per variant (AUC, LogLoss, P@K of P(buy) with intervals, the AUC and LogLoss
+    difference to ``full``, engage/visit AUC, rows, seconds), then the positives the numbers rest on."""
+    lines = ["| variant | heads | aux weight | AUC | LogLoss | P@K | AUC − full | LogLoss − full | AUC engage "
+             "| AUC visit | train rows | seconds |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in records:
         heads = "hierarchical" if r["hierarchical"] else "flat"
-        lines.append(f"| {r['variant']} | {heads} | {cell(r['aux_weight'], '.2f')} | {cell(r['auc'], '.4f')} "
-                     f"| {cell(r['logloss'], '.5f')} | {cell(r['precision_at_k'], '.4f')} "
+        lines.append(f"| {r['variant']} | {heads} | {cell(r['aux_weight'], '.2f')} "
+                     f"| {interval_cell(r['auc'], r.get('auc_ci_low'), r.get('auc_ci_high'), '.4f')} "
+                     f"| {interval_cell(r['logloss'], r.get('logloss_ci_low'), r.get('logloss_ci_high'), '.5f')} "
+                     f"| {interval_cell(r['precision_at_k'], r.get('precision_at_k_ci_low'), r.get('precision_at_k_ci_high'), '.4f')} "
+                     f"| {difference_cell(r, 'auc', '+.4f')} | {difference_cell(r, 'logloss', '+.5f', lower_is_better=True)} "
                      f"| {cell(r['auc_engage'], '.4f')} | {cell(r['auc_visit'], '.4f')} | {r['train_rows']:,} "
                      f"| {cell(r['train_seconds'], '.1f')} |")
+    if records and records[0].get("positives") is not None:
+        lines.append(f"\n{records[0]['positives']:,} positive held-out rows; {100 * records[0]['ci_level']:.0f}% "
+                     "intervals, paired bootstrap over owners.")
     return "\n".join(lines)

@@ -26,7 +26,7 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from sklearn.metrics import roc_auc_score
 
-from ..config import Config, ConfigError
+from ..config import BootstrapSettings, Config, ConfigError
 from ..folds.assign import OPEN, open_window_rows
 from ..io.schemas import frame_from_pandas
 from ..io.store import TableStore
@@ -35,7 +35,7 @@ from ..models.neural.loop import make_module, predict_logits, train_in_process
 from ..models.neural.model import HORIZON_COLS
 from ..models.neural.zoo.kaml import KAML
 from .oof import training_frame
-from .study_inputs import Arrays, cell, study_model, study_rows
+from .study_inputs import Arrays, cell, difference_cell, interval_cell, study_intervals, study_model, study_rows
 
 
 VARIANTS: dict[str, dict[str, Any]] = {
@@ -56,8 +56,9 @@ def _auc(y: np.ndarray, p: np.ndarray) -> float | None:
     return float(roc_auc_score(y, p)) if 0 < y.sum() < len(y) else None
 
 
-def _evaluate(model: Any, test: Arrays, k_fraction: float) -> dict[str, Any]:
-    """Union-probability metrics on ``test`` and, for horizon models, each head's AUC."""
+def _evaluate(model: Any, test: Arrays, k_fraction: float) -> tuple[dict[str, Any], np.ndarray]:
+    """Union-probability metrics on ``test`` and, for horizon models, each head's AUC; and the
+    union probabilities themselves."""
     dense, ids, y, horizons = test
     p = 1.0 / (1.0 + np.exp(-predict_logits(model, dense, ids).astype(np.float64)))
     m = lead_metrics(y, p, k_for(len(y), k_fraction))
@@ -65,17 +66,20 @@ def _evaluate(model: Any, test: Arrays, k_fraction: float) -> dict[str, Any]:
     z = predict_logits(model, dense, ids, key="horizon_logits") if model.needs_horizons else None
     for h in range(len(HORIZON_COLS)):
         row[f"auc_h{h + 1}"] = None if z is None else _auc(horizons[:, h], z[:, h])
-    return row
+    return row, p
 
 
 def kaml_ablation_table(train: Arrays, open_rows: Arrays, valid: Arrays, test: Arrays, vocab_sizes: list[int],
-                        num_numeric: int, model_cfg: dict, params: dict[str, Any], k_fraction: float
+                        num_numeric: int, model_cfg: dict, params: dict[str, Any], k_fraction: float, *,
+                        bootstrap_settings: BootstrapSettings, test_owners: np.ndarray | None = None
                         ) -> pd.DataFrame:
     """One row per variant of :data:`VARIANTS`: AUC, LogLoss and P@K of the union probability on the
-    fully labelled ``test`` rows, each horizon head's AUC, rows used, epochs and training seconds."""
+    fully labelled ``test`` rows with paired-bootstrap intervals over ``test_owners`` (the owner of each
+    test row; None: every row its own owner), each variant's AUC and LogLoss difference to ``full``
+    with its interval, each horizon head's AUC, rows used, epochs and training seconds."""
     if np.isnan(train[3]).any() or np.isnan(test[3]).any():
         raise ValueError("kaml study: train and test rows must be fully labelled (open windows go in open_rows)")
-    rows = []
+    rows, scores = [], {}
     for variant, spec in VARIANTS.items():
         if spec["family"] == "mlp":
             cfg = {k: model_cfg[k] for k in _MLP_KEYS if k in model_cfg}
@@ -88,12 +92,15 @@ def kaml_ablation_table(train: Arrays, open_rows: Arrays, valid: Arrays, test: A
         result = train_in_process(model, data if model.needs_horizons else data[:3], params, valid[:3])
         seconds = time.perf_counter() - start
         model.load_state_dict(result["state"])
+        metrics, scores[variant] = _evaluate(model, test, k_fraction)
         rows.append({"variant": variant, "family": spec["family"],
                      "open_windows": bool(spec["open"]), "shared": bool(built.shared) if built else False,
                      "rank_weight": float(built.rank_weight) if built else 0.0,
                      "train_rows": len(data[2]), "open_rows": len(open_rows[2]) if spec["open"] else 0,
-                     **_evaluate(model, test, k_fraction), "epochs": result["epochs"], "train_seconds": seconds})
-    return pd.DataFrame(rows)
+                     **metrics, "epochs": result["epochs"], "train_seconds": seconds})
+    intervals = study_intervals(test[2], scores, test_owners, k_fraction, bootstrap_settings,
+                                {v: "full" for v in VARIANTS if v != "full"})
+    return pd.DataFrame([{**row, **intervals[row["variant"]]} for row in rows])
 
 
 def _study_folds(store: TableStore) -> DataFrame:
@@ -115,25 +122,35 @@ def run_kaml_study(spark: SparkSession, cfg: Config, store: TableStore) -> dict[
     open_rows = rows.arrays(rows.split(OPEN, early_stopping=False))
     valid = rows.arrays(rows.split("train", early_stopping=True))
     test = rows.arrays(rows.split("test"))
+    test_owners = rows.owners(rows.split("test"))
     if not len(open_rows[2]):
         raise ConfigError("kaml study: the features table has no rows with an open label window after the newest "
                           "fold month (features.observed_through); nothing to ablate")
     table = kaml_ablation_table(train, open_rows, valid, test, rows.fmap.vocab_sizes, len(rows.fmap.numeric),
-                                params.model, params.loop_params(), cfg.base_models.metric_k_fraction)
+                                params.model, params.loop_params(), cfg.base_models.metric_k_fraction,
+                                bootstrap_settings=cfg.evaluation.bootstrap, test_owners=test_owners)
     table["run_id"] = store.run.run_id if store.run else "adhoc"
     store.write_table(frame_from_pandas(spark, table, "kaml_study"), "kaml_study")
     return {"rows": {"train": len(train[2]), "open": len(open_rows[2]), "valid": len(valid[2]),
                      "test": len(test[2])},
-            "table": table.drop(columns="run_id").round(4).to_dict("records")}
+            "table": table.drop(columns="run_id").round(6).to_dict("records")}
 
 
 def format_kaml_table(records: list[dict[str, Any]]) -> str:
-    """Markdown: one line per variant (union AUC, LogLoss, P@K, per-horizon AUC, rows, seconds)."""
-    lines = ["| variant | AUC | LogLoss | P@K | AUC T+1 | AUC T+2 | AUC T+3 | train rows (open) | seconds |",
-             "|---|---|---|---|---|---|---|---|---|"]
+    """Markdown: one line per variant (union AUC, LogLoss and P@K with intervals, the AUC and LogLoss
+    difference to ``full``, per-horizon AUC, rows, seconds), then the positives the numbers rest on."""
+    lines = ["| variant | AUC | LogLoss | P@K | AUC − full | LogLoss − full | AUC T+1 | AUC T+2 | AUC T+3 "
+             "| train rows (open) | seconds |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in records:
-        lines.append(f"| {r['variant']} | {cell(r['auc'], '.4f')} | {cell(r['logloss'], '.5f')} "
-                     f"| {cell(r['precision_at_k'], '.4f')} | {cell(r['auc_h1'], '.4f')} | {cell(r['auc_h2'], '.4f')} "
+        lines.append(f"| {r['variant']} | {interval_cell(r['auc'], r.get('auc_ci_low'), r.get('auc_ci_high'), '.4f')} "
+                     f"| {interval_cell(r['logloss'], r.get('logloss_ci_low'), r.get('logloss_ci_high'), '.5f')} "
+                     f"| {interval_cell(r['precision_at_k'], r.get('precision_at_k_ci_low'), r.get('precision_at_k_ci_high'), '.4f')} "
+                     f"| {difference_cell(r, 'auc', '+.4f')} | {difference_cell(r, 'logloss', '+.5f', lower_is_better=True)} "
+                     f"| {cell(r['auc_h1'], '.4f')} | {cell(r['auc_h2'], '.4f')} "
                      f"| {cell(r['auc_h3'], '.4f')} | {r['train_rows']:,} ({r['open_rows']:,}) "
                      f"| {cell(r['train_seconds'], '.1f')} |")
+    if records and records[0].get("positives") is not None:
+        lines.append(f"\n{records[0]['positives']:,} positive held-out rows; {100 * records[0]['ci_level']:.0f}% "
+                     "intervals, paired bootstrap over owners.")
     return "\n".join(lines)

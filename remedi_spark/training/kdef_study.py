@@ -23,7 +23,7 @@ import pandas as pd
 import torch
 from pyspark.sql import SparkSession
 
-from ..config import Config, ConfigError
+from ..config import BootstrapSettings, Config, ConfigError
 from ..io.schemas import frame_from_pandas
 from ..io.store import TableStore
 from ..metrics import lead_metrics
@@ -31,7 +31,7 @@ from ..models.neural.base import RemediModel
 from ..models.neural.layers import FieldEmbedding
 from ..models.neural.loop import make_module, predict_logits, train_in_process
 from .oof import training_frame
-from .study_inputs import study_model, study_rows
+from .study_inputs import difference_cell, interval_cell, study_intervals, study_model, study_rows
 
 Arrays = tuple[np.ndarray, np.ndarray, np.ndarray]
 
@@ -59,15 +59,29 @@ def _logits(model: RemediModel, data: Arrays) -> np.ndarray:
     return predict_logits(model, data[0], data[1], key="logits").astype(np.float64)
 
 
+_K_FRACTION = 0.1  # the bootstrap's list length; the table reports AUC and LogLoss, which do not depend on it
+_REFERENCE = "independent ensemble (same K)"
+
+
+def _probability(logit: np.ndarray) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-logit))
+
+
 def _scores(y: np.ndarray, logit: np.ndarray) -> dict[str, float]:
-    m = lead_metrics(y, 1.0 / (1.0 + np.exp(-logit)), k=max(1, len(y) // 10))
+    m = lead_metrics(y, _probability(logit), k=max(1, len(y) // 10))
     return {"auc": m["auc"], "logloss": m["logloss"]}
 
 
+def _key(row: dict[str, Any]) -> str:
+    return f"{row['k']}|{row['variant']}|{row['member']}"
+
+
 def kdef_k_table(train: Arrays, valid: Arrays, test: Arrays, vocab_sizes: list[int], num_numeric: int,
-                 model_cfg: dict, params: dict[str, Any], subnets: list[str], max_k: int, tau: float
-                 ) -> pd.DataFrame:
-    """One row per (k, variant, member): AUC and LogLoss on ``test``; ensembles also carry KA."""
+                 model_cfg: dict, params: dict[str, Any], subnets: list[str], max_k: int, tau: float, *,
+                 bootstrap_settings: BootstrapSettings, test_owners: np.ndarray | None = None) -> pd.DataFrame:
+    """One row per (k, variant, member): AUC and LogLoss on ``test`` with paired-bootstrap intervals over
+    ``test_owners`` (None: every row its own owner); ensembles also carry KA, and the KDEF ensemble of
+    K ≥ 2 its AUC and LogLoss difference to the independent nets' mean fusion of the same K."""
     if not 1 <= max_k <= len(subnets):
         raise ConfigError(f"kdef_study.max_k must be in 1..{len(subnets)} (number of subnets), got {max_k}")
     y = test[2]
@@ -81,24 +95,34 @@ def kdef_k_table(train: Arrays, valid: Arrays, test: Arrays, vocab_sizes: list[i
 
     alone = [fit([kind]) for kind in subnets[:max_k]]
     alone_z = [_logits(m, test)[:, 0] for m, _ in alone]
-    rows = []
+    rows, logits = [], {}
+
+    def add(row: dict[str, Any], logit: np.ndarray) -> None:
+        rows.append({**row, **_scores(y, logit)})
+        logits[_key(row)] = logit
+
     for k in range(1, max_k + 1):
         kinds = subnets[:k]
         model, info = alone[0] if k == 1 else fit(kinds)
         z = _logits(model, test)
         ka = knowledge_abundance(model, tau)
         for j, kind in enumerate(kinds):
-            rows.append({"k": k, "variant": "kdef", "member": kind, **_scores(y, z[:, j]), "knowledge_abundance": ka})
-        rows.append({"k": k, "variant": "kdef", "member": "ensemble", **_scores(y, z.mean(axis=1)),
-                     "knowledge_abundance": ka, "epochs": info["epochs"], "train_seconds": info["seconds"]})
+            add({"k": k, "variant": "kdef", "member": kind, "knowledge_abundance": ka}, z[:, j])
+        add({"k": k, "variant": "kdef", "member": "ensemble", "knowledge_abundance": ka, "epochs": info["epochs"],
+             "train_seconds": info["seconds"]}, z.mean(axis=1))
         for j, kind in enumerate(kinds):
-            rows.append({"k": k, "variant": "independent", "member": kind, **_scores(y, alone_z[j]),
-                         "knowledge_abundance": knowledge_abundance(alone[j][0], tau)})
-        rows.append({"k": k, "variant": "independent", "member": "ensemble",
-                     **_scores(y, np.mean(alone_z[:k], axis=0)),
-                     "knowledge_abundance": float(np.mean([knowledge_abundance(m, tau) for m, _ in alone[:k]])),
-                     "epochs": int(max(i["epochs"] for _, i in alone[:k])),
-                     "train_seconds": float(sum(i["seconds"] for _, i in alone[:k]))})
+            add({"k": k, "variant": "independent", "member": kind,
+                 "knowledge_abundance": knowledge_abundance(alone[j][0], tau)}, alone_z[j])
+        add({"k": k, "variant": "independent", "member": "ensemble",
+             "knowledge_abundance": float(np.mean([knowledge_abundance(m, tau) for m, _ in alone[:k]])),
+             "epochs": int(max(i["epochs"] for _, i in alone[:k])),
+             "train_seconds": float(sum(i["seconds"] for _, i in alone[:k]))}, np.mean(alone_z[:k], axis=0))
+    references = {f"{k}|kdef|ensemble": f"{k}|independent|ensemble" for k in range(2, max_k + 1)}
+    intervals = study_intervals(y, {name: _probability(z) for name, z in logits.items()}, test_owners, _K_FRACTION,
+                                bootstrap_settings, references, metrics=("auc", "logloss"))
+    rows = [{**row, **intervals[_key(row)]} for row in rows]
+    for row in rows:
+        row["reference"] = _REFERENCE if row["reference"] else None
     table = pd.DataFrame(rows)
     table["epochs"] = table["epochs"].astype("Int64")
     return table
@@ -115,26 +139,36 @@ def run_kdef_study(spark: SparkSession, cfg: Config, store: TableStore) -> dict[
                           rows.arrays(rows.split("test"))[:3])
     run = params.loop_params()
     table = kdef_k_table(train, valid, test, rows.fmap.vocab_sizes, len(rows.fmap.numeric), params.model, run,
-                         list(study.subnets), study.max_k, study.tau)
+                         list(study.subnets), study.max_k, study.tau, bootstrap_settings=cfg.evaluation.bootstrap,
+                         test_owners=rows.owners(rows.split("test")))
     table["run_id"] = store.run.run_id if store.run else "adhoc"
     store.write_table(frame_from_pandas(spark, table, "kdef_study"), "kdef_study")
     return {"rows": {"train": len(train[2]), "valid": len(valid[2]), "test": len(test[2])},
-            "table": table.drop(columns="run_id").round(4).to_dict("records")}
+            "table": table.drop(columns="run_id").round(6).to_dict("records")}
 
 
 def format_k_table(records: list[dict[str, Any]]) -> str:
-    """Markdown: per K, the KDEF teacher and the mean fusion side by side, plus members' range."""
+    """Markdown: per K, the KDEF teacher and the mean fusion side by side (AUC and LogLoss with
+    intervals), the members' AUC range, KA, and KDEF − mean fusion with its interval and reading."""
     table = pd.DataFrame(records)
     lines = ["| K | KDEF teacher AUC | KDEF teacher LogLoss | KDEF members AUC (min–max) | KA (KDEF) "
-             "| mean-fusion AUC | mean-fusion LogLoss | independent AUC (min–max) | KA (independent) |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "| mean-fusion AUC | mean-fusion LogLoss | independent AUC (min–max) | KA (independent) "
+             "| AUC KDEF − mean fusion | LogLoss KDEF − mean fusion |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for k, rows in table.groupby("k"):
-        cells = []
+        cells, kdef_ensemble = [], {}
         for variant in ("kdef", "independent"):
             part = rows[rows["variant"] == variant]
-            ens = part[part["member"] == "ensemble"].iloc[0]
+            ens = part[part["member"] == "ensemble"].iloc[0].to_dict()
+            kdef_ensemble = kdef_ensemble or ens
             members = part[part["member"] != "ensemble"]["auc"]
-            cells += [f"{ens['auc']:.4f}", f"{ens['logloss']:.5f}", f"{members.min():.4f}–{members.max():.4f}",
-                      f"{ens['knowledge_abundance']:.3f}"]
+            cells += [interval_cell(ens["auc"], ens.get("auc_ci_low"), ens.get("auc_ci_high"), ".4f"),
+                      interval_cell(ens["logloss"], ens.get("logloss_ci_low"), ens.get("logloss_ci_high"), ".5f"),
+                      f"{members.min():.4f}–{members.max():.4f}", f"{ens['knowledge_abundance']:.3f}"]
+        cells += [difference_cell(kdef_ensemble, "auc", "+.4f"),
+                  difference_cell(kdef_ensemble, "logloss", "+.5f", lower_is_better=True)]
         lines.append(f"| {k} | " + " | ".join(cells) + " |")
+    if "positives" in table and len(table):
+        lines.append(f"\n{int(table['positives'].iloc[0]):,} positive held-out rows; "
+                     f"{100 * float(table['ci_level'].iloc[0]):.0f}% intervals, paired bootstrap over owners.")
     return "\n".join(lines)

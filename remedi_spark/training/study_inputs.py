@@ -14,7 +14,8 @@ import numpy as np
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
-from ..config import Config, ConfigError, ModelSpec
+from ..config import BootstrapSettings, Config, ConfigError, ModelSpec
+from ..metrics import Interval, bootstrap, difference_verdict
 from ..models.base import LABEL, FeatureSpec, keyed_pandas
 from ..models.neural.base import build_config
 from ..models.neural.feature_map import FeatureMap
@@ -56,6 +57,10 @@ class StudyRows:
         rows = self.encoded.filter(F.col("split") == split)
         return rows if early_stopping is None else rows.filter(F.col(ES) if early_stopping else ~F.col(ES))
 
+    def owners(self, rows: DataFrame) -> np.ndarray:
+        """The ``user_id`` of each row of ``rows``, in the order of :meth:`arrays` (the bootstrap's groups)."""
+        return keyed_pandas(rows, "user_id")["user_id"].to_numpy()
+
 
 def study_rows(cfg: Config, spec: ModelSpec, params: TorchTrainParams, data: DataFrame,
                targets: tuple[str, ...] = (), max_train_rows: int | None = None) -> StudyRows:
@@ -79,3 +84,53 @@ def study_rows(cfg: Config, spec: ModelSpec, params: TorchTrainParams, data: Dat
 def cell(value: Any, fmt: str) -> str:
     """A study table's markdown cell: ``value`` formatted, "–" for a missing (None/NaN) one."""
     return "–" if value is None or (isinstance(value, float) and np.isnan(value)) else format(value, fmt)
+
+
+STUDY_DIFFERENCES = ("auc", "logloss")  # a variant minus its reference, with the paired interval
+
+
+def study_intervals(y: np.ndarray, scores: dict[str, np.ndarray], owners: np.ndarray | None, k_fraction: float,
+                    settings: BootstrapSettings, references: dict[str, str],
+                    metrics: tuple[str, ...] = ("auc", "logloss", "precision_at_k")) -> dict[str, dict[str, Any]]:
+    """Interval columns of a study's rows, one dict per scorer of ``scores`` (probabilities on the same
+    held-out rows): ``positives``, ``ci_level``, ``<metric>_ci_low/high`` for ``metrics``, and, for a
+    scorer listed in ``references``, ``reference`` and ``<metric>_diff`` (scorer − reference) with its
+    interval for :data:`STUDY_DIFFERENCES`. A paired bootstrap over ``owners`` (each row its own owner
+    when None: rows of in-memory arrays without keys), :func:`remedi_spark.metrics.bootstrap`."""
+    y = np.asarray(y).astype(np.int64)
+    groups = np.arange(len(y)) if owners is None else np.asarray(owners)
+    boot = bootstrap(y, scores, groups, k_fraction, replicates=settings.replicates, seed=settings.seed,
+                     level=settings.level, pairs=list(references.items()))
+    out: dict[str, dict[str, Any]] = {}
+    for name in scores:
+        ivs = boot["intervals"][name]
+        row: dict[str, Any] = {"positives": int(y.sum()), "ci_level": float(settings.level)}
+        for metric in metrics:
+            row.update({f"{metric}_ci_low": ivs[metric].low, f"{metric}_ci_high": ivs[metric].high})
+        reference = references.get(name)
+        row["reference"] = reference
+        for metric in STUDY_DIFFERENCES:
+            iv = boot["differences"][(name, reference)][metric] if reference else None
+            row.update({f"{metric}_diff": iv.estimate if iv else None, f"{metric}_diff_ci_low": iv.low if iv else None,
+                        f"{metric}_diff_ci_high": iv.high if iv else None})
+        out[name] = row
+    return out
+
+
+def interval_cell(value: Any, low: Any, high: Any, fmt: str) -> str:
+    """``value [low, high]`` for a markdown table ("–" when the value is missing; no bracket without an interval)."""
+    if value is None or (isinstance(value, float) and np.isnan(value)):
+        return "–"
+    if low is None or high is None or np.isnan(low) or np.isnan(high):
+        return format(value, fmt)
+    return f"{format(value, fmt)} [{format(low, fmt)}, {format(high, fmt)}]"
+
+
+def difference_cell(row: dict[str, Any], metric: str, fmt: str, lower_is_better: bool = False) -> str:
+    """A variant's ``<metric>_diff`` against its reference with the interval and the reading
+    ("no difference" when the interval contains 0); "–" on a row without a reference."""
+    value, low, high = row.get(f"{metric}_diff"), row.get(f"{metric}_diff_ci_low"), row.get(f"{metric}_diff_ci_high")
+    if value is None or low is None or high is None or any(np.isnan(v) for v in (value, low, high)):
+        return "–"
+    verdict = difference_verdict(Interval(value, low, high, float(row.get("ci_level") or 0.9)), lower_is_better)
+    return f"{format(value, fmt)} [{format(low, fmt)}, {format(high, fmt)}] {verdict}"
