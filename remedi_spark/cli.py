@@ -12,7 +12,7 @@ from typing import Any
 
 from .config import ConfigError, load_config
 from .io.schemas import DataValidationError
-from .months import parse_month_spec
+from .months import parse_month, parse_month_spec
 
 DESCRIPTIONS = {
     "generate": "simulate owners, monthly activity, purchases and the oracle (synthetic data)",
@@ -52,6 +52,16 @@ def _months_arg(spec: str) -> list[str] | None:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
+def _month_arg(month: str) -> str | None:
+    if not month.strip():
+        return None  # an empty scheduler parameter: the default month
+    try:
+        parse_month(month)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return month
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="remedi_spark", description="REMEDI lead-scoring pipeline on Spark")
     sub = parser.add_subparsers(dest="stage", required=True, metavar="STAGE")
@@ -64,8 +74,8 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--models", type=lambda v: [m.strip() for m in v.split(",") if m.strip()], default=None,
                            metavar="NAMES", help="comma-separated model names from conf (default: all)")
         if stage in ("score", "lead-list", "monitor"):
-            p.add_argument("--month", default=None, help="YYYY-MM (default: scoring.month / monitoring.month, "
-                                                         "else the newest month)")
+            p.add_argument("--month", type=_month_arg, default=None,
+                           help="YYYY-MM (default: scoring.month / monitoring.month, else the newest month)")
         if stage == "reproduce":
             p.add_argument("--run", required=True, help="run id of a stage run (see the runs table)")
             p.add_argument("--out", required=True, help="scratch table root for the reproduction")
@@ -184,7 +194,7 @@ def _run(args: argparse.Namespace) -> int:
     if args.stage in ("train-base", "meta-features"):
         options = {"models": args.models}
     if args.stage in ("score", "lead-list", "monitor"):
-        options = {"month": args.month or None}  # "" from a scheduler parameter = the default month
+        options = {"month": args.month}
     if args.stage == "report":
         options = {"run": args.run}
     summary = run_stage(spark, cfg, args.stage, **options)

@@ -43,3 +43,12 @@ def test_bad_config_fails_fast_with_the_key_named():
 def test_bad_month_spec_is_an_argument_error():
     proc = _run("-m", "remedi_spark", "features", "--months", "2024-13")
     assert proc.returncode == 2 and "invalid month" in proc.stderr
+
+
+@pytest.mark.parametrize("stage", ["score", "lead-list", "monitor"])
+def test_a_bad_month_is_an_argument_error_before_spark_starts(stage):
+    from remedi_spark.cli import build_parser
+
+    proc = _run("-m", "remedi_spark", stage, "--month", "2025-13")
+    assert proc.returncode == 2 and "invalid month '2025-13'" in proc.stderr and "Traceback" not in proc.stderr
+    assert build_parser().parse_args([stage, "--month", ""]).month is None  # a scheduler's empty parameter
