@@ -427,6 +427,46 @@ def check_paths(cfg: "Config") -> None:
                               "add its root to tables.allowed_roots if it is meant to be written")
 
 
+# Numbers whose meaning has a range: (low, high, the range in words); None = unbounded on that side.
+# Checked with the types, so `--set lead_list.k=-5` fails before Spark starts instead of deep in a stage.
+_RANGES: dict[str, tuple[float | None, float | None, str]] = {
+    "synthetic.n_users": (1, None, "a positive integer"),
+    "synthetic.chunk_users": (1, None, "a positive integer"),
+    "folds.n_folds": (2, None, "an integer of at least 2"),
+    "folds.test_fraction": (0, 1, "a fraction strictly between 0 and 1"),
+    "base_models.metric_k_fraction": (0, 1, "a fraction in (0, 1]"),
+    "base_models.early_stopping_fraction": (0, 1, "a fraction strictly between 0 and 1"),
+    "base_models.early_stopping_rounds": (1, None, "a positive integer"),
+    "base_models.num_workers": (1, None, "a positive integer"),
+    "evaluation.bootstrap.replicates": (1, None, "a positive integer"),
+    "evaluation.bootstrap.level": (0, 1, "a level strictly between 0 and 1"),
+    "lead_list.k": (1, None, "a positive integer"),
+    "lead_list.exclude_purchase_months": (0, None, "zero or a positive integer"),
+    "lead_list.min_vehicle_age_months": (0, None, "zero or a positive integer"),
+    "lead_list.cap_per_value": (1, None, "a positive integer (or null: no cap)"),
+    "monitoring.psi_bins": (2, None, "an integer of at least 2"),
+    "monitoring.reference_rows": (1, None, "a positive integer"),
+    "backtest.months": (1, None, "a positive integer"),
+}
+_CLOSED_ABOVE = {"base_models.metric_k_fraction"}  # 1.0 = the whole population is a valid K
+
+
+def check_ranges(cfg: "Config") -> None:
+    """The numbers of :data:`_RANGES` lie in their range (fractions open at 0; a null optional
+    value is not checked); a ConfigError naming the key, the value and the range otherwise."""
+    for key, (low, high, words) in _RANGES.items():
+        value: Any = cfg
+        for part in key.split("."):
+            value = getattr(value, part)
+        if value is None:
+            continue
+        fraction = high is not None
+        below = value <= low if fraction else value < low
+        above = high is not None and (value > high if key in _CLOSED_ABOVE else value >= high)
+        if below or above:
+            raise ConfigError(f"{key}: expected {words}, got {value!r}")
+
+
 def check_no_secrets(data: Any, key: str = "") -> None:
     """Refuse credentials written into conf: they come from the environment (``DATABRICKS_TOKEN``,
     cloud credential chains) or a Databricks secret scope (``{{secrets/scope/key}}``), never from YAML."""
@@ -447,6 +487,7 @@ def config_from_dict(data: dict) -> Config:
     credentials, output paths under the configured roots."""
     check_no_secrets(data)
     cfg = _build(Config, data, "")
+    check_ranges(cfg)
     check_paths(cfg)
     return cfg
 

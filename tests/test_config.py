@@ -28,10 +28,21 @@ def test_set_overrides_parse_yaml_values():
     ("spark.profile=laptop", "spark.profile: 'laptop' is not one of"),
     ("folds.months=2024-06", "folds.months: expected a list"),
     ("justtext", "expected key=value"),
+    ("lead_list.k=-5", r"lead_list.k: expected a positive integer, got -5"),
+    ("folds.n_folds=1", "folds.n_folds: expected an integer of at least 2"),
+    ("evaluation.bootstrap.level=1.0", "evaluation.bootstrap.level: expected a level strictly between 0 and 1"),
+    ("base_models.metric_k_fraction=0", "base_models.metric_k_fraction: expected a fraction in"),
+    ("lead_list.cap_per_value=0", "lead_list.cap_per_value: expected a positive integer"),
 ])
 def test_bad_overrides_name_the_key(override, message):
     with pytest.raises(ConfigError, match=message):
         load_config(REPO / "conf" / "local.yaml", [override])
+
+
+def test_range_edges_that_mean_something_are_accepted():
+    cfg = load_config(REPO / "conf" / "local.yaml", ["base_models.metric_k_fraction=1.0", "lead_list.cap_per_value=null",
+                                                      "lead_list.exclude_purchase_months=0", "folds.n_folds=2"])
+    assert cfg.base_models.metric_k_fraction == 1.0 and cfg.lead_list.cap_per_value is None
 
 
 def test_unknown_and_missing_keys_in_files(tmp_path):
