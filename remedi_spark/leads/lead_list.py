@@ -181,7 +181,7 @@ def lead_list_evaluation(pdf: pd.DataFrame, month: str, cfg: Config) -> dict[str
         oracle_listed[np.lexsort((user_id, -p_3m, ~eligible))[:n]] = True  # top n eligible by p_3m, ties by id
         scores["oracle"] = list_first_ranking(oracle_listed, eligible, p_3m, user_id)
     b = cfg.evaluation.bootstrap
-    boot = bootstrap(y, scores, pdf["user_id"].to_numpy(), max(n, 1) / owners, replicates=b.replicates, seed=b.seed,
+    boot = bootstrap(y, scores, user_id, max(n, 1) / owners, replicates=b.replicates, seed=b.seed,
                      level=b.level, pairs=[("lead_list", "oracle")] if has_oracle else [])
     positives = int(y.sum())
     hits = int(y[listed].sum())

@@ -24,7 +24,8 @@ from ..config import Config
 from ..io import files
 from ..io.store import TableStore
 from ..fusion.train import seed_summary
-from ..metrics import Interval, bootstrap, curve_ks, difference_verdict, lead_metrics, ranked_curves
+from ..metrics import bootstrap, curve_ks, lead_metrics, ranked_curves
+from ..training.study_inputs import difference_text
 from . import figures
 from .backtest import backtest_figures, backtest_numbers, backtest_section, latest_run
 from .collect import SCORERS, ReportData, collect, data_version_rows, monthly_metrics
@@ -97,15 +98,26 @@ def _with_oracle_share(rows: pd.DataFrame, oracle_precision: float | None) -> pd
     return rows
 
 
+def _digits(metric: str) -> int:
+    """Decimals a metric is shown with (P@K in percent)."""
+    return 2 if metric == "precision_at_k" else 5 if metric == "logloss" else 4
+
+
+def _ci_texts(rows: pd.DataFrame, metric: str) -> list[str]:
+    """``<metric>_ci_low/high`` of ``rows`` as "[low, high]" display texts ("" where there is none)."""
+    scale, unit = (100, "%") if metric == "precision_at_k" else (1, "")
+    digits = _digits(metric)
+    return [f"[{scale * a:.{digits}f}{unit}, {scale * b:.{digits}f}{unit}]" if pd.notna(a) and pd.notna(b) else ""
+            for a, b in zip(rows[f"{metric}_ci_low"], rows[f"{metric}_ci_high"])]
+
+
 def with_intervals(rows: pd.DataFrame) -> pd.DataFrame:
     """``rows`` with a display column ``<metric>_ci`` ("[low, high]") per interval metric and, on
     difference rows, ``<metric>_verdict``: "no difference" when the interval contains 0."""
     rows = rows.copy()
     for metric in INTERVAL_METRICS:
-        scale, digits, unit = (100, 2, "%") if metric == "precision_at_k" else (1, 5 if metric == "logloss" else 4, "")
         low, high = rows[f"{metric}_ci_low"], rows[f"{metric}_ci_high"]
-        rows[f"{metric}_ci"] = [f"[{scale * a:.{digits}f}{unit}, {scale * b:.{digits}f}{unit}]"
-                                if pd.notna(a) and pd.notna(b) else "" for a, b in zip(low, high)]
+        rows[f"{metric}_ci"] = _ci_texts(rows, metric)
         better = (high < 0) if metric == "logloss" else (low > 0)
         worse = (low > 0) if metric == "logloss" else (high < 0)
         rows[f"{metric}_verdict"] = np.where(rows["section"] != "difference", "",
@@ -120,20 +132,11 @@ def study_display(rows: pd.DataFrame) -> pd.DataFrame:
     for metric in ("auc", "logloss", "precision_at_k"):
         if f"{metric}_ci_low" not in rows:
             continue
-        scale, digits, unit = (100, 2, "%") if metric == "precision_at_k" else (1, 5 if metric == "logloss" else 4, "")
-        rows[f"{metric}_ci"] = [f"[{scale * a:.{digits}f}{unit}, {scale * b:.{digits}f}{unit}]"
-                                if pd.notna(a) and pd.notna(b) else "" for a, b in zip(rows[f"{metric}_ci_low"],
-                                                                                     rows[f"{metric}_ci_high"])]
-        if f"{metric}_diff" not in rows:
-            continue
-        texts = []
-        for d, a, b in zip(rows[f"{metric}_diff"], rows[f"{metric}_diff_ci_low"], rows[f"{metric}_diff_ci_high"]):
-            if pd.isna(d) or pd.isna(a) or pd.isna(b):
-                texts.append("")
-                continue
-            verdict = difference_verdict(Interval(float(d), float(a), float(b), 0.0), metric == "logloss")
-            texts.append(f"{d:+.{digits}f} [{a:+.{digits}f}, {b:+.{digits}f}] {verdict}")
-        rows[f"{metric}_diff_text"] = texts
+        rows[f"{metric}_ci"] = _ci_texts(rows, metric)
+        if f"{metric}_diff" in rows:
+            rows[f"{metric}_diff_text"] = [
+                difference_text(r, metric, f"+.{_digits(metric)}f", lower_is_better=metric == "logloss") or ""
+                for r in rows.to_dict("records")]
     return rows
 
 

@@ -126,11 +126,17 @@ def interval_cell(value: Any, low: Any, high: Any, fmt: str) -> str:
     return f"{format(value, fmt)} [{format(low, fmt)}, {format(high, fmt)}]"
 
 
-def difference_cell(row: dict[str, Any], metric: str, fmt: str, lower_is_better: bool = False) -> str:
-    """A variant's ``<metric>_diff`` against its reference with the interval and the reading
-    ("no difference" when the interval contains 0); "–" on a row without a reference."""
+def difference_text(row: dict[str, Any], metric: str, fmt: str, lower_is_better: bool = False) -> str | None:
+    """A row's ``<metric>_diff`` against its reference with the interval and the reading ("no
+    difference" when the interval contains 0), e.g. "+0.0050 [-0.0088, +0.0204] no difference";
+    None on a row without a reference."""
     value, low, high = row.get(f"{metric}_diff"), row.get(f"{metric}_diff_ci_low"), row.get(f"{metric}_diff_ci_high")
     if value is None or low is None or high is None or any(np.isnan(v) for v in (value, low, high)):
-        return "–"
+        return None
     verdict = difference_verdict(Interval(value, low, high, float(row.get("ci_level") or 0.9)), lower_is_better)
     return f"{format(value, fmt)} [{format(low, fmt)}, {format(high, fmt)}] {verdict}"
+
+
+def difference_cell(row: dict[str, Any], metric: str, fmt: str, lower_is_better: bool = False) -> str:
+    """:func:`difference_text` as a markdown cell: "–" on a row without a reference."""
+    return difference_text(row, metric, fmt, lower_is_better) or "–"
