@@ -128,7 +128,7 @@ def format_pipeline(out: dict[str, Any]) -> str:
     from .distill.students import format_distill
     from .fusion.train import format_results, format_seeds, format_teacher
 
-    lines = [format_demo({k: out[k] for k in ("generate", "features", "folds")}), "",
+    lines = [format_demo({k: out[k] for k in ("generate", "features", "folds") if k in out}), "",
              "base models (AUC [interval]; oof = training owners, test = held-out owners, out_of_time = every owner "
              "of the evaluation month):"]
     for name, by_split in out["train-base"]["models"].items():
@@ -148,6 +148,8 @@ def format_pipeline(out: dict[str, Any]) -> str:
         r = out[key]
         lines.append(f"{key}: {r['leads']:,} leads of {r['scored']:,} scored owners in {r['month']} "
                      f"(eligible {r['eligible']:,}; excluded {r['excluded']}); export {r['export']}")
+        if r.get("skipped_filters"):
+            lines.append(f"  filters skipped: {', '.join(r['skipped_filters'])}")
     if out.get("evaluation"):
         lines.append(format_evaluation(out["evaluation"]))
     if "report" in out:

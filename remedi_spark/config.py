@@ -51,6 +51,7 @@ class SyntheticSettings:
 
 @dataclass(frozen=True)
 class CustomFeatureTable:
+    format: str
     path: str | None
     table: str | None
     id_col: str
@@ -58,6 +59,7 @@ class CustomFeatureTable:
     label_col: str
     feature_cols: list[str]
     categorical_cols: list[str]
+    label_cols: dict
 
 
 @dataclass(frozen=True)
@@ -109,6 +111,7 @@ class BaseModelSettings:
     lightgbm: dict
     focal: FocalSettings
     feature_groups: dict
+    channel_groups: list[str] | None
     models: list[ModelSpec]
 
 
@@ -175,7 +178,7 @@ class ScoringSettings:
 class LeadListSettings:
     """Top-K lead list after business filters (stage lead-list)."""
 
-    k: int
+    k: int | float
     exclude_purchase_months: int
     exclude_do_not_contact: bool
     min_vehicle_age_months: int
@@ -285,6 +288,7 @@ class ConfigError(ValueError):
 _CHOICES = {
     "spark.profile": {"local", "cluster", "databricks"},
     "features.source": {"builtin", "custom"},
+    "features.custom.format": {"delta", "parquet", "csv", "table"},
     "base_models.imbalance": {"none", "is_unbalance", "scale_pos_weight"},
     "base_models.synapseml_transfer": {"bulk", "streaming"},
     "kdef_study.subnets": {"mlp", "cross", "cin", "fm"},  # list items
@@ -440,7 +444,6 @@ _RANGES: dict[str, tuple[float | None, float | None, str]] = {
     "base_models.num_workers": (1, None, "a positive integer"),
     "evaluation.bootstrap.replicates": (1, None, "a positive integer"),
     "evaluation.bootstrap.level": (0, 1, "a level strictly between 0 and 1"),
-    "lead_list.k": (1, None, "a positive integer"),
     "lead_list.exclude_purchase_months": (0, None, "zero or a positive integer"),
     "lead_list.min_vehicle_age_months": (0, None, "zero or a positive integer"),
     "lead_list.cap_per_value": (1, None, "a positive integer (or null: no cap)"),
@@ -465,6 +468,37 @@ def check_ranges(cfg: "Config") -> None:
         above = high is not None and (value > high if key in _CLOSED_ABOVE else value >= high)
         if below or above:
             raise ConfigError(f"{key}: expected {words}, got {value!r}")
+    k = cfg.lead_list.k
+    if (k < 1) if isinstance(k, int) else not 0 < k <= 1:
+        raise ConfigError(f"lead_list.k: expected a count of leads (a positive integer) or a fraction of the month's "
+                          f"scored owners in (0, 1], got {k!r}")
+    check_custom_features(cfg)
+
+
+# the label columns a custom table may declare (features.custom.label_cols): per-horizon and funnel labels
+DECLARABLE_LABELS = ("y_h1", "y_h2", "y_h3", "y_engage", "y_visit")
+
+
+def check_custom_features(cfg: "Config") -> None:
+    """``features.custom``: a source that matches its format, declared labels that exist in the layout,
+    channel groups that are feature groups."""
+    c = cfg.features.custom
+    if c.format == "table" and (c.path or not c.table):
+        raise ConfigError("features.custom: format 'table' reads a metastore `table` (set it, and not `path`)")
+    if c.format != "table" and c.table:
+        raise ConfigError(f"features.custom: format {c.format!r} reads a `path`; use format 'table' for a "
+                          f"metastore table")
+    unknown = sorted(set(c.label_cols) - set(DECLARABLE_LABELS))
+    if unknown:
+        raise ConfigError(f"features.custom.label_cols: unknown labels {unknown}; declarable: {list(DECLARABLE_LABELS)}")
+    bad = sorted(k for k, v in c.label_cols.items() if not isinstance(v, str) or not v)
+    if bad:
+        raise ConfigError(f"features.custom.label_cols: {bad} must name a column of your table")
+    channels = cfg.base_models.channel_groups or []
+    missing = [g for g in channels if g not in cfg.base_models.feature_groups]
+    if missing:
+        raise ConfigError(f"base_models.channel_groups: {missing} are not in base_models.feature_groups "
+                          f"{sorted(cfg.base_models.feature_groups)}")
 
 
 def check_no_secrets(data: Any, key: str = "") -> None:

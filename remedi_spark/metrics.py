@@ -32,6 +32,11 @@ import scipy.sparse as sp
 from sklearn.metrics import log_loss, roc_auc_score
 
 
+def lead_count(k: int | float, owners: int) -> int:
+    """``lead_list.k`` as a number of leads: a count as given, a fraction of ``owners`` rounded (at least 1)."""
+    return k if isinstance(k, int) else max(1, int(round(k * owners)))
+
+
 def _cumulative_hits(y: np.ndarray, score: np.ndarray) -> np.ndarray:
     """Positives among the top 1, 2, ..., n scores (stable sort: ties keep the input order)."""
     order = np.argsort(-np.asarray(score, dtype=float), kind="stable")

@@ -79,15 +79,21 @@ def run_stage(spark: SparkSession, cfg: Config, stage: str, pipeline_run_id: str
     return summary
 
 
+def foundation_stages(cfg: Config) -> tuple[str, ...]:
+    """generate → features → folds; a bring-your-own features table (``features.source: custom``)
+    needs no synthetic world, so ``generate`` is left out."""
+    return ("features", "folds") if cfg.features.source == "custom" else ("generate", "features", "folds")
+
+
 def run_foundation(spark: SparkSession, cfg: Config, pipeline_run_id: str = "") -> dict[str, dict[str, Any]]:
-    """generate → features → folds, each as its own run. Returns the three summaries."""
-    return {stage: run_stage(spark, cfg, stage, pipeline_run_id) for stage in ("generate", "features", "folds")}
+    """:func:`foundation_stages`, each as its own run. Returns their summaries."""
+    return {stage: run_stage(spark, cfg, stage, pipeline_run_id) for stage in foundation_stages(cfg)}
 
 
 def run_pipeline(spark: SparkSession, cfg: Config) -> dict[str, Any]:
     """Every stage in order, each its own run: foundation → base models → fusion → distillation,
-    then scoring and a lead list for the out-of-time month (evaluated against its labels and the
-    oracle) and for the newest month (the list sales gets), then the report. The pipeline's own
+    then scoring and a lead list for the out-of-time month (evaluated against its labels and, on the
+    synthetic world, the oracle) and for the newest month (the list sales gets), then the report. The pipeline's own
     manifest (job ``pipeline``) names every stage run; everything logs into one MLflow run."""
     run = RunManifest("pipeline", cfg.to_dict())
     tracker = Tracker(cfg, TableStore(spark, cfg.tables.root).root)

@@ -28,7 +28,7 @@ def test_set_overrides_parse_yaml_values():
     ("spark.profile=laptop", "spark.profile: 'laptop' is not one of"),
     ("folds.months=2024-06", "folds.months: expected a list"),
     ("justtext", "expected key=value"),
-    ("lead_list.k=-5", r"lead_list.k: expected a positive integer, got -5"),
+    ("lead_list.k=-5", r"lead_list.k: expected a count of leads"),
     ("folds.n_folds=1", "folds.n_folds: expected an integer of at least 2"),
     ("evaluation.bootstrap.level=1.0", "evaluation.bootstrap.level: expected a level strictly between 0 and 1"),
     ("base_models.metric_k_fraction=0", "base_models.metric_k_fraction: expected a fraction in"),

@@ -114,3 +114,26 @@ def test_an_error_inside_the_training_worker_reaches_the_driver_with_its_traceba
                                            r"rank \d raised:\nTraceback.*ValueError: MLPConfig: unknown config "
                                            r"keys \['no_such_knob'\]"):
         train_distributed(spark, rows, "mlp", {"no_such_knob": 1}, [4], 3, params, valid_arrays)
+
+
+def test_fewer_rows_than_a_batch_train_on_one_short_batch_instead_of_hanging():
+    from remedi_spark.models.neural.loop import array_batches
+
+    rng = np.random.default_rng(0)
+    batches = array_batches(rng.normal(size=(5, 2)).astype(np.float32), np.zeros((5, 1), np.int64),
+                            np.ones(5, np.float32), batch_size=64, seed=0)
+    first, second = next(batches), next(batches)
+    assert len(first.label) == len(second.label) == 5
+    with pytest.raises(ValueError, match="no rows"):
+        next(array_batches(np.zeros((0, 2), np.float32), np.zeros((0, 1), np.int64), np.zeros(0, np.float32), 8, 0))
+
+
+@pytest.mark.parametrize("rows,world", [(3000, 1), (3000, 2), (150_000, 2), (30, 1)])
+def test_min_steps_per_epoch_shrinks_the_batch_until_an_epoch_has_that_many_steps_per_rank(rows, world):
+    from remedi_spark.models.neural.loop import epoch_batch_size
+
+    params = {"batch_size": 1024, "min_steps_per_epoch": 40}
+    size = epoch_batch_size(rows, params, world)
+    assert 1 <= size <= 1024
+    assert rows // (size * world) >= 40 or size == 1  # enough steps, unless one row a step is all there is
+    assert epoch_batch_size(rows, {**params, "min_steps_per_epoch": 0}, world) == 1024  # off: as configured

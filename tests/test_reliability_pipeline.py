@@ -41,8 +41,11 @@ def test_a_features_channel_does_not_depend_on_the_order_of_the_groups():
 
     groups = {"dealer": ["visit_days"], "static": ["segment"], "core": ["visit_days_sum3", "segment"]}
     resorted = dict(sorted(groups.items()))  # as a config read back from a run manifest (sorted JSON keys)
+    channels = ["dealer", "static"]  # base_models.channel_groups: `core` selects inputs, it is no channel
     for column, channel in (("visit_days_sum3", "dealer"), ("segment", "static"), ("voice_cnt", "other")):
-        assert channel_of(column, groups) == channel_of(column, resorted) == channel
+        assert channel_of(column, groups, channels) == channel_of(column, resorted, channels) == channel
+    # without channel groups every group is one, taken by name whatever the order of the mapping
+    assert channel_of("visit_days_sum3", groups) == channel_of("visit_days_sum3", resorted) == "core"
 
 
 def test_the_crm_export_holds_only_id_rank_score_reason(world):

@@ -30,7 +30,7 @@ import numpy as np
 import pandas as pd
 from scipy.stats import rankdata
 
-from ..metrics import lead_metrics, owner_resample_weights, weighted_lead_metrics
+from ..metrics import lead_count, lead_metrics, owner_resample_weights, weighted_lead_metrics
 from .rankers import MonthRankers
 
 METRICS = ("precision_at_k", "business_recall_at_k", "recall_at_k", "lift_at_k", "auc")
@@ -77,8 +77,9 @@ def _interval(values: np.ndarray, level: float) -> tuple[float, float]:
 class _Month:
     """One month's arrays: labels, and per ranker its list ranking, K_list, AUC ranking and estimates."""
 
-    def __init__(self, data: MonthRankers, k: int, cap: int | None):
+    def __init__(self, data: MonthRankers, k: int | float, cap: int | None):
         f = data.frame
+        k = lead_count(k, len(f))
         self.month, self.y, self.user_id = data.month, f["y"].to_numpy(np.int64), f["user_id"].to_numpy()
         self.n, self.positives, self.eligible = len(f), int(self.y.sum()), int(f["eligible"].sum())
         cap_value = f["cap_value"].to_numpy() if "cap_value" in f else None
@@ -108,7 +109,7 @@ def evaluate_months(months: Sequence[MonthRankers], k: int, *, replicates: int, 
     """Rows of ``backtest_results`` (without run and training-month columns): per month every ranker
     (``kind = ranker``) and the ``pairs`` differences (``difference``), then the mean over months of
     every ranker and pair present in every month (``mean``, ``mean_difference``). ``k``: the lead
-    list's length (``lead_list.k``); ``cap``: ``lead_list.cap_per_value`` when a cap column is set."""
+    list's length (``lead_list.k``: a count, or a fraction of each month's owners); ``cap``: ``lead_list.cap_per_value`` when a cap column is set."""
     data = [_Month(m, k, cap) for m in months]
     union = np.unique(np.concatenate([d.user_id for d in data]))
     columns = {d.month: np.searchsorted(union, d.user_id) for d in data}

@@ -31,6 +31,7 @@ from pyspark.sql import functions as F
 from ..config import Config
 from ..io.schemas import DataValidationError, frame_from_pandas
 from ..io.store import TableStore
+from ..metrics import lead_count
 from ..months import parse_month
 from .evaluate import METRICS, evaluate_months, list_ranking
 from .plan import HORIZON, BacktestMonth, backtest_models, chain_config, labelled_months, plan_months, sub_root
@@ -66,9 +67,10 @@ def _check_folds(sub: TableStore, month: BacktestMonth) -> dict[str, Any]:
     return {"months": months, "evaluation_month": evaluation[0], "training_owner_rows": int(fit)}
 
 
-def _student_list(data: MonthRankers, k: int, cfg: Config) -> set[int]:
+def _student_list(data: MonthRankers, k: int | float, cfg: Config) -> set[int]:
     """The owners of the student's lead list as :func:`.evaluate.list_ranking` builds it."""
     f = data.frame
+    k = lead_count(k, len(f))
     cap = cfg.lead_list.cap_per_value if cfg.lead_list.cap_column else None
     rank, k_list = list_ranking(f["student"].to_numpy(float), f["user_id"].to_numpy(), f["eligible"].to_numpy(), k,
                                 f["cap_value"].to_numpy() if "cap_value" in f else None, cap)

@@ -206,15 +206,16 @@ def load_student(spark: SparkSession, cfg: Config, store: TableStore) -> SavedSt
     return SavedStudent(model, path, run_id)
 
 
-def student_importance(student: BaseModel, groups: dict[str, list[str]]) -> pd.DataFrame:
-    """Gain importance of every feature of ``student``, with its feature group (of ``groups``,
-    ``base_models.feature_groups``) and share of total gain."""
+def student_importance(student: BaseModel, groups: dict[str, list[str]], channels: list[str] | None = None
+                       ) -> pd.DataFrame:
+    """Gain importance of every feature of ``student``, with its channel (:func:`channel_of` over
+    ``base_models.feature_groups`` and ``channel_groups``) and share of total gain."""
     if not hasattr(student, "booster"):
         return pd.DataFrame(columns=["feature", "group", "gain", "share"])
     booster = student.booster()
     gain = booster.feature_importance(importance_type="gain")
     names = booster.feature_name()
-    group = [channel_of(n, groups) for n in names]
+    group = [channel_of(n, groups, channels) for n in names]
     out = pd.DataFrame({"feature": names, "group": group, "gain": gain.astype(float)})
     out["share"] = out["gain"] / out["gain"].sum() if out["gain"].sum() > 0 else 0.0
     return out.sort_values("gain", ascending=False, kind="stable").reset_index(drop=True)

@@ -1,15 +1,18 @@
 """Lead list: the month's top K owners by score after the business filters, with a reason each.
 
-Filters (``lead_list`` in conf): owners who bought in the scored month or the N − 1 before it,
-owners flagged do-not-contact, owners whose vehicle is younger than the minimum age, owners
-with no owner record; then an optional cap of leads per region or dealer. The K best remaining
-owners (ties by owner id) get ranks 1..K. The reason is the behaviour channel (dealer, calls,
-digital, static; see ``channel_of``) whose student contributions (LightGBM ``pred_contrib``) raise
-the owner's score most. The ``lead_list`` table
+Filters (``lead_list`` in conf): owners who bought in the scored month or the N − 1 before it
+(needs a ``purchases`` table), owners flagged do-not-contact, owners whose vehicle is younger than
+the minimum age, owners with no owner record (these three need an ``owners`` table); then an
+optional cap of leads per region or dealer (``owners`` too). A filter whose table does not exist (a
+bring-your-own features table comes without them) is skipped and named in the stage summary. The K
+best remaining owners (ties by owner id) get ranks 1..K; K is a count or a fraction of the month's
+scored owners. The reason is the channel (``base_models.channel_groups``; see ``channel_of``) whose
+student contributions (LightGBM ``pred_contrib``) raise the owner's score most. The ``lead_list`` table
 keeps the month's leads (replaced on re-run); the CRM export holds only id, rank, score, reason.
 """
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterator
 from typing import Any
 
@@ -23,7 +26,7 @@ from ..config import Config, ConfigError
 from ..distill.students import load_student
 from ..io.schemas import DataValidationError
 from ..io.store import TableStore
-from ..metrics import Interval, bootstrap
+from ..metrics import Interval, bootstrap, lead_count
 from ..models.base import channel_of
 from ..months import add_months
 
@@ -36,48 +39,78 @@ def export_root(cfg: Config, store: TableStore) -> str:
     return cfg.lead_list.export_dir or f"{store.root}/exports/lead_list"
 
 
-def flag_exclusions(scores: DataFrame, owners: DataFrame, purchases: DataFrame, cfg: Config, month: str
-                    ) -> DataFrame:
-    """``scores`` joined with the owner fields and one boolean column per filter (true = excluded)."""
+# the table each filter reads; a filter is skipped when its table does not exist
+FILTER_INPUTS = {"no_owner_record": "owners", "recent_purchase": "purchases", "do_not_contact": "owners",
+                 "vehicle_too_young": "owners"}
+
+
+def filter_inputs(store: TableStore) -> tuple[DataFrame | None, DataFrame | None]:
+    """The ``owners`` and ``purchases`` tables, each None where it does not exist."""
+    return tuple(store.read(t) if store.exists(t) else None for t in ("owners", "purchases"))  # type: ignore[return-value]
+
+
+def skipped_filters(owners: DataFrame | None, purchases: DataFrame | None, cfg: Config) -> list[str]:
+    """The filters (and the cap) that cannot run because their input table is absent, with the table."""
+    present = {"owners": owners is not None, "purchases": purchases is not None}
+    out = [f"{name} (no {table} table)" for name, table in FILTER_INPUTS.items() if not present[table]]
+    if cfg.lead_list.cap_column and not present["owners"]:
+        out.append(f"cap per {cfg.lead_list.cap_column} (no owners table)")
+    return out
+
+
+def flag_exclusions(scores: DataFrame, owners: DataFrame | None, purchases: DataFrame | None, cfg: Config,
+                    month: str) -> DataFrame:
+    """``scores`` joined with the owner fields and one boolean column per filter (true = excluded).
+    Filters whose table is None are left out (see :func:`skipped_filters`); ``region_id`` and
+    ``dealer_id`` are then null."""
     lc = cfg.lead_list
-    first = add_months(month, -(lc.exclude_purchase_months - 1)) if lc.exclude_purchase_months > 0 else None
-    recent = (purchases.filter((F.col("month") >= first) & (F.col("month") <= month)) if first
-              else purchases.limit(0)).select("user_id").distinct().withColumn("_bought", F.lit(True))
+    out = scores
+    if purchases is not None:
+        first = add_months(month, -(lc.exclude_purchase_months - 1)) if lc.exclude_purchase_months > 0 else None
+        recent = (purchases.filter((F.col("month") >= first) & (F.col("month") <= month)) if first
+                  else purchases.limit(0)).select("user_id").distinct().withColumn("_bought", F.lit(True))
+        out = out.join(recent, "user_id", "left") \
+            .withColumn("x_recent_purchase", F.coalesce(F.col("_bought"), F.lit(False))).drop("_bought")
+    if owners is None:
+        return out.withColumn("region_id", F.lit(None).cast("int")).withColumn("dealer_id", F.lit(None).cast("string"))
     owner_cols = owners.select("user_id", "do_not_contact", "vehicle_start_month", "region_id", "dealer_id",
                                F.lit(True).alias("_known"))
     age = F.months_between(F.to_date(F.lit(month), "yyyy-MM"), F.to_date("vehicle_start_month", "yyyy-MM"))
-    return (scores.join(owner_cols, "user_id", "left").join(recent, "user_id", "left")
+    return (out.join(owner_cols, "user_id", "left")
             .withColumn("x_no_owner_record", F.col("_known").isNull())
-            .withColumn("x_recent_purchase", F.coalesce(F.col("_bought"), F.lit(False)))
             .withColumn("x_do_not_contact", F.lit(lc.exclude_do_not_contact) & F.coalesce("do_not_contact", F.lit(False)))
             .withColumn("x_vehicle_too_young", F.coalesce(age < lc.min_vehicle_age_months, F.lit(False)))
-            .drop("_known", "_bought"))
+            .drop("_known"))
 
 
 def is_eligible(flagged: DataFrame):
     """Column: true where no filter of :func:`flag_exclusions` excluded the owner."""
-    return ~F.greatest(*[F.col(c) for c in flagged.columns if c.startswith("x_")])
+    flags = [F.col(c) for c in flagged.columns if c.startswith("x_")]
+    if not flags:
+        return F.lit(True)
+    return ~(flags[0] if len(flags) == 1 else F.greatest(*flags))
 
 
-def select_leads(flagged: DataFrame, cfg: Config) -> DataFrame:
-    """The top K of the rows no filter excluded, capped per ``cap_column``; adds ``lead_rank``."""
+def select_leads(flagged: DataFrame, cfg: Config, n: int) -> DataFrame:
+    """The top ``n`` of the rows no filter excluded, capped per ``cap_column`` (when the owners table
+    gave one); adds ``lead_rank``."""
     lc = cfg.lead_list
     eligible = flagged.filter(is_eligible(flagged))
-    if lc.cap_column:
+    if lc.cap_column and "x_no_owner_record" in flagged.columns:
         if not lc.cap_per_value:
             raise ConfigError("lead_list.cap_per_value must be a positive integer when cap_column is set")
         per = Window.partitionBy(lc.cap_column).orderBy(F.desc("score"), F.asc("user_id"))
         eligible = eligible.withColumn("_n", F.row_number().over(per)).filter(F.col("_n") <= lc.cap_per_value).drop("_n")
     order = Window.orderBy(F.desc("score"), F.asc("user_id"))
-    return eligible.withColumn("lead_rank", F.row_number().over(order)).filter(F.col("lead_rank") <= lc.k)
+    return eligible.withColumn("lead_rank", F.row_number().over(order)).filter(F.col("lead_rank") <= n)
 
 
 def add_reasons(spark: SparkSession, cfg: Config, store: TableStore, leads: DataFrame, month: str) -> DataFrame:
-    """Reason per lead: the feature group with the largest summed student contribution."""
+    """Reason per lead: the channel (:func:`channel_of`) with the largest summed student contribution."""
     student = load_student(spark, cfg, store).model
     columns = student.features.columns
     groups = cfg.base_models.feature_groups
-    owner = [channel_of(c, groups) for c in columns]
+    owner = [channel_of(c, groups, cfg.base_models.channel_groups) for c in columns]
     names = sorted(set(owner))
     index = np.array([names.index(g) for g in owner])
     text = spark.sparkContext.broadcast(student.artifact().decode("utf-8"))
@@ -103,11 +136,16 @@ def build_lead_list(spark: SparkSession, cfg: Config, store: TableStore, month: 
     scored = scores.count()
     if scored == 0:
         raise FileNotFoundError(f"no scores for month {month}: run the scoring job for it first")
-    flagged = flag_exclusions(scores, store.read("owners"), store.read("purchases"), cfg, month).cache()
+    owners, purchases = filter_inputs(store)
+    skipped = skipped_filters(owners, purchases, cfg)
+    if skipped:
+        print(f"[remedi] lead-list: filters skipped: {', '.join(skipped)}", file=sys.stderr, flush=True)
+    flagged = flag_exclusions(scores, owners, purchases, cfg, month).cache()
     flags = [c for c in flagged.columns if c.startswith("x_")]
     counts = flagged.agg(*[F.sum(F.col(c).cast("int")).alias(c) for c in flags],
                          F.sum(is_eligible(flagged).cast("int")).alias("eligible")).first()
-    leads = add_reasons(spark, cfg, store, select_leads(flagged, cfg), month)
+    k = lead_count(cfg.lead_list.k, scored)
+    leads = add_reasons(spark, cfg, store, select_leads(flagged, cfg, k), month)
     table = leads.select(F.lit(month).alias("month"), "user_id", "lead_rank", "score", "reason", "region_id",
                          "dealer_id", "model_version", F.lit(store.run.run_id if store.run else "adhoc").alias("run_id"))
     version = store.write_months(table, "lead_list", [month])
@@ -120,7 +158,8 @@ def build_lead_list(spark: SparkSession, cfg: Config, store: TableStore, month: 
     reasons = {r["reason"]: r["count"] for r in written.groupBy("reason").count().collect()}
     return {"month": month, "model_version": scores.select("model_version").first()[0],
             "scored": scored, "eligible": int(counts["eligible"]),
-            "excluded": {c[2:]: int(counts[c]) for c in flags}, "leads": written.count(), "k": cfg.lead_list.k,
+            "excluded": {c[2:]: int(counts[c]) for c in flags}, "skipped_filters": skipped,
+            "leads": written.count(), "k": k,
             "reasons": reasons, "version": version, "export": export}
 
 
@@ -134,7 +173,8 @@ def evaluate_lead_list(spark: SparkSession, cfg: Config, store: TableStore, mont
     labels = store.read("features", months=[month]).filter("label_complete").select("user_id", "y")
     listed = store.read("lead_list", months=[month]).select("user_id", F.lit(True).alias("listed"))
     scores = store.read("scores", months=[month]).select("user_id", "score", "model_version")
-    flagged = flag_exclusions(scores, store.read("owners"), store.read("purchases"), cfg, month)
+    owners, purchases = filter_inputs(store)
+    flagged = flag_exclusions(scores, owners, purchases, cfg, month)
     rows = flagged.select("user_id", "score", is_eligible(flagged).alias("eligible")).join(labels, "user_id") \
         .join(listed, "user_id", "left")
     has_oracle = store.exists("oracle")
@@ -144,7 +184,7 @@ def evaluate_lead_list(spark: SparkSession, cfg: Config, store: TableStore, mont
     if pdf.empty:
         raise DataValidationError("features", [("label_complete", f"no fully labelled rows of {month} with scores: "
                                                                   "its lead list cannot be evaluated")])
-    return lead_list_evaluation(pdf, month, cfg)
+    return {**lead_list_evaluation(pdf, month, cfg), "skipped_filters": skipped_filters(owners, purchases, cfg)}
 
 
 def list_first_ranking(listed: np.ndarray, eligible: np.ndarray, score: np.ndarray, user_id: np.ndarray

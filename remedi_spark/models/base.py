@@ -52,15 +52,13 @@ def in_group(column: str, members: list[str]) -> bool:
     return any(column == m or column.startswith(m + "_") for m in members)
 
 
-# the behaviour channels a feature is attributed to (lead reasons, importance by group), in the order
-# that decides a feature listed in two; other groups (e.g. ``core``) select model inputs, they are no channel
-CHANNEL_GROUPS = ("dealer", "calls", "digital", "static")
-
-
-def channel_of(column: str, groups: dict[str, list[str]]) -> str:
-    """The first of :data:`CHANNEL_GROUPS` that holds ``column``, else ``"other"``. Never depends on
-    the order of ``groups`` (a config read back from a run manifest has its keys sorted)."""
-    return next((g for g in CHANNEL_GROUPS if g in groups and in_group(column, groups[g])), "other")
+def channel_of(column: str, groups: dict[str, list[str]], channels: list[str] | None = None) -> str:
+    """The first group of ``channels`` (``base_models.channel_groups``: the groups a feature is
+    attributed to for lead reasons and importance; None = every group, by name) that holds
+    ``column``, else ``"other"``. Never depends on the order of ``groups`` (a config read back from a
+    run manifest has its keys sorted)."""
+    order = sorted(groups) if channels is None else channels
+    return next((g for g in order if g in groups and in_group(column, groups[g])), "other")
 
 
 @dataclass

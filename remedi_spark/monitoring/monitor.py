@@ -30,7 +30,7 @@ from ..distill.students import load_student, student_importance
 from ..io.schemas import DataValidationError, frame_from_pandas
 from ..io.store import TableStore
 from ..leads.lead_list import evaluate_lead_list
-from ..metrics import bootstrap, lead_metrics
+from ..metrics import bootstrap, lead_count, lead_metrics
 from ..months import parse_month
 from ..scoring.score import student_scores
 from .psi import psi_band, psi_table
@@ -63,7 +63,7 @@ def realized_metrics(spark: SparkSession, cfg: Config, store: TableStore, month:
                 "ci_high": high, "ci_level": b.level if low is not None else None}
 
     rows: list[dict[str, Any]] = []
-    k = cfg.lead_list.k
+    k = lead_count(cfg.lead_list.k, len(y))
     if store.exists("lead_list") and store.read("lead_list", months=[month]).limit(1).count():
         lead = evaluate_lead_list(spark, cfg, store, month)
         k = lead["leads"]
@@ -98,7 +98,7 @@ def drift_rows(spark: SparkSession, cfg: Config, store: TableStore, month: str) 
     if current.limit(1).count() == 0:
         raise DataValidationError("features", [("month", f"no feature rows for the monitored month {month}")])
     student = load_student(spark, cfg, store).model
-    importance = student_importance(student, cfg.base_models.feature_groups)
+    importance = student_importance(student, cfg.base_models.feature_groups, cfg.base_models.channel_groups)
     columns = list(importance["feature"])
     top = set(importance.head(mcfg.top_features)["feature"])
     features = psi_table(reference, current, columns, mcfg.psi_bins)

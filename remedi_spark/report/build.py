@@ -11,6 +11,7 @@ table the numbers came from.
 from __future__ import annotations
 
 import datetime as dt
+import html
 import json
 import os
 import tempfile
@@ -403,7 +404,9 @@ def render_html(numbers: dict[str, Any], pngs: dict[str, bytes]) -> str:
               "that month (the training owners' earlier months were trained on, as in production). Intervals: "
               "paired bootstrap over owners. Business Recall = hits / (the month's three-month buyers / 3), the "
               "paper's definition: above 100% when the list catches more than a third of the three-month buyers; "
-              "recall = hits / all three-month buyers.</p>"))
+              "recall = hits / all three-month buyers.</p>"
+            + (f"<p class='meta'>Business filters skipped (their input table does not exist): "
+               f"{html.escape(', '.join(lead['skipped_filters']))}.</p>" if lead.get("skipped_filters") else "")))
     dv = numbers["data_versions"]
     sections.append(("Data versions", "<p>Every number above was read at these Delta versions (time travel: "
                      "<code>versionAsOf</code>).</p>" + table(

@@ -216,5 +216,6 @@ def collect(spark: SparkSession, cfg: Config, store: TableStore, run: str | None
                       k=k_for(n_eval, cfg.base_models.metric_k_fraction), fusion_results=fusion,
                       distill_results=distill, held_out=held_out, best_base=best_base,
                       evaluation_frame=evaluation_frame,
-                      importance=student_importance(student.model, cfg.base_models.feature_groups), warnings=warnings, studies=studies,
+                      importance=student_importance(student.model, cfg.base_models.feature_groups,
+                                                                cfg.base_models.channel_groups), warnings=warnings, studies=studies,
                       monitoring=monitoring)

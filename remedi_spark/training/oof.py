@@ -36,7 +36,7 @@ from ..folds.assign import OPEN, evaluation_month
 from ..io.schemas import frame_from_pandas
 from ..io.store import TableStore
 from ..metrics import BOOTSTRAP_METRICS, bootstrap, k_for, lead_metrics
-from ..models.base import BaseModel, FeatureSpec, saved_model_dir
+from ..models.base import NOT_FEATURES, BaseModel, FeatureSpec, in_group, saved_model_dir
 from ..models.neural.model import HORIZON_COLS
 from ..models.registry import aux_labels, build_model, needs_horizons
 from ..spark import root_cause
@@ -181,12 +181,44 @@ class BaseModelFailed(RuntimeError):
                          "an OOF table without every configured model)")
 
 
+def check_model_inputs(specs: list[ModelSpec], cfg: Config, data: DataFrame) -> None:
+    """Before any training: every model's feature group matches a column of the features table, and
+    every label a model trains on (KAML: y_h1..y_h3, HM3: y_engage, y_visit) has values on the
+    training rows. One ConfigError naming each model and what it lacks."""
+    columns = [c for c in data.columns if c not in NOT_FEATURES and c not in ("fold", "split", ES)]
+    groups = cfg.base_models.feature_groups
+    problems = []
+    for s in specs:
+        if s.feature_group and not any(in_group(c, groups[s.feature_group]) for c in columns):
+            members = groups[s.feature_group]
+            problems.append(f"model {s.name!r}: feature_group {s.feature_group!r} matches no column of the features "
+                            f"table (group members: {members[:5]}{' ...' if len(members) > 5 else ''}); set "
+                            f"base_models.feature_groups for your table or remove the model")
+    needed = {s.name: [*(HORIZON_COLS if needs_horizons(s) else ()), *aux_labels(s)] for s in specs}
+    wanted = sorted({c for cols in needed.values() for c in cols})
+    if wanted:
+        counts = data.filter(F.col("split") == "train").agg(*[F.count(F.col(c)).alias(c) for c in wanted]).first()
+        for name, cols in needed.items():
+            absent = [c for c in cols if not counts[c]]
+            if absent:
+                problems.append(f"model {name!r} trains on the labels {absent}, which the features table does not "
+                                f"have (no values): declare your columns for them in features.custom.label_cols, "
+                                f"or remove the model")
+    if problems:
+        raise ConfigError("base_models.models do not fit the features table:\n  - " + "\n  - ".join(problems))
+
+
 def train_base_models(spark: SparkSession, cfg: Config, store: TableStore, models: list[str] | None = None
                       ) -> dict[str, Any]:
     """Train the configured base models (or ``models``) out-of-fold; write predictions and metrics."""
     specs = select_models(cfg, models)
     eval_month = evaluation_month(store.read("folds"))
     data = training_frame(store, cfg).persist(StorageLevel.MEMORY_AND_DISK)
+    try:
+        check_model_inputs(specs, cfg, data)
+    except ConfigError:
+        data.unpersist()
+        raise
     run_id = store.run.run_id if store.run else "adhoc"
     results = {}
     try:

@@ -46,13 +46,14 @@ def _train_rank(converter: Any, model_name: str, model_cfg: dict, vocab_sizes: l
     from torch.nn.parallel import DistributedDataParallel
 
     from remedi_spark.models.neural.base import Batch
-    from remedi_spark.models.neural.loop import fit_epochs, make_module, validation_score
+    from remedi_spark.models.neural.loop import epoch_batch_size, fit_epochs, make_module, validation_score
 
     dist.init_process_group("gloo")
     rank, world = dist.get_rank(), dist.get_world_size()
     model = make_module(model_name, model_cfg, vocab_sizes, num_numeric, seed=params["seed"])
     ddp = DistributedDataParallel(model)
-    steps = max(1, len(converter) // (params["batch_size"] * world))
+    batch_size = epoch_batch_size(len(converter), params, world)
+    steps = max(1, len(converter) // (batch_size * world))
 
     def agreed_score(m: Any) -> float:
         score = torch.tensor([validation_score(m, valid) if rank == 0 else 0.0], dtype=torch.float64)
@@ -60,7 +61,7 @@ def _train_rank(converter: Any, model_name: str, model_cfg: dict, vocab_sizes: l
         return float(score[0])
 
     # seeded row-group shuffle and one reader thread: the same batches in the same order on every run
-    with converter.make_torch_dataloader(batch_size=params["batch_size"], cur_shard=rank, shard_count=world,
+    with converter.make_torch_dataloader(batch_size=batch_size, cur_shard=rank, shard_count=world,
                                          num_epochs=None, workers_count=1, seed=params["seed"]) as loader:
         batches = (Batch(b["dense"].float(), b["cat"].long(), b["y"].float(),
                          b["h"].float() if "h" in b else None, b["a"].float() if "a" in b else None)
@@ -71,7 +72,7 @@ def _train_rank(converter: Any, model_name: str, model_cfg: dict, vocab_sizes: l
         return {}
     buffer = io.BytesIO()
     torch.save(result.pop("state"), buffer)
-    return {**result, "state": buffer.getvalue(), "steps_per_epoch": steps}
+    return {**result, "state": buffer.getvalue(), "steps_per_epoch": steps, "batch_size": batch_size}
 
 
 def ensure_cache_dir(spark: SparkSession) -> None:

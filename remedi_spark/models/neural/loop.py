@@ -103,6 +103,17 @@ def fit_epochs(model: RemediModel, forward: Callable[[Batch], dict[str, torch.Te
     return {"state": best_state, "valid_auc": best, "epochs": epochs_run, "epoch_seconds": epoch_seconds}
 
 
+def epoch_batch_size(rows: int, params: dict[str, Any], world: int = 1) -> int:
+    """``batch_size``, made smaller when needed so an epoch over ``rows`` split across ``world`` ranks
+    has at least ``min_steps_per_epoch`` optimiser steps per rank (a small table would otherwise get
+    one or two steps an epoch at the batch sizes that suit 800k owners)."""
+    size = params["batch_size"]
+    need = params.get("min_steps_per_epoch", 0)
+    if need > 0:
+        size = min(size, max(1, rows // (world * need)))
+    return size
+
+
 def array_batches(dense: np.ndarray, ids: np.ndarray, y: np.ndarray, batch_size: int, seed: int,
                   horizons: np.ndarray | None = None, aux: np.ndarray | None = None) -> Iterator[Batch]:
     """Endless shuffled mini-batches over in-memory arrays (a fresh permutation every pass);
@@ -110,9 +121,12 @@ def array_batches(dense: np.ndarray, ids: np.ndarray, y: np.ndarray, batch_size:
     auxiliary labels (NaN = unknown) of models that declare ``aux_labels``."""
     rng = np.random.default_rng(seed)
     n = len(y)
+    if n == 0:
+        raise ValueError("array_batches: no rows to train on")
     while True:
         order = rng.permutation(n)
-        for start in range(0, n - batch_size + 1, batch_size):
+        # full batches only, so every step weighs the same; fewer rows than one batch: one short batch
+        for start in range(0, max(n - batch_size, 0) + 1, batch_size):
             i = order[start:start + batch_size]
             yield Batch(torch.from_numpy(dense[i]), torch.from_numpy(ids[i]), torch.from_numpy(y[i]),
                         None if horizons is None else torch.from_numpy(horizons[i]),
@@ -148,10 +162,11 @@ def train_in_process(model: RemediModel, train: tuple[np.ndarray, ...], params: 
     if model.aux_labels and (aux is None or aux.shape != (len(train[2]), len(model.aux_labels))):
         raise ValueError(f"model {model.name!r} trains on the auxiliary labels {list(model.aux_labels)}: "
                          f"pass aux with shape ({len(train[2])}, {len(model.aux_labels)})")
-    steps = max(1, len(train[2]) // params["batch_size"])
-    batches = array_batches(*train[:3], batch_size=params["batch_size"], seed=params["seed"],
+    batch_size = epoch_batch_size(len(train[2]), params)
+    steps = max(1, len(train[2]) // batch_size)
+    batches = array_batches(*train[:3], batch_size=batch_size, seed=params["seed"],
                             horizons=train[3] if len(train) == 4 else None,
                             aux=aux if model.aux_labels else None)
     result = fit_epochs(model, model, batches, steps, params, lambda m: validation_score(m, valid))
-    result["steps_per_epoch"] = steps
+    result["steps_per_epoch"], result["batch_size"] = steps, batch_size
     return result

@@ -34,6 +34,7 @@ class TorchTrainParams:
 
     epochs: int = 5
     batch_size: int = 2048
+    min_steps_per_epoch: int = 0  # > 0: the batch shrinks so each epoch has at least this many steps per rank
     lr: float = 1e-3
     patience: int = 2
     grad_clip: float = 10.0
@@ -123,7 +124,7 @@ class NeuralModel(BaseModel):
         result = train_distributed_call(spark, rows, self.spec.family, params, fmap, (v_dense, v_ids, v_y))
         self._state = result["state"]
         self.info.update(valid_auc=result["valid_auc"], epochs=result["epochs"],
-                         steps_per_epoch=result["steps_per_epoch"],
+                         steps_per_epoch=result["steps_per_epoch"], batch_size=result["batch_size"],
                          epoch_seconds=[round(s, 3) for s in result["epoch_seconds"]])
         return self
 
