@@ -9,12 +9,14 @@ PETASTORM := petastorm==0.13.1
 
 setup: $(VENV)/.installed .jars/.resolved
 
-# Installs the package with its pins; petastorm goes in with --no-deps (its metadata wants
-# setuptools<70, which conflicts with torch; its real dependencies are in pyproject.toml).
+# Installs the package with the extra `local`: the pinned Spark, Delta, torch, pyarrow... stack that a
+# Databricks runtime brings itself, so the wheel does not require it (pyproject.toml). petastorm goes
+# in with --no-deps (its metadata wants setuptools<70, which conflicts with torch; its real
+# dependencies are in pyproject.toml).
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install --quiet --upgrade pip
-	$(PIP) install --quiet -e ".[dev]"
+	$(PIP) install --quiet -e ".[local,dev]"
 	$(PIP) install --quiet --no-deps $(PETASTORM)
 	touch $@
 

@@ -23,8 +23,19 @@ def test_bundle_parses_and_defines_both_jobs():
     root, files, jobs = _bundle()
     assert root["bundle"]["name"] == "remedi-spark" and files
     assert {"remedi_monthly", "remedi_retrain"} == set(jobs)
-    assert root["variables"]["spark_version"]["default"].startswith("15.4.x-scala2.12")  # Spark 3.5 LTS
     assert root["variables"]["synapseml"]["default"].startswith("com.microsoft.azure:synapseml-lightgbm_2.12:1.1.")
+
+
+def test_clusters_run_an_ml_runtime_that_brings_torch():
+    # the wheel leaves pyspark, delta-spark and torch to the runtime (test_packaging.py): the job
+    # clusters run Databricks Runtime 15.4 LTS ML (Spark 3.5, Scala 2.12 for SynapseML 1.1; torch)
+    root, _, jobs = _bundle()
+    version = root["variables"]["spark_version"]["default"]
+    assert re.fullmatch(r"15\.4\.x-(cpu|gpu)-ml-scala2\.12", version), version
+    for job_name, job in jobs.items():
+        assert job["job_clusters"], job_name
+        for cluster in job["job_clusters"]:
+            assert cluster["new_cluster"]["spark_version"] == "${var.spark_version}", (job_name, cluster)
 
 
 def test_every_task_references_existing_files_stages_and_parameters():
