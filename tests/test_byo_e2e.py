@@ -82,6 +82,9 @@ def test_lead_list_skips_the_filters_whose_tables_are_absent_and_takes_k_as_a_fr
     assert evaluation["skipped_filters"] == lead["skipped_filters"]
     html = open(glob.glob(f"{out['report']['dir']}/*.html")[0]).read()
     assert "Business filters skipped" in html and "no purchases table" in html
+    from remedi_spark.cli import format_pipeline
+
+    assert "filters skipped: no_owner_record (no owners table)" in format_pipeline(out)  # the console says so too
 
 
 @pytest.mark.slow

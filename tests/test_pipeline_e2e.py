@@ -1,6 +1,7 @@
 """The pipeline end to end on a tiny population (``run_pipeline``): OOF → meta-features → fusion →
 teacher scorer → distillation → scoring → lead list → report, with MLflow tracking (one module:
 the stages share one expensive fixture)."""
+import re
 import json
 
 import numpy as np
@@ -279,3 +280,15 @@ def test_monitor_realized_metrics_equal_a_direct_computation(spark, pipeline):
     assert len(psi) > 10 and psi["value"].ge(0).all()
     run_stage(spark, cfg, "monitor", month=month)
     assert store.read("monitoring", months=[month]).count() == len(table)  # replaced, not appended
+
+
+def test_the_console_summary_prints_every_section_with_its_verdicts(pipeline):
+    # what `make demo` prints last: it once failed after every stage had run (an Interval without its level)
+    from remedi_spark.cli import format_pipeline
+
+    cfg, out = pipeline
+    text = format_pipeline(out)
+    for section in ("base models", "distillation, user_split", "distillation, out_of_time", "lead-list[evaluation]"):
+        assert section in text, section
+    rows = [line for line in text.splitlines() if line.startswith("| student - teacher |")]
+    assert len(rows) == 2 and all(re.search(r"\((no difference|better|worse)\)", line) for line in rows)

@@ -233,7 +233,7 @@ def format_distill(records: list[dict[str, Any]], evaluation: str = "user_split"
             return text
         text += f" [{format(low, fmt)}, {format(high, fmt)}]"
         if r["kind"] == "difference":
-            text += f" ({difference_verdict(Interval(r[metric], low, high), metric == 'logloss')})"
+            text += f" ({difference_verdict(Interval(r[metric], low, high, r['ci_level']), metric == 'logloss')})"
         return text
 
     rows = [r for r in records if r.get("evaluation", "user_split") == evaluation]
