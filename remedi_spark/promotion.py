@@ -11,8 +11,10 @@ owners (``evaluation.bootstrap``, the lead-list evaluation's replicates, seed an
 challenger becomes ``champion`` when the interval's lower end is ≥ −``tracking.promotion_margin``
 (it is, with that confidence, not worse by more than the margin), or when there is no champion yet;
 otherwise the champion stays where it was. A run without an evaluation month cannot compare, so it
-promotes only into an empty seat. The decision and its numbers go to the pipeline's manifest, its
-MLflow run (metrics and tags under ``promotion``) and the report.
+promotes only into an empty seat. Stage ``promote`` (:func:`run_promotion`) runs it after ``distill``
+(the pipeline's last step before the report; a task of the retrain job); the decision and its
+numbers go to the stage's and the pipeline's manifest, the MLflow run (metrics ``promote.*``, tags
+``remedi.promotion.*``) and the report.
 """
 from __future__ import annotations
 
@@ -25,11 +27,13 @@ from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
 
 from .config import BootstrapSettings, Config
-from .distill.students import CHAMPION, load_registered_student
+from .distill.students import CHALLENGER, CHAMPION, load_registered_student
+from .folds.assign import evaluation_month
 from .io.store import TableStore
 from .leads.lead_list import flag_exclusions, is_eligible, list_first_ranking
 from .metrics import bootstrap
 from .scoring.score import student_scores
+from .tracking import Tracker
 
 
 def top_eligible(score: np.ndarray, eligible: np.ndarray, user_id: np.ndarray, k: int) -> np.ndarray:
@@ -88,6 +92,24 @@ def month_frame(spark: SparkSession, cfg: Config, store: TableStore, month: str,
     rows = flagged.select(*frame.columns, is_eligible(flagged).alias("eligible")).join(
         features.select("user_id", "y"), "user_id")
     return rows.toPandas().sort_values("user_id", ignore_index=True)
+
+
+def run_promotion(spark: SparkSession, cfg: Config, store: TableStore, month: str | None = None,
+                  version: str | None = None) -> dict[str, Any]:
+    """Stage ``promote``: registered version ``version`` (default: the one under alias ``challenger``)
+    against the champion on ``month`` (default: the evaluation month of the folds table, the one the
+    challenger was distilled without), see :func:`promote_student`. Without a registry (tracking off or
+    ``tracking.registered_model: null``) or a challenger it decides nothing."""
+    tracker = Tracker(cfg, store.root)
+    if not tracker.registers:
+        return {"decision": None, "reason": "no model registry: tracking.enabled is off or tracking.registered_model "
+                                            "is null"}
+    version = version or tracker.alias_version(CHALLENGER)
+    if version is None:
+        return {"decision": None, "reason": f"{cfg.tracking.registered_model} has no version under alias "
+                                            f"{CHALLENGER}: run distill with tracking on first"}
+    month = month or evaluation_month(store.read("folds"))
+    return promote_student(spark, cfg, store, tracker, month, version)
 
 
 def promote_student(spark: SparkSession, cfg: Config, store: TableStore, tracker: Any, month: str | None,

@@ -421,7 +421,7 @@ def render_html(numbers: dict[str, Any], pngs: dict[str, bytes]) -> str:
 
 def promotion_section(promotion: dict[str, Any] | None) -> list[tuple[str, str]]:
     """The champion/challenger decision of the run's registered student (none: no section)."""
-    if not promotion:
+    if not promotion or promotion.get("decision") is None:
         return []
     row = {"name": promotion["registered_model"], **promotion}
     if promotion.get("ci_low") is not None:
