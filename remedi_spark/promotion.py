@@ -55,6 +55,10 @@ def promotion_decision(y: np.ndarray, user_id: np.ndarray, challenger: np.ndarra
     y = np.asarray(y, dtype=np.int64)
     user_id = np.asarray(user_id)
     eligible = np.ones(len(y), dtype=bool) if eligible is None else np.asarray(eligible, dtype=bool)
+    if not len(y):
+        return {"owners": 0, "positives": 0, "k": 0, "margin": margin, "ci_level": boot.level,
+                "decision": "promote" if champion is None else "keep",
+                "reason": "no champion yet" if champion is None else "no fully labelled owner to compare on"}
     lists = {"challenger": top_eligible(challenger, eligible, user_id, k)}
     n = int(lists["challenger"].sum())
     out: dict[str, Any] = {"owners": len(y), "positives": int(y.sum()), "k": n, "margin": margin,

@@ -220,10 +220,18 @@ class Tracker:
         return version
 
     def alias_version(self, alias: str) -> str | None:
-        """The version of ``tracking.registered_model`` that ``alias`` points at, if any."""
+        """The version of ``tracking.registered_model`` that ``alias`` points at, if any (None also
+        when nothing is registered under the name yet)."""
         if not self.registers:
             return None
-        aliases = self.mlflow.MlflowClient().get_registered_model(self.cfg.tracking.registered_model).aliases
+        from mlflow.exceptions import MlflowException
+
+        try:
+            aliases = self.mlflow.MlflowClient().get_registered_model(self.cfg.tracking.registered_model).aliases
+        except MlflowException as exc:
+            if exc.error_code == "RESOURCE_DOES_NOT_EXIST":
+                return None  # nothing registered under the name yet
+            raise
         version = (aliases or {}).get(alias)
         return None if version is None else str(version)
 

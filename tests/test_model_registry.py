@@ -73,6 +73,7 @@ def month_rows(world) -> pd.DataFrame:
 def test_every_registered_student_is_the_challenger_with_signature_and_input_example(spark, base_cfg, world):
     cfg = registry_cfg(base_cfg, world, "students-a")
     tracker = Tracker(cfg, world["root"])
+    assert tracker.alias_version("challenger") is None  # nothing registered under the name yet
     first = register(spark, cfg, world, "good")
     assert cfg.tracking.registry_uri is None and tracker.mlflow.get_registry_uri() == \
         f"sqlite:///{world['root']}/mlflow.db"
