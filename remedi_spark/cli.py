@@ -26,6 +26,8 @@ DESCRIPTIONS = {
     "meta-features": "pivot the OOF predictions and compute REMEDI's relative meta-features (Algorithm 1)",
     "fusion": "train the hybrid-expert teacher and the fusion baselines on OOF rows; results table and ablations",
     "distill": "distill the teacher into one LightGBM student (and the Table 4 ablations); save the student",
+    "promote": "challenger vs champion on the evaluation month: alias champion moves to the newly registered "
+               "student when the lower end of its P@K difference interval is >= -tracking.promotion_margin",
     "score": "score every owner of a month with the student (scores table, replaced per month)",
     "lead-list": "top-K lead list of a scored month after the business filters, with reasons; CRM export",
     "report": "HTML report, PNG figures and JSON of every number for a pipeline run (Tables 1-4, curves, data versions)",
@@ -76,6 +78,11 @@ def build_parser() -> argparse.ArgumentParser:
         if stage in ("score", "lead-list", "monitor"):
             p.add_argument("--month", type=_month_arg, default=None,
                            help="YYYY-MM (default: scoring.month / monitoring.month, else the newest month)")
+        if stage == "promote":
+            p.add_argument("--month", type=_month_arg, default=None,
+                           help="YYYY-MM to compare on (default: the evaluation month of the folds table)")
+            p.add_argument("--version", default=None,
+                           help="registered version to promote (default: the one under alias challenger)")
         if stage == "reproduce":
             p.add_argument("--run", required=True, help="run id of a stage run (see the runs table)")
             p.add_argument("--out", required=True, help="scratch table root for the reproduction")
@@ -199,6 +206,8 @@ def _run(args: argparse.Namespace) -> int:
         options = {"month": args.month}
     if args.stage == "report":
         options = {"run": args.run}
+    if args.stage == "promote":
+        options = {"month": args.month, "version": args.version}
     summary = run_stage(spark, cfg, args.stage, **options)
     print(json.dumps(summary, indent=2, default=str))
     if args.stage == "report":

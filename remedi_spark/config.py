@@ -168,10 +168,12 @@ class DistillSettings:
 @dataclass(frozen=True)
 class ScoringSettings:
     """Scoring job: which month (null = newest month of the features table), and where the
-    student lives (null = ``<tables.root>/models/student``)."""
+    student lives (null = ``<tables.root>/models/student``), or ``model_uri``: a student registered
+    in the MLflow Model Registry (``models:/remedi-student@champion``) instead of a folder."""
 
     month: str | None
     model_dir: str | None
+    model_uri: str | None
 
 
 @dataclass(frozen=True)
@@ -191,11 +193,17 @@ class LeadListSettings:
 @dataclass(frozen=True)
 class TrackingSettings:
     """MLflow tracking: one MLflow run per pipeline run (stages log into it with their name as a
-    prefix); a stage run on its own gets its own MLflow run."""
+    prefix); a stage run on its own gets its own MLflow run. ``registered_model``: the Model Registry
+    name every distilled student is registered under (alias ``challenger``; ``champion`` when it passes
+    the promotion rule with ``promotion_margin``); null = no registration. ``registry_uri``: null = a
+    SQLite registry beside the tables for the default file store, else MLflow's default for ``uri``."""
 
     enabled: bool
     uri: str | None
     experiment: str
+    registered_model: str | None
+    registry_uri: str | None
+    promotion_margin: float
 
 
 @dataclass(frozen=True)
@@ -450,6 +458,7 @@ _RANGES: dict[str, tuple[float | None, float | None, str]] = {
     "monitoring.psi_bins": (2, None, "an integer of at least 2"),
     "monitoring.reference_rows": (1, None, "a positive integer"),
     "backtest.months": (1, None, "a positive integer"),
+    "tracking.promotion_margin": (0, None, "zero or a positive P@K difference (absolute, e.g. 0.002)"),
 }
 _CLOSED_ABOVE = {"base_models.metric_k_fraction"}  # 1.0 = the whole population is a valid K
 
@@ -501,6 +510,22 @@ def check_custom_features(cfg: "Config") -> None:
                           f"{sorted(cfg.base_models.feature_groups)}")
 
 
+MODEL_URI_SCHEMES = ("models:/", "runs:/")
+
+
+def check_model_source(cfg: "Config") -> None:
+    """``scoring.model_uri`` is an MLflow model URI, and not given together with ``scoring.model_dir``."""
+    uri = cfg.scoring.model_uri
+    if uri is None:
+        return
+    if not uri.startswith(MODEL_URI_SCHEMES):
+        raise ConfigError(f"scoring.model_uri: expected an MLflow model URI such as "
+                          f"models:/remedi-student@champion, got {uri!r}")
+    if cfg.scoring.model_dir:
+        raise ConfigError("scoring.model_uri and scoring.model_dir are both set: score with one student, "
+                          "set the other to null")
+
+
 def check_no_secrets(data: Any, key: str = "") -> None:
     """Refuse credentials written into conf: they come from the environment (``DATABRICKS_TOKEN``,
     cloud credential chains) or a Databricks secret scope (``{{secrets/scope/key}}``), never from YAML."""
@@ -523,6 +548,7 @@ def config_from_dict(data: dict) -> Config:
     cfg = _build(Config, data, "")
     check_ranges(cfg)
     check_paths(cfg)
+    check_model_source(cfg)
     return cfg
 
 

@@ -12,7 +12,7 @@ from typing import Any
 from pyspark.sql import SparkSession
 
 from .backtest.stage import run_backtest
-from .config import Config
+from .config import Config, replace
 from .data.generate import generate_synthetic
 from .features.build import build_features
 from .folds.assign import assign_folds
@@ -22,6 +22,7 @@ from .distill.students import train_students
 from .io.store import RunManifest, TableStore
 from .leads.lead_list import build_lead_list, evaluate_lead_list
 from .monitoring.monitor import monitor_month
+from .promotion import run_promotion
 from .report.build import build_report, log_report
 from .scoring.score import score_month
 from .training.hm3_study import run_hm3_study
@@ -46,6 +47,7 @@ STAGES: dict[str, StageFn] = {
     "distill": train_students,
     "score": score_month,
     "lead-list": build_lead_list,
+    "promote": run_promotion,
     "report": build_report,
     "monitor": monitor_month,
     "backtest": run_backtest,
@@ -93,8 +95,14 @@ def run_foundation(spark: SparkSession, cfg: Config, pipeline_run_id: str = "") 
 def run_pipeline(spark: SparkSession, cfg: Config) -> dict[str, Any]:
     """Every stage in order, each its own run: foundation → base models → fusion → distillation,
     then scoring and a lead list for the out-of-time month (evaluated against its labels and, on the
-    synthetic world, the oracle) and for the newest month (the list sales gets), then the report. The pipeline's own
-    manifest (job ``pipeline``) names every stage run; everything logs into one MLflow run."""
+    synthetic world, the oracle) and for the newest month (the list sales gets), the champion/challenger
+    decision on the registered student (stage ``promote``), then the report. The pipeline's own manifest
+    (job ``pipeline``) names every stage run; everything logs into one MLflow run. The pipeline scores
+    with the student it distills, never ``scoring.model_uri`` (that is for the scoring job)."""
+    if cfg.scoring.model_uri:
+        print(f"[remedi] pipeline: scoring.model_uri ({cfg.scoring.model_uri}) is left aside: the pipeline "
+              "scores and evaluates the student it distills", file=sys.stderr, flush=True)
+        cfg = replace(cfg, scoring={"model_uri": None})
     run = RunManifest("pipeline", cfg.to_dict())
     tracker = Tracker(cfg, TableStore(spark, cfg.tables.root).root)
     with tracker.run(run.run_id, {PIPELINE_TAG: run.run_id, "remedi.job": "pipeline"}):
@@ -117,8 +125,11 @@ def run_pipeline(spark: SparkSession, cfg: Config) -> dict[str, Any]:
         else:
             print("[remedi] evaluation: a single labelled month, no evaluation month: models are evaluated on "
                   "held-out owners only", file=sys.stderr, flush=True)
+        registered = out["distill"].get("registered")
+        if registered:  # tracking on and tracking.registered_model set: champion or not
+            out["promote"] = run_stage(spark, cfg, "promote", run.run_id, month=oot, version=registered["version"])
         run.info = {"stages": {key: summary["run_id"] for key, summary in out.items() if "run_id" in summary},
-                    "months": months, "evaluation": out.get("evaluation")}
+                    "months": months, "evaluation": out.get("evaluation"), "promotion": out.get("promote")}
         out["pipeline_run_id"] = store.save_manifest()
         out["report"] = run_stage(spark, cfg, "report", run.run_id, run=run.run_id)
     return out

@@ -70,9 +70,11 @@ def reproduce_run(spark: SparkSession, root: str, run_id: str, out_root: str) ->
     student_dir = conf["scoring"]["model_dir"] or saved_model_dir(source.root, "student")
     conf = {**conf, "tables": {**conf["tables"], "root": out_root,
                                "allowed_roots": [*conf["tables"].get("allowed_roots", []), source.root]},
-            "scoring": {**conf["scoring"], "model_dir": student_dir},
+            "scoring": {**conf["scoring"], "model_dir": student_dir, "model_uri": None},
             "lead_list": {**conf["lead_list"], "export_dir": f"{resolve_root(out_root)}/exports/lead_list"},
-            "tracking": {**conf["tracking"], "enabled": False}}
+            # runs recorded before the model registry knobs existed lack them; the reproduction registers nothing
+            "tracking": {**conf["tracking"], "enabled": False, "registered_model": None, "registry_uri": None,
+                         "promotion_margin": conf["tracking"].get("promotion_margin", 0.0)}}
     cfg = config_from_dict(conf)
     if stage in ("score", "lead-list"):
         _check_student(spark, student_dir, manifest)

@@ -8,6 +8,11 @@ for data versions; MLflow is the place people browse.
 
 The tracking URI defaults to a file store at ``<tables.root>/mlruns`` (browse it with
 ``mlflow ui --backend-store-uri <root>/mlruns``); on Databricks ``tracking.uri: databricks``.
+
+The Model Registry (``tracking.registered_model``) needs a database-backed store: beside the default
+file store it is a SQLite file at ``<tables.root>/mlflow.db`` (:func:`registry_uri`); the runs stay in
+the file store. With ``tracking.uri`` set, MLflow's own default registry for that URI is used unless
+``tracking.registry_uri`` names one.
 """
 from __future__ import annotations
 
@@ -34,6 +39,36 @@ def tracking_uri(cfg: Config, root: str) -> str:
     if cfg.tracking.uri:
         return cfg.tracking.uri
     return f"{root}/mlruns" if "://" in root else f"file://{root}/mlruns"
+
+
+def registry_uri(cfg: Config, root: str) -> str | None:
+    """``tracking.registry_uri``; else, for the default file store beside the tables, a SQLite
+    registry at ``<root>/mlflow.db``; else None (MLflow's default for ``tracking.uri``: the same
+    server, or Unity Catalog for ``databricks``)."""
+    if cfg.tracking.registry_uri:
+        return cfg.tracking.registry_uri
+    if cfg.tracking.uri:
+        return None
+    if "://" in root and not root.startswith("file://"):
+        raise ValueError(f"tables.root {root!r} is not a local path, so the default SQLite model registry cannot "
+                         "live under it: set tracking.registry_uri (or tracking.registered_model: null)")
+    return f"sqlite:///{os.path.abspath(root.removeprefix('file://'))}/mlflow.db"
+
+
+def configure_mlflow(cfg: Config, root: str):
+    """The ``mlflow`` module pointed at this config's tracking store and model registry."""
+    uri = tracking_uri(cfg, root)
+    if uri.startswith("file:"):
+        # MLflow 3 refuses the file store unless asked: it is the one backend that needs no
+        # server or database next to a table root, which is what a local run wants.
+        os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
+    import mlflow
+
+    mlflow.set_tracking_uri(uri)
+    registry = registry_uri(cfg, root) if cfg.tracking.registered_model or cfg.tracking.registry_uri else None
+    # "" = no registry of our own: MLflow's default for the tracking URI (and not one set earlier in the process)
+    mlflow.set_registry_uri(registry or "")
+    return mlflow
 
 
 def metric_key(*parts: str) -> str:
@@ -82,6 +117,7 @@ class Tracker:
 
     def __init__(self, cfg: Config, root: str):
         self.cfg = cfg
+        self.root = root
         self.enabled = cfg.tracking.enabled
         self.uri = tracking_uri(cfg, root) if self.enabled else ""
         self._mlflow = None
@@ -89,16 +125,15 @@ class Tracker:
     @property
     def mlflow(self):
         if self._mlflow is None:
-            if self.uri.startswith("file:"):
-                # MLflow 3 refuses the file store unless asked: it is the one backend that needs no
-                # server or database next to a table root, which is what a local run wants.
-                os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
-            import mlflow
-
-            mlflow.set_tracking_uri(self.uri)
+            mlflow = configure_mlflow(self.cfg, self.root)
             mlflow.set_experiment(self.cfg.tracking.experiment)
             self._mlflow = mlflow
         return self._mlflow
+
+    @property
+    def registers(self) -> bool:
+        """Whether students go to the Model Registry (tracking on and ``tracking.registered_model`` set)."""
+        return self.enabled and bool(self.cfg.tracking.registered_model)
 
     def active_run_id(self) -> str | None:
         """The MLflow run stages log into now, if any."""
@@ -148,19 +183,59 @@ class Tracker:
         mlflow.log_dict(manifest, f"{prefix}/manifest.json")
         mlflow.log_text(json.dumps(summary, indent=2, sort_keys=True, default=str), f"{prefix}/summary.json")
 
+    def set_tags(self, tags: dict[str, str]) -> None:
+        """Tags on the active MLflow run."""
+        if self.enabled:
+            self.mlflow.set_tags(tags)
+
     def log_artifacts(self, local_dir: str, artifact_path: str) -> None:
         """Every file under ``local_dir`` as artifacts under ``artifact_path``."""
         if self.enabled:
             self.mlflow.log_artifacts(local_dir, artifact_path)
 
-    def log_lightgbm(self, booster: Any, sample: pd.DataFrame, name: str, description: str) -> str | None:
-        """Log a LightGBM booster as an MLflow model whose signature is inferred from ``sample``
-        (feature frame) and the booster's output on it. Returns the model URI."""
+    def log_pyfunc(self, code_path: str, artifacts: dict[str, str], sample: pd.DataFrame, output: Any, name: str,
+                   description: str, requirements: list[str]) -> str | None:
+        """Log a pyfunc model from code (``code_path``, run by MLflow to load it: nothing is pickled) with
+        ``artifacts``, a signature inferred from ``sample`` (input rows) and ``output`` (the model's output on
+        them), and the first rows of ``sample`` as its input example. Returns the model URI."""
         if not self.enabled:
             return None
         from mlflow.models import infer_signature
 
-        signature = infer_signature(sample, booster.predict(sample))
-        info = self.mlflow.lightgbm.log_model(booster, name=name, signature=signature, input_example=sample.head(5))
+        info = self.mlflow.pyfunc.log_model(name=name, python_model=code_path, artifacts=artifacts,
+                                            signature=infer_signature(sample, output),
+                                            input_example=sample.head(5), pip_requirements=requirements)
         self.mlflow.set_tag(f"remedi.model.{name}", description)
         return info.model_uri
+
+    def register(self, model_uri: str, alias: str) -> str | None:
+        """Register ``model_uri`` as a new version of ``tracking.registered_model`` with ``alias`` on
+        it; the version is tagged on the active run (``remedi.registry.version``). Returns the version."""
+        if not self.registers:
+            return None
+        name = self.cfg.tracking.registered_model
+        version = str(self.mlflow.register_model(model_uri, name).version)
+        self.set_alias(alias, version)
+        self.mlflow.set_tags({"remedi.registry.model": name, "remedi.registry.version": version})
+        return version
+
+    def alias_version(self, alias: str) -> str | None:
+        """The version of ``tracking.registered_model`` that ``alias`` points at, if any (None also
+        when nothing is registered under the name yet)."""
+        if not self.registers:
+            return None
+        from mlflow.exceptions import MlflowException
+
+        try:
+            aliases = self.mlflow.MlflowClient().get_registered_model(self.cfg.tracking.registered_model).aliases
+        except MlflowException as exc:
+            if exc.error_code == "RESOURCE_DOES_NOT_EXIST":
+                return None  # nothing registered under the name yet
+            raise
+        version = (aliases or {}).get(alias)
+        return None if version is None else str(version)
+
+    def set_alias(self, alias: str, version: str) -> None:
+        """Point ``alias`` of ``tracking.registered_model`` at ``version`` (moved from where it was)."""
+        if self.registers:
+            self.mlflow.MlflowClient().set_registered_model_alias(self.cfg.tracking.registered_model, alias, version)

@@ -12,7 +12,7 @@ JOBS = {"generate": "generate.py", "features": "build_features.py", "folds": "ma
         "fusion": "fusion.py", "distill": "distill.py", "score": "score.py", "lead-list": "lead_list.py",
         "foundation": "foundation.py", "pipeline": "run_pipeline.py", "report": "report.py", "monitor": "monitor.py",
         "monitor-demo": "monitor_demo.py", "reproduce": "reproduce.py",
-        "backtest": "backtest.py"}
+        "backtest": "backtest.py", "promote": "promote.py"}
 
 
 def test_every_stage_has_a_job():
@@ -45,7 +45,7 @@ def test_bad_month_spec_is_an_argument_error():
     assert proc.returncode == 2 and "invalid month" in proc.stderr
 
 
-@pytest.mark.parametrize("stage", ["score", "lead-list", "monitor"])
+@pytest.mark.parametrize("stage", ["score", "lead-list", "monitor", "promote"])
 def test_a_bad_month_is_an_argument_error_before_spark_starts(stage):
     from remedi_spark.cli import build_parser
 

@@ -33,6 +33,8 @@ def test_set_overrides_parse_yaml_values():
     ("evaluation.bootstrap.level=1.0", "evaluation.bootstrap.level: expected a level strictly between 0 and 1"),
     ("base_models.metric_k_fraction=0", "base_models.metric_k_fraction: expected a fraction in"),
     ("lead_list.cap_per_value=0", "lead_list.cap_per_value: expected a positive integer"),
+    ("tracking.promotion_margin=-0.01", "tracking.promotion_margin: expected zero or a positive P@K difference"),
+    ("scoring.model_uri=/data/local/models/student", "scoring.model_uri: expected an MLflow model URI"),
 ])
 def test_bad_overrides_name_the_key(override, message):
     with pytest.raises(ConfigError, match=message):
@@ -43,6 +45,14 @@ def test_range_edges_that_mean_something_are_accepted():
     cfg = load_config(REPO / "conf" / "local.yaml", ["base_models.metric_k_fraction=1.0", "lead_list.cap_per_value=null",
                                                       "lead_list.exclude_purchase_months=0", "folds.n_folds=2"])
     assert cfg.base_models.metric_k_fraction == 1.0 and cfg.lead_list.cap_per_value is None
+
+
+def test_a_registered_student_or_a_folder_not_both():
+    local = REPO / "conf" / "local.yaml"
+    cfg = load_config(local, ["scoring.model_uri=models:/remedi-student@champion", "tracking.promotion_margin=0"])
+    assert cfg.scoring.model_uri == "models:/remedi-student@champion" and cfg.tracking.promotion_margin == 0.0
+    with pytest.raises(ConfigError, match="scoring.model_uri and scoring.model_dir are both set"):
+        load_config(local, ["scoring.model_uri=models:/remedi-student@champion", "scoring.model_dir=data/local/models/s"])
 
 
 def test_unknown_and_missing_keys_in_files(tmp_path):

@@ -253,6 +253,36 @@ def test_mlflow_run_holds_the_pipeline_metrics_report_and_student(spark, pipelin
     assert len(inputs) > 10 and "vehicle_age_months" in inputs
 
 
+def test_the_first_registered_student_becomes_champion_and_scores_from_the_registry(spark, pipeline):
+    """The registry flow of a pipeline run on a fresh root: its student is registered (version 1,
+    alias challenger), promoted into the empty champion seat, the decision is in the MLflow run, the
+    pipeline manifest and the report, and `score` with models:/remedi-student@champion writes the
+    same scores as the student folder did."""
+    cfg, out = pipeline
+    store = TableStore(spark, cfg.tables.root)
+    assert out["distill"]["registered"]["version"] == "1"
+    promotion = out["promote"]
+    assert promotion["decision"] == "promote" and promotion["champion_version"] is None
+    assert promotion["month"] == out["evaluation"]["month"] and promotion["champion_after"] == "1"
+    tracker = Tracker(cfg, store.root)
+    assert tracker.alias_version("champion") == "1" and tracker.alias_version("challenger") == "1"
+    run = tracker.mlflow.tracking.MlflowClient().get_run(tracker.find_run(PIPELINE_TAG, out["pipeline_run_id"]))
+    assert run.data.tags["remedi.promotion.decision"] == "promote"
+    assert run.data.metrics["promote.p_at_k_challenger"] == pytest.approx(promotion["p_at_k_challenger"])
+    assert store.load_manifest(out["pipeline_run_id"])["info"]["promotion"]["decision"] == "promote"
+    report = json.loads(open(f"{out['report']['dir']}/report.json").read())
+    assert report["promotion"]["champion_after"] == "1"
+    assert "Model registry: challenger vs champion" in open(out["report"]["report"], encoding="utf-8").read()
+    month = promotion["month"]
+    before = store.read("scores", months=[month]).select("user_id", "score").toPandas().sort_values("user_id")
+    summary = run_stage(spark, replace(cfg, scoring={"model_uri": "models:/remedi-student@champion"}), "score",
+                        month=month)
+    assert summary["model"] == "models:/remedi-student@champion (version 1)"
+    after = store.read("scores", months=[month]).select("user_id", "score").toPandas().sort_values("user_id")
+    np.testing.assert_array_equal(after["user_id"], before["user_id"])
+    np.testing.assert_allclose(after["score"], before["score"], rtol=0, atol=1e-12)
+
+
 def test_monitor_realized_metrics_equal_a_direct_computation(spark, pipeline):
     from remedi_spark.metrics import lead_metrics
 

@@ -95,5 +95,5 @@ def chain_config(cfg: Config, month: BacktestMonth, root: str, models: list[str]
     return replace(cfg, tables={"root": root}, folds={"months": month.chain_months, "include_open_windows": False},
                    base_models={"models": specs}, fusion={"ablations": [], "variants": {}, "seeds": []},
                    distill={"students": students, "timing_rows": 0},
-                   scoring={"month": month.month, "model_dir": None}, lead_list={"export_dir": None},
+                   scoring={"month": month.month, "model_dir": None, "model_uri": None}, lead_list={"export_dir": None},
                    report={"dir": None}, tracking={"enabled": False}, backtest={"root": None})

@@ -19,8 +19,11 @@ hard-label ablation).
 from __future__ import annotations
 
 import json
+import os
+import tempfile
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -175,35 +178,107 @@ def _inference_times(spark: SparkSession, cfg: Config, store: TableStore, studen
             "speedup": round(teacher / student_s, 1)}
 
 
+STUDENT_PYFUNC = str(Path(__file__).with_name("student_pyfunc.py"))
+# what serving the pyfunc student needs (pinned as in pyproject.toml where pinned there)
+PYFUNC_REQUIREMENTS = ["lightgbm==4.6.0", "numpy>=1.26,<2", "pandas>=2.2,<3", "mlflow-skinny==3.17.2"]
+CHALLENGER, CHAMPION = "challenger", "champion"
+
+
+def feature_sample(student: BaseModel, features: DataFrame, rows: int = 200) -> pd.DataFrame:
+    """``rows`` feature rows as the pyfunc student takes them: its numeric columns as float64 (a missing
+    value is NaN, as Spark's cast to double gives), its categorical columns as text."""
+    frame = features.select(*student.features.columns).limit(rows).toPandas()
+    numeric = student.features.numeric
+    frame[numeric] = frame[numeric].apply(pd.to_numeric, errors="coerce").astype("float64")
+    return frame
+
+
 def log_student(spark: SparkSession, cfg: Config, store: TableStore, tracker: Any, summary: dict[str, Any]) -> None:
-    """Log the saved student to MLflow as a LightGBM model with its input/output signature
-    (called by the stage runner after ``distill``)."""
+    """Log the saved student to MLflow and register it (:func:`register_student`; called by the stage
+    runner after ``distill``); the registered version goes into ``summary['registered']``."""
     if not tracker.enabled:
         return
-    student = load_model(spark, student_path(store), cfg.base_models, model_roots(cfg, store.root))
+    registered = register_student(spark, cfg, tracker, student_path(store), store.read("features"),
+                                  f"distilled student {summary['student']}: feature rows -> score (as the scoring job)")
+    if registered:
+        summary["registered"] = registered
+
+
+def register_student(spark: SparkSession, cfg: Config, tracker: Any, path: str, features: DataFrame,
+                     description: str) -> dict[str, Any] | None:
+    """Log the student saved in ``path`` as a pyfunc model (``student_pyfunc.py`` around the folder) with
+    its signature (feature rows → score) and five rows of ``features`` as its input example, into the
+    active MLflow run; then register it as a new version of ``tracking.registered_model`` with alias
+    ``challenger``. Returns the registered version (None: not registered)."""
+    from ..distill.student_pyfunc import student_score
+
+    student = load_model(spark, path, cfg.base_models, [path])
     if not hasattr(student, "booster"):
-        return  # only the native backend keeps a plain booster to log
-    features = store.read("features").limit(200)
-    sample = student.features.encode(features).select(*student.features.columns).toPandas().astype("float64")
-    tracker.log_lightgbm(student.booster(), sample, "student",
-                         f"distilled student {summary['student']}: score = clip(output, 0, 1) for mse students")
+        return None  # only the native backend keeps a plain booster to wrap
+    sample = feature_sample(student, features)
+    sidecar = json.loads(files.read_text(spark, f"{path}/model.json"))
+    output = pd.Series(student_score(student.booster(), sidecar, sample), name="score")
+    with tempfile.TemporaryDirectory() as tmp:
+        local = f"{tmp}/student"  # the artifact folder keeps this name: artifacts/student/
+        os.makedirs(local)
+        for name in ("model.txt", "model.json"):
+            with open(f"{local}/{name}", "wb") as fh:
+                fh.write(files.read_bytes(spark, f"{path}/{name}"))
+        uri = tracker.log_pyfunc(STUDENT_PYFUNC, {"student": local}, sample, output, "student", description,
+                                 PYFUNC_REQUIREMENTS)
+    version = tracker.register(uri, CHALLENGER) if uri else None
+    if version is None:
+        return None
+    return {"model": cfg.tracking.registered_model, "version": version, "alias": CHALLENGER, "model_uri": uri}
 
 
 @dataclass(frozen=True)
 class SavedStudent:
-    """The student that scoring uses, the folder it was read from and the run that saved it."""
+    """The student that scoring uses, the folder (or registry URI) it was read from and the run that
+    saved it."""
 
     model: BaseModel
     path: str
     run_id: str | None
 
 
-def load_student(spark: SparkSession, cfg: Config, store: TableStore) -> SavedStudent:
-    """The saved student of :func:`scoring_model_dir` (checked to lie under the model roots)."""
-    path = scoring_model_dir(cfg, store)
-    model = load_model(spark, path, cfg.base_models, model_roots(cfg, store.root))
+def read_student(spark: SparkSession, cfg: Config, path: str, roots: list[str]) -> SavedStudent:
+    """The student saved in folder ``path`` (checked to lie under ``roots``)."""
+    model = load_model(spark, path, cfg.base_models, roots)
     run_id = json.loads(files.read_text(spark, f"{path}/model.json")).get("run_id")
     return SavedStudent(model, path, run_id)
+
+
+def load_registered_student(spark: SparkSession, cfg: Config, store: TableStore, model_uri: str) -> SavedStudent:
+    """The student of an MLflow model URI (``models:/remedi-student@champion``, ``runs:/...``): its
+    artifacts are downloaded through MLflow (tracking store and registry of this config) and the
+    student folder inside is read as :func:`read_student` reads a saved one; ``path`` is the URI, with
+    the registry version it resolved to."""
+    from ..tracking import configure_mlflow, registry_uri, tracking_uri
+
+    mlflow = configure_mlflow(cfg, store.root)
+    with tempfile.TemporaryDirectory() as tmp:
+        local = mlflow.artifacts.download_artifacts(
+            artifact_uri=model_uri, dst_path=tmp, tracking_uri=tracking_uri(cfg, store.root),
+            registry_uri=registry_uri(cfg, store.root) if model_uri.startswith("models:/") else None)
+        saved = read_student(spark, cfg, f"{local}/artifacts/student", [tmp])
+    return SavedStudent(saved.model, _describe(mlflow, model_uri), saved.run_id)
+
+
+def _describe(mlflow: Any, model_uri: str) -> str:
+    """``model_uri`` plus the registry version an alias resolved to (``models:/m@champion (version 3)``)."""
+    name, _, alias = model_uri.removeprefix("models:/").partition("@")
+    if not model_uri.startswith("models:/") or not alias:
+        return model_uri
+    return f"{model_uri} (version {mlflow.MlflowClient().get_model_version_by_alias(name, alias).version})"
+
+
+def load_student(spark: SparkSession, cfg: Config, store: TableStore) -> SavedStudent:
+    """The student scoring uses: ``scoring.model_uri`` from MLflow, else the saved student of
+    :func:`scoring_model_dir` (checked to lie under the model roots)."""
+    if cfg.scoring.model_uri:
+        return load_registered_student(spark, cfg, store, cfg.scoring.model_uri)
+    return read_student(spark, cfg, scoring_model_dir(cfg, store), model_roots(cfg, store.root))
 
 
 def student_importance(student: BaseModel, groups: dict[str, list[str]], channels: list[str] | None = None

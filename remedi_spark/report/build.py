@@ -271,6 +271,7 @@ def report_numbers(data: ReportData, cfg: Config) -> dict[str, Any]:
         "importance": {"top": _records(importance.head(cfg.report.top_features)),
                        "groups": {g: float(v) for g, v in groups.items()}},
         "lead_list": data.pipeline.get("info", {}).get("evaluation"),
+        "promotion": data.pipeline.get("info", {}).get("promotion"),
         "monitoring": monitoring_numbers(data.monitoring),
         "data_versions": {"tables": data.versions, "by_stage": data_version_rows(data.pipeline, data.stages)},
         "warnings": data.warnings,
@@ -407,6 +408,7 @@ def render_html(numbers: dict[str, Any], pngs: dict[str, bytes]) -> str:
               "recall = hits / all three-month buyers.</p>"
             + (f"<p class='meta'>Business filters skipped (their input table does not exist): "
                f"{html.escape(', '.join(lead['skipped_filters']))}.</p>" if lead.get("skipped_filters") else "")))
+    sections += promotion_section(numbers.get("promotion"))
     dv = numbers["data_versions"]
     sections.append(("Data versions", "<p>Every number above was read at these Delta versions (time travel: "
                      "<code>versionAsOf</code>).</p>" + table(
@@ -417,6 +419,23 @@ def render_html(numbers: dict[str, Any], pngs: dict[str, bytes]) -> str:
     meta = (f"pipeline run <code>{numbers['pipeline_run_id']}</code> · started {numbers['pipeline_started_at']} · "
             f"report generated {numbers['generated_at']}")
     return page("remedi-spark evaluation report", sections, meta)
+
+
+def promotion_section(promotion: dict[str, Any] | None) -> list[tuple[str, str]]:
+    """The champion/challenger decision of the run's registered student (none: no section)."""
+    if not promotion or promotion.get("decision") is None:
+        return []
+    row = {"name": promotion["registered_model"], **promotion}
+    if promotion.get("ci_low") is not None:
+        row["difference_ci"] = f"[{promotion['ci_low']:+.4f}, {promotion['ci_high']:+.4f}]"
+    return [("Model registry: challenger vs champion", table([row], [
+        "name", "challenger_version", "champion_version", "month", "owners", "positives", "k", "p_at_k_challenger",
+        "p_at_k_champion", "difference", "difference_ci", "margin", "decision", "champion_after"])
+        + f"<p>{html.escape(promotion['reason'])}.</p><p class='meta'>Both students score every fully labelled owner of the "
+          "challenger's evaluation month; each is ranked by the lead-list rule (top K eligible owners by its "
+          "score, without the per-region/dealer cap). The challenger becomes <code>champion</code> when the lower "
+          "end of the paired-bootstrap interval of its P@K minus the champion's is at least −margin "
+          "(<code>tracking.promotion_margin</code>), or when there is no champion yet.</p>")]
 
 
 def report_dir(cfg: Config, store: TableStore, pipeline_run_id: str) -> str:

@@ -59,18 +59,21 @@ PIPELINE_JOBS = ("generate", "features", "folds", "train-base", "meta-features",
 
 def latest_runs(manifests: list[dict[str, Any]]) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """A pipeline assembled from separately run stages (as scheduled jobs run them): the newest
-    run of each stage job, plus every score and lead-list run since the newest distillation."""
+    run of each stage job, plus every score, lead-list and promote run since the newest distillation
+    (the newest promotion decision is the report's)."""
     newest = {m["job"]: m for m in manifests if m["job"] in PIPELINE_JOBS}
     missing = [j for j in PIPELINE_JOBS if j not in newest and j != "generate"]
     if missing:
         raise FileNotFoundError(f"no pipeline run, and no run yet of the stages {missing}: run them (or the "
                                 "pipeline: `make demo` / `python -m remedi_spark pipeline`) first")
     since = newest["distill"]["started_at"]
-    scoring = [m for m in manifests if m["job"] in ("score", "lead-list") and m["started_at"] >= since]
+    scoring = [m for m in manifests if m["job"] in ("score", "lead-list", "promote") and m["started_at"] >= since]
     stages = sorted([*newest.values(), *scoring], key=lambda m: m["started_at"])
     oot = newest["folds"]["info"].get("oot_test_month")
+    promotion = [m["info"] for m in stages if m["job"] == "promote"]
     pipeline = {"run_id": f"latest-{stages[-1]['run_id']}", "job": "pipeline", "started_at": stages[0]["started_at"],
-                "info": {"months": {"evaluation": oot}, "stages": {m["job"]: m["run_id"] for m in stages}}}
+                "info": {"months": {"evaluation": oot}, "stages": {m["job"]: m["run_id"] for m in stages},
+                         "promotion": promotion[-1] if promotion else None}}
     return pipeline, stages
 
 

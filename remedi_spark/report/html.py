@@ -31,7 +31,7 @@ LABELS = {"precision_at_k": "P@K", "business_recall_at_k": "Business Recall@K", 
           "precision_at_k_verdict": "P@K verdict", "auc_verdict": "AUC verdict", "logloss_verdict": "LogLoss verdict",
           "oracle_hits": "oracle hits", "oracle_precision": "oracle precision", "business_recall": "business recall"}
 PERCENT = {"lead_list.precision", "lead_list.business_recall", "ranking.precision_at_k", "precision_at_k", "business_recall_at_k", "precision", "oracle_precision", "business_recall",
-           "share_of_oracle", "share"}
+           "share_of_oracle", "share", "p_at_k_challenger", "p_at_k_champion"}
 FOUR = {"auc_h1", "auc_h2", "auc_h3", "knowledge_abundance", "ranking.auc", "psi", "max_feature_psi", "score_psi", "auc", "logloss", "mse_vs_teacher", "corr_vs_teacher", "rank_corr_vs_teacher", "ka_mean", "seconds_per_1000",
         "mean_score"}
 

@@ -1,6 +1,8 @@
 """Scoring job: the distilled student scores every owner of one month (``scores`` table).
 
-The student is read from ``<root>/models/student/`` and shipped to the executors once (a
+The student is read from ``<root>/models/student/`` (``scoring.model_dir``), or through MLflow from
+``scoring.model_uri`` (e.g. ``models:/remedi-student@champion``: the registered version's student
+folder, scored the same way), and shipped to the executors once (a
 broadcast of its LightGBM text, parsed once per Python worker); the month's feature rows are
 scored in Arrow batches (``mapInPandas``). Rank 1 is the highest score (ties by owner id);
 ``percentile`` = share of the month's owners scored at or below the row, in percent.
@@ -64,5 +66,6 @@ def score_month(spark: SparkSession, cfg: Config, store: TableStore, month: str 
         F.lit(store.run.run_id if store.run else "adhoc").alias("run_id"))
     written = store.write_months(ranked, "scores", [month])
     top = store.read("scores", months=[month]).agg(F.max("score"), F.avg("score")).first()
-    return {"month": month, "owners": n, "model_version": version, "version": written, "unseen_categories": unseen,
+    return {"month": month, "owners": n, "model_version": version, "model": student.path, "version": written,
+            "unseen_categories": unseen,
             "max_score": float(top[0]), "mean_score": float(top[1])}
