@@ -57,7 +57,7 @@ hm3-study: setup
 	$(PY) -m remedi_spark hm3-study --conf conf/demo.yaml
 
 test: setup
-	$(PY) -m pytest
+	$(PY) -m pytest --durations=15
 
 # Bad input, fault injection (killed Delta write, task retry, failing model), idempotency and
 # reproduction from run manifests, safe artifacts (also part of `make test`).
