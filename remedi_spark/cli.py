@@ -97,7 +97,8 @@ def build_parser() -> argparse.ArgumentParser:
 def format_demo(summaries: dict[str, dict[str, Any]]) -> str:
     """Human-readable demo output: rows and positive rate per month, fold sizes, run ids."""
     feats = summaries["features"]
-    lines = [f"features (observed through {feats['observed_through']}):",
+    seen = f" (observed through {feats['observed_through']})" if feats.get("observed_through") else ""
+    lines = [f"features{seen}:",
              f"  {'month':8} {'rows':>9} {'labelled':>9} {'positives':>9} {'pos. rate':>9}"]
     for month, r in feats["per_month"].items():
         rate = f"{100 * r['positive_rate']:.3f}%" if r["positive_rate"] is not None else "open"
