@@ -4,8 +4,8 @@ Every distillation registers its student as a new version with alias ``challenge
 (:func:`remedi_spark.distill.students.log_student`). The pipeline then compares it with the version
 under alias ``champion`` on the challenger's evaluation month (the newest labelled month, which no
 model of this run trained on): both students score every owner of the month, each gets the lead
-list the business rule would give it (the top K eligible owners by its score, K = ``lead_list.k`` (a fraction: of the month's labelled owners)
-capped at the eligible owners; the per-region/dealer cap is left out so both lists follow one rule),
+list the business rule would give it (the top K eligible owners by its score, K = ``lead_list.k``, a fraction of the
+month's labelled owners when it is one, capped at the eligible owners; the per-region/dealer cap is left out so both lists follow one rule),
 and the difference of their precisions, challenger − champion, gets a paired-bootstrap interval over
 owners (``evaluation.bootstrap``, the lead-list evaluation's replicates, seed and level). The
 challenger becomes ``champion`` when the interval's lower end is ≥ −``tracking.promotion_margin``
@@ -146,8 +146,8 @@ def settle(cfg: Config, tracker: Any, challenger_version: str, champion_version:
         numbers = promotion_decision(frame["y"].to_numpy(), frame["user_id"].to_numpy(),
                                      frame["challenger"].to_numpy(float),
                                      frame["champion"].to_numpy(float) if champion_version is not None else None,
-                                     lead_count(cfg.lead_list.k, len(frame)), cfg.tracking.promotion_margin, cfg.evaluation.bootstrap,
-                                     frame["eligible"].to_numpy(bool))
+                                     lead_count(cfg.lead_list.k, len(frame)), cfg.tracking.promotion_margin,
+                                     cfg.evaluation.bootstrap, frame["eligible"].to_numpy(bool))
     decision = {**head, **numbers}
     if decision["decision"] == "promote":
         tracker.set_alias(CHAMPION, challenger_version)
