@@ -4,8 +4,9 @@ Every distillation registers its student as a new version with alias ``challenge
 (:func:`remedi_spark.distill.students.log_student`). The pipeline then compares it with the version
 under alias ``champion`` on the challenger's evaluation month (the newest labelled month, which no
 model of this run trained on): both students score every owner of the month, each gets the lead
-list the business rule would give it (the top K eligible owners by its score, K = ``lead_list.k``, a fraction of the
-month's labelled owners when it is one, capped at the eligible owners; the per-region/dealer cap is left out so both lists follow one rule),
+list the business rule would give it (the top K eligible owners by its score, K = ``lead_list.k``, a
+fraction of the month's labelled owners when it is one, capped at the eligible owners; the
+per-region/dealer cap is left out so both lists follow one rule),
 and the difference of their precisions, challenger − champion, gets a paired-bootstrap interval over
 owners (``evaluation.bootstrap``, the lead-list evaluation's replicates, seed and level). The
 challenger becomes ``champion`` when the interval's lower end is ≥ −``tracking.promotion_margin``
