@@ -1,0 +1,257 @@
+"""Stage tune (issue 25): search spaces checked at load, tuned params merged by name, a search that
+reads training owners outside the evaluation month only, and an overlay that trains."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+import yaml
+from pyspark.sql import functions as F
+
+from remedi_spark.config import ConfigError, load_config, parse_space, replace
+from remedi_spark.tuning.space import as_model_params
+from tests.conftest import REPO
+from tests.tiny import lgbm_spec
+
+LOCAL = REPO / "conf" / "local.yaml"
+
+
+def _profile(tmp_path, text: str):
+    path = tmp_path / "profile.yaml"
+    path.write_text(f"extends: {LOCAL}\n" + text)
+    return path
+
+
+# --- configuration (no Spark) -------------------------------------------------------------------
+
+@pytest.mark.parametrize("space, message", [
+    ("lgbm: {num_leaves: [300, 20]}", r"tuning.spaces.lgbm.num_leaves: low 300 > high 20"),
+    ("lgbm: {leaves: [2, 20]}", r"tuning.spaces.lgbm.leaves: unknown parameter"),
+    ("lgbm: {learning_rate: [0.0, 0.1, log]}", r"tuning.spaces.lgbm.learning_rate: a log scale needs low > 0"),
+    ("lgbm: {num_leaves: [7.5, 20]}", r"tuning.spaces.lgbm.num_leaves: num_leaves is an integer parameter"),
+    ("lgbm: {num_leaves: [7, 20, linear]}", r"tuning.spaces.lgbm.num_leaves: expected \[low, high\]"),
+    ("lgbm: {num_leaves: {low: 7, high: 20}}", r"tuning.spaces.lgbm.num_leaves: a mapping holds `choices` only"),
+    ("lgbm: {feature_fraction: [low, 1.0]}", r"tuning.spaces.lgbm.feature_fraction: low and high must both be"),
+    ("mlp: {lr: {choices: []}}", r"tuning.spaces.mlp.lr: choices must be a non-empty list"),
+    ("mlp: {emb_dim: {choices: [4, 8.5]}}", r"tuning.spaces.mlp.emb_dim: emb_dim is an integer parameter"),
+    ("mlp: {num_leaves: [7, 20]}", r"tuning.spaces.mlp.num_leaves: unknown parameter"),
+    ("gbm: {num_leaves: [7, 20]}", r"tuning.spaces.gbm: unknown family"),
+])
+def test_a_bad_space_is_a_config_error_naming_the_key(tmp_path, space, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(_profile(tmp_path, "tuning:\n  spaces:\n    " + space + "\n"))
+
+
+@pytest.mark.parametrize("override, message", [
+    ("tuning.inner_folds=6", r"tuning.inner_folds: 6 > folds.n_folds 5"),
+    ("tuning.metric=auc", r"tuning.metric: 'auc' is not one of"),
+    ("tuning.max_trials=0", r"tuning.max_trials: expected a positive integer"),
+    ("tuning.timeout_minutes=0", r"tuning.timeout_minutes: expected a positive number"),
+    ("tuning.models=[lgbm_nope]", r"tuning.models: unknown models \['lgbm_nope'\]"),
+    ("base_models.tuned_params={lgbm_nope: {num_leaves: 3}}", r"base_models.tuned_params: \['lgbm_nope'\] are not"),
+    ("distill.tuned_params={student: 3}", r"distill.tuned_params.student: expected a mapping"),
+])
+def test_bad_tuning_settings_name_the_key(override, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(LOCAL, [override])
+
+
+def test_a_profile_replaces_a_space_entry_whole(tmp_path):
+    cfg = load_config(_profile(tmp_path, "tuning:\n  spaces:\n    mlp: {lr: {choices: [0.001, 0.01]}}\n"
+                                         "    lgbm: {num_leaves: [15, 31]}\n"))
+    assert {r.name: r for r in parse_space(cfg.tuning.spaces, "mlp")}["lr"].choices == (0.001, 0.01)
+    leaves = {r.name: r for r in parse_space(cfg.tuning.spaces, "lgbm")}["num_leaves"]
+    assert (leaves.low, leaves.high, leaves.log) == (15, 31, False)
+
+
+def test_the_default_spaces_parse():
+    cfg = load_config(LOCAL)
+    lgbm = {r.name: r for r in parse_space(cfg.tuning.spaces, "lgbm")}
+    assert lgbm["num_leaves"].integer and lgbm["num_leaves"].log and not lgbm["feature_fraction"].integer
+    assert {r.name for r in parse_space(cfg.tuning.spaces, "mlp")} >= {"lr", "emb_dim", "width", "dropout",
+                                                                      "batch_size"}
+    assert "learning_rate" not in {r.name for r in parse_space({"lgbm": {"learning_rate": None, "num_leaves": [2, 9]}},
+                                                               "lgbm")}
+    with pytest.raises(ConfigError, match="tuning.spaces.deepfm: no search space"):
+        parse_space(cfg.tuning.spaces, "deepfm")
+
+
+def test_tuned_params_merge_into_their_model_by_name(tmp_path):
+    path = _profile(tmp_path, "base_models:\n  tuned_params:\n    lgbm_focal: {num_leaves: 63, lambda_l2: 3.5}\n"
+                              "    mlp: {lr: 0.003, model: {emb_dim: 8, hidden: [64]}}\n"
+                              "distill:\n  tuned_params:\n    student: {learning_rate: 0.11}\n")
+    plain, cfg = load_config(LOCAL), load_config(path)
+    specs, before = {s.name: s for s in cfg.base_models.models}, {s.name: s for s in plain.base_models.models}
+    assert specs["lgbm_focal"].params == {"num_leaves": 63, "lambda_l2": 3.5}
+    assert specs["lgbm_dealer"].params == before["lgbm_dealer"].params  # other models untouched
+    # mappings merge key by key (patience, epochs, the zoo's other keys stay); lists are replaced whole
+    mlp = specs["mlp"].params
+    assert mlp["lr"] == 0.003 and mlp["epochs"] == before["mlp"].params["epochs"]
+    assert mlp["model"] == {**before["mlp"].params["model"], "emb_dim": 8, "hidden": [64]}
+    students = {s["name"]: s for s in cfg.distill.students}
+    assert students["student"]["params"] == {"learning_rate": 0.11}
+    assert students["deep_student"]["params"] == {s["name"]: s for s in plain.distill.students}["deep_student"]["params"]
+    # the dict a run manifest records holds both; loading it again (replace) merges to the same config
+    again = replace(cfg, folds={"n_folds": 5})
+    assert again.base_models.models == cfg.base_models.models and again.distill.students == cfg.distill.students
+    assert again.to_dict()["base_models"]["tuned_params"]["lgbm_focal"] == {"num_leaves": 63, "lambda_l2": 3.5}
+
+
+def test_neural_values_map_onto_the_model_params():
+    params = {"epochs": 4, "lr": 0.001, "model": {"emb_dim": 16, "hidden": [200, 200]}}
+    assert as_model_params("mlp", {"lr": 0.01, "width": 64, "emb_dim": 4, "batch_size": 1024}, params) == {
+        "lr": 0.01, "batch_size": 1024, "model": {"emb_dim": 4, "hidden": [64, 64]}}
+    assert as_model_params("mlp", {"depth": 3}, params) == {"model": {"hidden": [200, 200, 200]}}
+    assert as_model_params("lgbm", {"num_leaves": 31}, params) == {"num_leaves": 31}
+
+
+def _cli(*args):
+    return subprocess.run([sys.executable, "-m", "remedi_spark", "tune", *args], cwd=REPO, capture_output=True,
+                          text=True, timeout=120)
+
+
+def test_the_cli_refuses_a_bad_space_and_a_neural_model_before_spark_starts(tmp_path):
+    bad = _profile(tmp_path, "tuning:\n  spaces:\n    lgbm: {num_leaves: [300, 20]}\n")
+    proc = _cli("--conf", str(bad))
+    assert proc.returncode == 2 and "tuning.spaces.lgbm.num_leaves: low 300 > high 20" in proc.stderr
+    proc = _cli("--conf", str(LOCAL), "--models", "mlp")
+    assert proc.returncode == 2 and "'mlp' is a neural model" in proc.stderr
+    for p in (proc,):
+        assert "started" not in p.stderr and "Traceback" not in p.stderr  # no session, no stage run
+
+
+# --- searches on a tiny world (Spark) -------------------------------------------------------------
+
+FAST = {"num_iterations": 40, "learning_rate": 0.1, "min_data_in_leaf": 5}
+SPACE = {"num_leaves": [4, 31, "log"], "min_data_in_leaf": [5, 60, "log"], "feature_fraction": [0.5, 1.0],
+         "lambda_l2": [0.01, 10.0, "log"]}
+UNSEARCHED = {"learning_rate": None, "bagging_fraction": None}  # in conf/base.yaml's spaces: left out here
+TUNING = {"max_trials": 5, "timeout_minutes": None, "inner_folds": 2, "prune_startup_trials": 2,
+          "spaces": {"lgbm": {**SPACE, **UNSEARCHED}, "student": {**SPACE, **UNSEARCHED}}}
+KEYS = ["user_id", "month"]
+
+
+@pytest.fixture(scope="module")
+def world(spark, base_cfg, tmp_path_factory):
+    """generate → features → folds once, and a stand-in teacher (a noisy function of the label: the
+    student's search only needs its probabilities); each test copies them into its own root."""
+    from remedi_spark.io.store import TableStore
+    from remedi_spark.pipeline import run_stage
+
+    root = tmp_path_factory.mktemp("tuning")
+    cfg = replace(base_cfg, tables={"root": str(root / "world")}, synthetic={"n_users": 3000, "chunk_users": 1500},
+                  folds={"n_folds": 3},
+                  base_models={"models": [lgbm_spec("lgbm", FAST), lgbm_spec("lgbm_focal", FAST, "focal")],
+                               "early_stopping_rounds": 10, "num_workers": 1},
+                  distill={"students": [{"name": "student", "objective": "mse", "target": "teacher", "params": FAST}],
+                           "timing_rows": 0},
+                  tuning=TUNING)
+    for stage in ("generate", "features", "folds"):
+        run_stage(spark, cfg, stage)
+    store = TableStore(spark, cfg.tables.root)
+    teacher = store.read("features").join(store.read("folds").select(*KEYS, "split"), KEYS) \
+        .select(*KEYS, "split", (0.05 + 0.5 * F.col("y") * F.rand(3)).alias("p_teacher"), F.lit("x").alias("run_id"))
+    store.write_table(teacher.filter(F.col("y").isNotNull()), "teacher_predictions")
+    return cfg, store
+
+
+def _copy(spark, cfg, store, path, features=None):
+    """``cfg`` on a new root with the world's tables (``features`` replacing its features)."""
+    from remedi_spark.io.store import TableStore
+
+    mine = replace(cfg, tables={"root": str(path)})
+    copy = TableStore(spark, mine.tables.root)
+    features = store.read("features") if features is None else features
+    copy.write_months(features, "features", sorted(r[0] for r in features.select("month").distinct().collect()))
+    copy.write_table(store.read("folds"), "folds")
+    copy.write_table(store.read("teacher_predictions"), "teacher_predictions")
+    return mine, copy
+
+
+def _scrambled(store, cfg, rows: str):
+    """The features with every numeric feature and the labels replaced by noise on ``rows``:
+    ``held_out`` = every row a search must not read (held-out owners, the evaluation month, open
+    windows: training_frame's split other than train), ``training`` = training rows of fold 0."""
+    from remedi_spark.training.oof import training_frame
+
+    splits = training_frame(store, cfg).select(*KEYS, "split", "fold")
+    hit = (F.col("split") != "train") if rows == "held_out" else ((F.col("split") == "train") & (F.col("fold") == 0))
+    features = store.read("features")
+    marked = features.join(splits.withColumn("_hit", hit).select(*KEYS, "_hit"), KEYS, "left") \
+        .withColumn("_hit", F.coalesce(F.col("_hit"), F.lit(True)))
+    numeric = [f.name for f in features.schema.fields if f.name not in KEYS and f.dataType.typeName() in
+               ("double", "integer", "long") and not f.name.startswith("y")]
+    out = marked
+    for i, c in enumerate(numeric):
+        noise = (F.rand(100 + i) * 50).cast(features.schema[c].dataType)
+        out = out.withColumn(c, F.when(F.col("_hit"), noise).otherwise(F.col(c)))
+    out = out.withColumn("y", F.when(F.col("_hit") & F.col("y").isNotNull(), 1 - F.col("y")).otherwise(F.col("y")))
+    changed = out.filter(F.col("_hit")).count()
+    assert changed > 0
+    return out.drop("_hit").select(*features.columns)
+
+
+def _search(spark, cfg, store, models):
+    from remedi_spark.tuning.stage import run_tuning
+
+    summary = run_tuning(spark, cfg, store, models=models)
+    results = store.read("tuning_results").toPandas().sort_values(["model", "trial"], ignore_index=True)
+    return summary, results[["model", "trial", "state", "params", "value", "folds"]]
+
+
+def test_the_search_never_reads_held_out_rows(spark, world, tmp_path):
+    """A canary that changes only the rows a search must not read (held-out owners, the evaluation
+    month: features replaced by noise, labels flipped) changes no trial's params or metric, for a
+    base model and for the student; the same change on training rows does (the check can fail)."""
+    cfg, store = world
+    models = ["lgbm_focal", "student"]
+    clean_cfg, clean = _copy(spark, cfg, store, tmp_path / "clean")
+    _, expected = _search(spark, clean_cfg, clean, models)
+    canary_cfg, canary = _copy(spark, cfg, store, tmp_path / "canary", _scrambled(store, cfg, "held_out"))
+    _, seen = _search(spark, canary_cfg, canary, models)
+    assert len(expected) == 10 and (expected["state"] != "fail").all()
+    assert seen.equals(expected)
+    leak_cfg, leak = _copy(spark, cfg, store, tmp_path / "leak", _scrambled(store, cfg, "training"))
+    _, changed = _search(spark, leak_cfg, leak, ["lgbm_focal"])
+    assert not changed["value"].equals(expected[expected["model"] == "lgbm_focal"]["value"].reset_index(drop=True))
+
+
+def test_a_five_trial_study_writes_results_and_an_overlay_that_trains(spark, world, tmp_path):
+    from remedi_spark.io.store import TableStore
+    from remedi_spark.pipeline import run_stage
+    from remedi_spark.tuning.output import default_overlay_path
+
+    cfg, store = world
+    mine, copy = _copy(spark, cfg, store, tmp_path / "tables")
+    profile = tmp_path / "conf" / "tiny.yaml"
+    profile.parent.mkdir()
+    profile.write_text(yaml.safe_dump(mine.to_dict()))
+    overlay = default_overlay_path(profile)
+    summary = run_stage(spark, mine, "tune", models=["lgbm", "student"], overlay=str(overlay), profile=str(profile))
+    assert summary["overlay"] == str(overlay) and overlay.parent.name == "tuned"
+    results = copy.read("tuning_results").toPandas()
+    for model in ("lgbm", "student"):
+        rows = results[results["model"] == model]
+        assert sorted(rows["trial"]) == [0, 1, 2, 3, 4] and rows["best"].sum() == 1
+        assert set(rows["state"]) <= {"complete", "pruned"} and (rows["seconds"] > 0).all()
+        done = rows[rows["state"] == "complete"]
+        assert (done["folds"] == 2).all() and (done["value_ci_low"] <= done["value"]).all()
+        best = rows[rows["best"]].iloc[0]
+        assert best["value"] == done["value"].min()  # log loss: lower is better
+        assert json.loads(best["params"]) == summary["models"][model]["best_params"]
+        assert set(json.loads(best["params"])) == set(SPACE)
+    # the overlay extends the profile and carries the best params; loaded, they reach the models
+    text = yaml.safe_load(overlay.read_text())
+    assert text["extends"] == "../tiny.yaml"
+    tuned = load_config(overlay)
+    best_lgbm, best_student = summary["models"]["lgbm"]["best_params"], summary["models"]["student"]["best_params"]
+    assert {s.name: s for s in tuned.base_models.models}["lgbm"].params == {**FAST, **best_lgbm}
+    assert {s["name"]: s for s in tuned.distill.students}["student"]["params"] == {**FAST, **best_student}
+    # train-base on the overlay trains with them; its run manifest records them
+    run_stage(spark, tuned, "train-base", models=["lgbm"])
+    sidecar = json.loads((tmp_path / "tables" / "models" / "lgbm" / "model.json").read_text())
+    assert {k: sidecar["params"][k] for k in best_lgbm} == best_lgbm
+    manifest = TableStore(spark, mine.tables.root).manifests()[-1]
+    assert manifest["job"] == "train-base" and manifest["conf"]["base_models"]["tuned_params"]["lgbm"] == best_lgbm
