@@ -107,6 +107,55 @@ def test_neural_values_map_onto_the_model_params():
     assert as_model_params("lgbm", {"num_leaves": 31}, params) == {"num_leaves": 31}
 
 
+def _fake_study(values_of, folds=(0, 1, 2), **settings):
+    """run_study over one float parameter x in [0, 1] whose fold metric is ``values_of(x, fold)``
+    (None = the fit fails): the search loop without Spark or LightGBM."""
+    from remedi_spark.config import ParamRange
+    from remedi_spark.tuning.lgbm import FoldJob
+    from remedi_spark.tuning.study import run_study
+
+    t = replace(load_config(LOCAL), tuning={"max_trials": 12, "timeout_minutes": None, "prune_startup_trials": 3,
+                                            "prune_warmup_folds": 0, **settings}).tuning
+    calls = []
+
+    def run_jobs(jobs):
+        calls.append(len(jobs))
+        out = []
+        for job in jobs:
+            value = values_of(job.params["x"], job.fold)
+            out.append({"trial": job.trial, "fold": job.fold, "value": value, "best_iteration": 1, "seconds": 0.01,
+                        "error": None if value is not None else "ValueError: bad"})
+        return out
+
+    study, records = run_study("m", [ParamRange("x", low=0.0, high=1.0)], t, list(folds),
+                               lambda trial, fold, values: FoldJob(trial, fold, dict(values), None, 1, None, False),
+                               run_jobs, 2, 0.9)
+    return study, records, calls
+
+
+def test_the_study_prunes_on_the_inner_folds_and_keeps_the_budget():
+    from remedi_spark.tuning.study import best_trial
+
+    study, records, calls = _fake_study(lambda x, fold: x + 0.01 * fold)
+    assert [r.trial for r in records] == list(range(12))  # max_trials, in trial order
+    assert max(calls) == 2  # two trials per batch (two slots)
+    pruned = [r for r in records if r.state == "pruned"]
+    done = [r for r in records if r.state == "complete"]
+    assert pruned and all(len(r.values) < 3 for r in pruned) and all(len(r.values) == 3 for r in done)
+    # pruned trials were worse than the median of the complete ones at the fold they stopped
+    assert min(r.values[-1] for r in pruned) > min(r.values[0] for r in done)
+    best = best_trial(records, "logloss")
+    assert best.value == min(r.value for r in done) and study.best_trial.number == best.trial
+    # a failing fit is a failed trial, not a failed search; precision_at_k is maximised
+    _, records, _ = _fake_study(lambda x, fold: None if x > 0.8 else x, metric="precision_at_k")
+    failed = [r for r in records if r.state == "fail"]
+    assert failed and all(r.error == "ValueError: bad" and r.value is None for r in failed)
+    assert best_trial(records, "precision_at_k").value == max(r.value for r in records if r.state == "complete")
+    # wall-time budget: no new batch after timeout_minutes
+    _, records, calls = _fake_study(lambda x, fold: x, timeout_minutes=1e-9)
+    assert len(records) == 2 and len(calls) == 3  # the first batch, fold by fold
+
+
 def _cli(*args):
     return subprocess.run([sys.executable, "-m", "remedi_spark", "tune", *args], cwd=REPO, capture_output=True,
                           text=True, timeout=120)
@@ -201,6 +250,7 @@ def _search(spark, cfg, store, models):
     return summary, results[["model", "trial", "state", "params", "value", "folds"]]
 
 
+@pytest.mark.slow
 def test_the_search_never_reads_held_out_rows(spark, world, tmp_path):
     """A canary that changes only the rows a search must not read (held-out owners, the evaluation
     month: features replaced by noise, labels flipped) changes no trial's params or metric, for a
@@ -218,6 +268,7 @@ def test_the_search_never_reads_held_out_rows(spark, world, tmp_path):
     assert not changed["value"].equals(expected[expected["model"] == "lgbm_focal"]["value"].reset_index(drop=True))
 
 
+@pytest.mark.slow
 def test_a_five_trial_study_writes_results_and_an_overlay_that_trains(spark, world, tmp_path):
     from remedi_spark.io.store import TableStore
     from remedi_spark.pipeline import run_stage

@@ -1,6 +1,7 @@
 """One model's study: Optuna TPE (seeded) asks a batch of trials, the batch is scored fold by fold,
 each trial reports its running metric after every inner fold (median pruning), finished trials are
-told. Budgets: ``tuning.max_trials`` and ``tuning.timeout_minutes`` (no new batch after it)."""
+told. Budgets: ``tuning.max_trials`` and ``tuning.timeout_minutes`` (no new batch after it; the
+first batch always runs)."""
 from __future__ import annotations
 
 import json
@@ -78,7 +79,8 @@ def run_study(model: str, space: list[ParamRange], settings: TuningSettings, fol
     deadline = None if settings.timeout_minutes is None else time.monotonic() + 60 * settings.timeout_minutes
     records: list[TrialRecord] = []
     best: TrialRecord | None = None
-    while len(records) < settings.max_trials and (deadline is None or time.monotonic() < deadline):
+    # the first batch always runs (a study with no trial has no best params)
+    while len(records) < settings.max_trials and (not records or deadline is None or time.monotonic() < deadline):
         batch = [study.ask() for _ in range(min(slots, settings.max_trials - len(records)))]
         live = {t.number: (t, TrialRecord(t.number, suggest(t, space), "running")) for t in batch}
         for step, k in enumerate(folds):
