@@ -629,16 +629,12 @@ def tuning_names(cfg: "Config") -> tuple[list[str], list[str]]:
 
 
 def check_tuning(cfg: "Config") -> None:
-    """``tuning``: every search space parses (:func:`parse_space`), inner folds fit in the folds and the
-    models to tune exist."""
+    """``tuning``: every search space parses (:func:`parse_space`) and the models to tune exist."""
     t = cfg.tuning
     if not isinstance(t.spaces, dict):
         raise ConfigError(f"tuning.spaces: expected a mapping of family -> space, got {t.spaces!r}")
     for family in t.spaces:
         parse_space(t.spaces, family)
-    if t.inner_folds is not None and t.inner_folds > cfg.folds.n_folds:
-        raise ConfigError(f"tuning.inner_folds: {t.inner_folds} > folds.n_folds {cfg.folds.n_folds} (the inner "
-                          f"folds are the training folds)")
     models, students = tuning_names(cfg)
     unknown = sorted(set(t.models or []) - set(models) - set(students))
     if unknown:

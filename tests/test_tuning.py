@@ -13,7 +13,7 @@ from pyspark.sql import functions as F
 from remedi_spark.config import ConfigError, load_config, parse_space, replace
 from remedi_spark.tuning.space import as_model_params
 from tests.conftest import REPO
-from tests.tiny import lgbm_spec
+from tests.tiny import TINY_MLP, lgbm_spec
 
 LOCAL = REPO / "conf" / "local.yaml"
 
@@ -45,7 +45,7 @@ def test_a_bad_space_is_a_config_error_naming_the_key(tmp_path, space, message):
 
 
 @pytest.mark.parametrize("override, message", [
-    ("tuning.inner_folds=6", r"tuning.inner_folds: 6 > folds.n_folds 5"),
+    ("tuning.inner_folds=0", r"tuning.inner_folds: expected a positive integer"),
     ("tuning.metric=auc", r"tuning.metric: 'auc' is not one of"),
     ("tuning.max_trials=0", r"tuning.max_trials: expected a positive integer"),
     ("tuning.timeout_minutes=0", r"tuning.timeout_minutes: expected a positive number"),
@@ -161,12 +161,12 @@ def _cli(*args):
                           text=True, timeout=120)
 
 
-def test_the_cli_refuses_a_bad_space_and_a_neural_model_before_spark_starts(tmp_path):
+def test_the_cli_refuses_a_bad_space_and_a_horizon_model_before_spark_starts(tmp_path):
     bad = _profile(tmp_path, "tuning:\n  spaces:\n    lgbm: {num_leaves: [300, 20]}\n")
     proc = _cli("--conf", str(bad))
     assert proc.returncode == 2 and "tuning.spaces.lgbm.num_leaves: low 300 > high 20" in proc.stderr
-    proc = _cli("--conf", str(LOCAL), "--models", "mlp")
-    assert proc.returncode == 2 and "'mlp' is a neural model" in proc.stderr
+    proc = _cli("--conf", str(LOCAL), "--models", "kaml")
+    assert proc.returncode == 2 and "'kaml' (kaml) trains on horizon or auxiliary labels" in proc.stderr
     for p in (proc,):
         assert "started" not in p.stderr and "Traceback" not in p.stderr  # no session, no stage run
 
@@ -177,8 +177,11 @@ FAST = {"num_iterations": 40, "learning_rate": 0.1, "min_data_in_leaf": 5}
 SPACE = {"num_leaves": [4, 31, "log"], "min_data_in_leaf": [5, 60, "log"], "feature_fraction": [0.5, 1.0],
          "lambda_l2": [0.01, 10.0, "log"]}
 UNSEARCHED = {"learning_rate": None, "bagging_fraction": None}  # in conf/base.yaml's spaces: left out here
-TUNING = {"max_trials": 5, "timeout_minutes": None, "inner_folds": 2, "prune_startup_trials": 2,
-          "spaces": {"lgbm": {**SPACE, **UNSEARCHED}, "student": {**SPACE, **UNSEARCHED}}}
+MLP_SPACE = {"lr": [0.001, 0.02, "log"], "width": {"choices": [8, 16]}, "dropout": [0.0, 0.3], "emb_dim": None,
+             "depth": None, "batch_size": {"choices": [256, 512]}}
+TUNING = {"max_trials": 5, "timeout_minutes": None, "inner_folds": 2, "prune_startup_trials": 2, "parallelism": "tasks",
+          "sample_rows": 4000,
+          "spaces": {"lgbm": {**SPACE, **UNSEARCHED}, "student": {**SPACE, **UNSEARCHED}, "mlp": MLP_SPACE}}
 KEYS = ["user_id", "month"]
 
 
@@ -192,7 +195,7 @@ def world(spark, base_cfg, tmp_path_factory):
     root = tmp_path_factory.mktemp("tuning")
     cfg = replace(base_cfg, tables={"root": str(root / "world")}, synthetic={"n_users": 3000, "chunk_users": 1500},
                   folds={"n_folds": 3},
-                  base_models={"models": [lgbm_spec("lgbm", FAST), lgbm_spec("lgbm_focal", FAST, "focal")],
+                  base_models={"models": [lgbm_spec("lgbm", FAST), lgbm_spec("lgbm_focal", FAST, "focal"), TINY_MLP],
                                "early_stopping_rounds": 10, "num_workers": 1},
                   distill={"students": [{"name": "student", "objective": "mse", "target": "teacher", "params": FAST}],
                            "timing_rows": 0},
@@ -232,14 +235,11 @@ def _scrambled(store, cfg, rows: str):
         .withColumn("_hit", F.coalesce(F.col("_hit"), F.lit(True)))
     numeric = [f.name for f in features.schema.fields if f.name not in KEYS and f.dataType.typeName() in
                ("double", "integer", "long") and not f.name.startswith("y")]
-    out = marked
-    for i, c in enumerate(numeric):
-        noise = (F.rand(100 + i) * 50).cast(features.schema[c].dataType)
-        out = out.withColumn(c, F.when(F.col("_hit"), noise).otherwise(F.col(c)))
-    out = out.withColumn("y", F.when(F.col("_hit") & F.col("y").isNotNull(), 1 - F.col("y")).otherwise(F.col("y")))
-    changed = out.filter(F.col("_hit")).count()
-    assert changed > 0
-    return out.drop("_hit").select(*features.columns)
+    assert marked.filter(F.col("_hit")).limit(1).count() == 1
+    noise = {c: (F.rand(100 + i) * 50).cast(features.schema[c].dataType) for i, c in enumerate(numeric)}
+    noise["y"] = 1 - F.col("y")
+    return marked.select(*[F.when(F.col("_hit"), noise[c]).otherwise(F.col(c)).alias(c) if c in noise else F.col(c)
+                           for c in features.columns])
 
 
 def _search(spark, cfg, store, models):
@@ -254,14 +254,14 @@ def _search(spark, cfg, store, models):
 def test_the_search_never_reads_held_out_rows(spark, world, tmp_path):
     """A canary that changes only the rows a search must not read (held-out owners, the evaluation
     month: features replaced by noise, labels flipped) changes no trial's params or metric, for a
-    base model and for the student; the same change on training rows does (the check can fail)."""
+    LightGBM base model, the student and a neural model; the same change on training rows does (the
+    check can fail)."""
     cfg, store = world
-    models = ["lgbm_focal", "student"]
-    clean_cfg, clean = _copy(spark, cfg, store, tmp_path / "clean")
-    _, expected = _search(spark, clean_cfg, clean, models)
+    models = ["lgbm_focal", "student", "mlp"]
+    _, expected = _search(spark, cfg, store, models)  # on the world itself
     canary_cfg, canary = _copy(spark, cfg, store, tmp_path / "canary", _scrambled(store, cfg, "held_out"))
     _, seen = _search(spark, canary_cfg, canary, models)
-    assert len(expected) == 10 and (expected["state"] != "fail").all()
+    assert len(expected) == 15 and (expected["state"] != "fail").all()
     assert seen.equals(expected)
     leak_cfg, leak = _copy(spark, cfg, store, tmp_path / "leak", _scrambled(store, cfg, "training"))
     _, changed = _search(spark, leak_cfg, leak, ["lgbm_focal"])
@@ -280,10 +280,13 @@ def test_a_five_trial_study_writes_results_and_an_overlay_that_trains(spark, wor
     profile.parent.mkdir()
     profile.write_text(yaml.safe_dump(mine.to_dict()))
     overlay = default_overlay_path(profile)
-    summary = run_stage(spark, mine, "tune", models=["lgbm", "student"], overlay=str(overlay), profile=str(profile))
+    # trials on the driver here (Spark tasks in the canary test), MLflow on: a child run per trial
+    searching = replace(mine, tuning={"parallelism": "driver"}, tracking={"enabled": True})
+    summary = run_stage(spark, searching, "tune", models=["lgbm", "student", "mlp"], overlay=str(overlay),
+                        profile=str(profile))
     assert summary["overlay"] == str(overlay) and overlay.parent.name == "tuned"
     results = copy.read("tuning_results").toPandas()
-    for model in ("lgbm", "student"):
+    for model in ("lgbm", "student", "mlp"):
         rows = results[results["model"] == model]
         assert sorted(rows["trial"]) == [0, 1, 2, 3, 4] and rows["best"].sum() == 1
         assert set(rows["state"]) <= {"complete", "pruned"} and (rows["seconds"] > 0).all()
@@ -291,8 +294,18 @@ def test_a_five_trial_study_writes_results_and_an_overlay_that_trains(spark, wor
         assert (done["folds"] == 2).all() and (done["value_ci_low"] <= done["value"]).all()
         best = rows[rows["best"]].iloc[0]
         assert best["value"] == done["value"].min()  # log loss: lower is better
-        assert json.loads(best["params"]) == summary["models"][model]["best_params"]
-        assert set(json.loads(best["params"])) == set(SPACE)
+        space = {k for k, v in (MLP_SPACE if model == "mlp" else SPACE).items() if v is not None}
+        assert set(json.loads(best["params"])) == space
+        if model != "mlp":
+            assert json.loads(best["params"]) == summary["models"][model]["best_params"]
+        assert summary["models"][model]["mlflow_trials"] == 5
+    import mlflow
+
+    children = mlflow.search_runs(experiment_names=[mine.tracking.experiment], output_format="list",
+                                  filter_string="tags.`remedi.tune.model` = 'lgbm'")
+    assert len(children) == 5 and all(c.data.tags.get("mlflow.parentRunId") for c in children)
+    best_child = next(c for c in children if c.data.tags["remedi.tune.best"] == "True")
+    assert best_child.data.metrics["logloss_value"] == pytest.approx(summary["models"]["lgbm"]["best_value"])
     # the overlay extends the profile and carries the best params; loaded, they reach the models
     text = yaml.safe_load(overlay.read_text())
     assert text["extends"] == "../tiny.yaml"
@@ -300,6 +313,11 @@ def test_a_five_trial_study_writes_results_and_an_overlay_that_trains(spark, wor
     best_lgbm, best_student = summary["models"]["lgbm"]["best_params"], summary["models"]["student"]["best_params"]
     assert {s.name: s for s in tuned.base_models.models}["lgbm"].params == {**FAST, **best_lgbm}
     assert {s["name"]: s for s in tuned.distill.students}["student"]["params"] == {**FAST, **best_student}
+    # neural values land where the model reads them: width x the model's depth (1) = model.hidden
+    values = json.loads(results[(results["model"] == "mlp") & results["best"]].iloc[0]["params"])
+    mlp = {s.name: s for s in tuned.base_models.models}["mlp"].params
+    assert mlp["lr"] == values["lr"] and mlp["batch_size"] == values["batch_size"] and mlp["epochs"] == 1
+    assert mlp["model"] == {"emb_dim": 4, "hidden": [values["width"]], "dropout": values["dropout"]}
     # train-base on the overlay trains with them; its run manifest records them
     run_stage(spark, tuned, "train-base", models=["lgbm"])
     sidecar = json.loads((tmp_path / "tables" / "models" / "lgbm" / "model.json").read_text())

@@ -2,9 +2,11 @@
 
 Models: base models by name (LightGBM on either backend: a SynapseML model's trials are fitted by the
 LightGBM library itself, the same learner and parameter names SynapseML passes on, so its trials can
-run as parallel Spark tasks instead of one SynapseML job each), and students by their
-``distill.students`` name (their target is the teacher's probability or the label, as in distill).
-Neural models are not searched yet: asking for one is a ConfigError, before any data is read.
+run as parallel Spark tasks instead of one SynapseML job each), students by their
+``distill.students`` name (their target is the teacher's probability or the label, as in distill),
+and neural models that train on the label alone (in-process on sampled rows, :mod:`.neural`; KAML
+and HM3, which need horizon or auxiliary labels, are refused with a ConfigError before any data is
+read).
 """
 from __future__ import annotations
 
@@ -17,14 +19,16 @@ from typing import Any
 import pandas as pd
 from pyspark.sql import SparkSession
 
-from ..config import NEURAL_FAMILIES, Config, ConfigError, ModelSpec
+from ..config import NEURAL_FAMILIES, Config, ConfigError, ModelSpec, _merge
 from ..io.schemas import frame_from_pandas
 from ..io.store import TableStore
 from ..models.base import LABEL
 from ..models.gbdt.native import NativeLightGBM
+from ..models.registry import aux_labels, needs_horizons
 from ..training.oof import select_models
 from .data import TARGET, TrialData, training_rows
 from .lgbm import FoldJob, FoldRunner
+from .neural import NeuralJob, NeuralRunner, neural_rows
 from .output import result_rows, write_overlay
 from .space import as_model_params, ranges
 from .study import best_trial, run_study
@@ -66,9 +70,9 @@ def choose(cfg: Config, names: list[str] | None) -> list[Target]:
             target = Target(_spec(item), "student", student=True, soft=TARGETS[item["target"]] != LABEL)
         else:
             spec = base[name]
-            if spec.family in NEURAL_FAMILIES:
-                raise ConfigError(f"tune: {name!r} is a neural model ({spec.family}); only LightGBM base models and "
-                                  f"students are searched so far")
+            if spec.family in NEURAL_FAMILIES and (needs_horizons(spec) or aux_labels(spec)):
+                raise ConfigError(f"tune: {name!r} ({spec.family}) trains on horizon or auxiliary labels; such "
+                                  f"models are not searched yet")
             target = Target(spec, spec.family)
         ranges(cfg, target.family)  # the family has a valid space
         out.append(target)
@@ -98,24 +102,37 @@ def tune_model(spark: SparkSession, cfg: Config, store: TableStore, target: Targ
     """One model's study: its ``tuning_results`` rows and its summary (best params and metric)."""
     t = cfg.tuning
     started = time.perf_counter()
-    data, features = training_rows(store, cfg, target.spec, TARGET if target.soft else LABEL)
+    neural = target.family in NEURAL_FAMILIES
+    k_fraction = cfg.base_models.metric_k_fraction
+    if neural:
+        data, features = neural_rows(store, cfg, target.spec, t.inner_folds)
+        runner, parallelism = NeuralRunner(data, t.metric, k_fraction), "driver"
+        params = target.spec.params
+
+        def make_job(trial: int, fold: int, values: dict[str, Any]) -> NeuralJob:
+            return NeuralJob(trial, fold, target.family, _merge(params, as_model_params(target.family, values, params)))
+        width = len(features.columns)
+    else:
+        data, features = training_rows(store, cfg, target.spec, TARGET if target.soft else LABEL)
+        runner, parallelism = FoldRunner(spark, data, t.parallelism, cfg.base_models.early_stopping_rounds, t.metric,
+                                         k_fraction), t.parallelism
+        make_job, width = _job_factory(cfg, target, features, data), len(data.columns)
     folds = data.folds()
     inner = folds[: t.inner_folds] if t.inner_folds else folds
-    if len(folds) < 2:
-        raise ConfigError(f"tune {target.spec.name}: the training rows hold {len(folds)} fold(s); inner "
-                          f"cross-validation needs at least 2")
-    print(f"[remedi] tune {target.spec.name}: {data.rows:,} training rows, {len(data.columns)} features, inner folds "
-          f"{inner} of {folds}, {t.max_trials} trials, parallelism {t.parallelism}", file=sys.stderr, flush=True)
-    runner = FoldRunner(spark, data, t.parallelism, cfg.base_models.early_stopping_rounds, t.metric,
-                        cfg.base_models.metric_k_fraction)
+    print(f"[remedi] tune {target.spec.name}: {data.rows:,} training rows, {width} features, inner folds "
+          f"{inner} of {folds}, {t.max_trials} trials, parallelism {parallelism}", file=sys.stderr, flush=True)
     level = cfg.evaluation.bootstrap.level
     try:
-        study, records = run_study(target.spec.name, ranges(cfg, target.family), t, inner,
-                                   _job_factory(cfg, target, features, data), runner.run, runner.slots, level)
+        if len(folds) < 2:
+            raise ConfigError(f"tune {target.spec.name}: the training rows hold {len(folds)} fold(s); inner "
+                              f"cross-validation needs at least 2")
+        study, records = run_study(target.spec.name, ranges(cfg, target.family), t, inner, make_job, runner.run,
+                                   runner.slots, level)
     finally:
-        runner.close()
+        if hasattr(runner, "close"):
+            runner.close()
     best = best_trial(records, t.metric)
-    rows = result_rows(target.spec.name, target.family, records, t.metric, level, best, t.parallelism)
+    rows = result_rows(target.spec.name, target.family, records, t.metric, level, best, parallelism)
     seconds = time.perf_counter() - started
     summary: dict[str, Any] = {
         "family": target.family, "student": target.student, "rows": data.rows, "inner_folds": inner,
@@ -150,7 +167,10 @@ def run_tuning(spark: SparkSession, cfg: Config, store: TableStore, models: list
     """Stage ``tune``: search every chosen model (:func:`choose`), replace their partitions of
     ``tuning_results``, and write the best params to ``overlay`` (extending ``profile``; no overlay
     when either is None)."""
+    from ..tracking import Tracker
+
     targets = choose(cfg, models)
+    tracker = Tracker(cfg, store.root)  # the stage's MLflow run is open (run_stage): trials become child runs
     run_id = store.run.run_id if store.run else "adhoc"
     out: dict[str, Any] = {}
     tuned: dict[str, dict] = {}
@@ -160,6 +180,7 @@ def run_tuning(spark: SparkSession, cfg: Config, store: TableStore, models: list
         table = pd.DataFrame(rows).assign(run_id=run_id)
         store.write_partitions(frame_from_pandas(spark, table, "tuning_results"), "tuning_results",
                                [target.spec.name])
+        summary["mlflow_trials"] = tracker.log_trials(target.spec.name, rows)
         out[target.spec.name] = summary
         if summary["best_params"] is not None:
             (tuned_students if target.student else tuned)[target.spec.name] = summary["best_params"]
