@@ -264,7 +264,8 @@ class TuningSettings:
     models), each trial scored by inner cross-validation over the training folds on training owners
     outside the evaluation month; trials whose running metric is worse than the median of earlier
     trials after ``prune_warmup_folds`` folds are pruned. ``models``: what ``tune`` searches without
-    ``--models`` (null = every LightGBM base model and ``distill.student``)."""
+    ``--models`` (null = every LightGBM base model, every neural model whose family has a space and
+    ``distill.student``)."""
 
     models: list[str] | None
     metric: str

@@ -156,6 +156,47 @@ def test_the_study_prunes_on_the_inner_folds_and_keeps_the_budget():
     assert len(records) == 2 and len(calls) == 3  # the first batch, fold by fold
 
 
+def test_the_report_compares_the_newest_default_and_tuned_runs():
+    import pandas as pd
+
+    from remedi_spark.report.tuning import compare_runs
+
+    def run(run_id, started, tuned):
+        return {"run_id": run_id, "job": "train-base", "started_at": started,
+                "conf": {"base_models": {"tuned_params": tuned}}}
+
+    manifests = [run("a", "1", {}), run("b", "2", {"m": {"num_leaves": 7}}), run("c", "3", {}),
+                 {"run_id": "t", "job": "tune", "started_at": "4", "conf": {},
+                  "info": {"models": {"m": {"trials": 30, "metric": "logloss", "best_value": 0.02,
+                                            "importance": {"num_leaves": 0.7}}}}}]
+    metrics = pd.DataFrame([{"model": model, "run_id": r, "split": split, "rows": 100, "ci_level": 0.9,
+                             **{f"{m}{end}": value for m in ("logloss", "auc", "precision_at_k")
+                                for end in ("", "_ci_low", "_ci_high")}}
+                            for model, r, split, value in [("m", "a", "oof", 0.5), ("m", "b", "oof", 0.3),
+                                                           ("m", "c", "oof", 0.4), ("m", "c", "test", 0.9),
+                                                           ("n", "a", "oof", 0.5), ("n", "c", "oof", 0.5)]])
+    (row,) = compare_runs(manifests, metrics)  # n: never tuned, no row
+    assert (row["name"], row["default_run"], row["tuned_run"]) == ("m", "c", "b")  # the newest of each
+    assert (row["default_logloss"], row["tuned_logloss"]) == (0.4, 0.3) and row["tuned_params"] == {"num_leaves": 7}
+    assert row["trials"] == 30 and row["importance"] == {"num_leaves": 0.7}
+    assert row["tuned_logloss_ci"] == "0.30000 [0.30000, 0.30000]"
+
+
+def test_what_tune_searches_by_default():
+    from remedi_spark.tuning.stage import choose
+
+    cfg = load_config(LOCAL)
+    chosen = [(t.spec.name, t.family, t.student, t.soft) for t in choose(cfg, None)]
+    lgbm = [(s.name, "lgbm", False, False) for s in cfg.base_models.models if s.family == "lgbm"]
+    assert chosen == [*lgbm, ("mlp", "mlp", False, False), ("student", "student", True, True)]  # no deepfm space
+    assert [t.spec.name for t in choose(replace(cfg, tuning={"models": ["hard_label"]}), None)] == ["hard_label"]
+    assert not choose(cfg, ["hard_label"])[0].soft  # a label-target student fits the label
+    with pytest.raises(ConfigError, match=r"tune: unknown models \['nope'\]"):
+        choose(cfg, ["nope"])
+    with pytest.raises(ConfigError, match="tuning.spaces.deepfm: no search space"):
+        choose(cfg, ["deepfm"])
+
+
 def _cli(*args):
     return subprocess.run([sys.executable, "-m", "remedi_spark", "tune", *args], cwd=REPO, capture_output=True,
                           text=True, timeout=120)
@@ -311,6 +352,7 @@ def test_a_five_trial_study_writes_results_and_an_overlay_that_trains(spark, wor
     assert text["extends"] == "../tiny.yaml"
     tuned = load_config(overlay)
     best_lgbm, best_student = summary["models"]["lgbm"]["best_params"], summary["models"]["student"]["best_params"]
+    best_lgbm_value = summary["models"]["lgbm"]["best_value"]
     assert {s.name: s for s in tuned.base_models.models}["lgbm"].params == {**FAST, **best_lgbm}
     assert {s["name"]: s for s in tuned.distill.students}["student"]["params"] == {**FAST, **best_student}
     # neural values land where the model reads them: width x the model's depth (1) = model.hidden
@@ -324,3 +366,14 @@ def test_a_five_trial_study_writes_results_and_an_overlay_that_trains(spark, wor
     assert {k: sidecar["params"][k] for k in best_lgbm} == best_lgbm
     manifest = TableStore(spark, mine.tables.root).manifests()[-1]
     assert manifest["job"] == "train-base" and manifest["conf"]["base_models"]["tuned_params"]["lgbm"] == best_lgbm
+    # and once more without the overlay: the report's tuning section puts the two runs side by side
+    from remedi_spark.report.tuning import tuning_numbers, tuning_section
+
+    run_stage(spark, mine, "train-base", models=["lgbm"])
+    numbers = tuning_numbers(TableStore(spark, mine.tables.root))
+    (row,) = numbers["rows"]
+    assert row["name"] == "lgbm" and row["tuned_run"] == manifest["run_id"] and row["default_run"] != row["tuned_run"]
+    assert row["tuned_params"] == best_lgbm and row["trials"] == 5 and row["search_best"] == best_lgbm_value
+    assert row["default_logloss"] > 0 and row["tuned_logloss"] > 0 and "[" in row["tuned_logloss_ci"]
+    html = tuning_section(numbers)[0][1]
+    assert "Tuning" in tuning_section(numbers)[0][0] and row["tuned_logloss_ci"] in html

@@ -46,7 +46,8 @@ class Target:
 
 def choose(cfg: Config, names: list[str] | None) -> list[Target]:
     """The models ``tune`` searches: ``names`` (``--models``), else ``tuning.models``, else every
-    LightGBM base model and ``distill.student``. A ConfigError (before Spark reads anything) for an
+    LightGBM base model, every neural model whose family has a space in ``tuning.spaces`` (and that
+    trains on the label alone) and ``distill.student``. A ConfigError (before Spark reads anything) for an
     unknown name, a name that is both a base model and a student, a family without a search space,
     or a neural model."""
     from ..distill.students import TARGETS, _spec
@@ -54,8 +55,9 @@ def choose(cfg: Config, names: list[str] | None) -> list[Target]:
     students = {item["name"]: item for item in cfg.distill.students}
     base = {s.name: s for s in cfg.base_models.models}
     if names is None:
-        names = cfg.tuning.models or [*[s.name for s in cfg.base_models.models if s.family == "lgbm"],
-                                      cfg.distill.student]
+        searchable = [s.name for s in cfg.base_models.models if s.family == "lgbm" or (
+            s.family in cfg.tuning.spaces and not needs_horizons(s) and not aux_labels(s))]
+        names = cfg.tuning.models or [*searchable, cfg.distill.student]
     both = sorted(set(names) & set(students) & set(base))
     if both:
         raise ConfigError(f"tune: {both} name both a base model and a student; rename one")
