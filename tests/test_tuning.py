@@ -197,6 +197,29 @@ def test_what_tune_searches_by_default():
         choose(cfg, ["deepfm"])
 
 
+def test_the_overlay_extends_its_profile_and_keeps_other_models(tmp_path):
+    from remedi_spark.tuning.output import default_overlay_path, write_overlay
+
+    conf = tmp_path / "conf"
+    conf.mkdir()
+    profile = conf / "mine.yaml"
+    profile.write_text(f"extends: {LOCAL}\n")
+    overlay = default_overlay_path(profile)
+    assert overlay == conf / "tuned" / "mine.yaml"
+    write_overlay(overlay, profile, {"lgbm_focal": {"num_leaves": 9}}, {}, "run-1")
+    write_overlay(overlay, profile, {"lgbm_dealer": {"num_leaves": 11}}, {"student": {"lambda_l2": 2.0}}, "run-2")
+    data = yaml.safe_load(overlay.read_text())
+    assert data["extends"] == "../mine.yaml" and "run-2" in overlay.read_text()
+    assert data["base_models"]["tuned_params"] == {"lgbm_dealer": {"num_leaves": 11}, "lgbm_focal": {"num_leaves": 9}}
+    # searched again on the overlay itself: updated in place, still extending the profile
+    assert default_overlay_path(overlay) == overlay
+    write_overlay(overlay, overlay, {"lgbm_focal": {"num_leaves": 13}}, {}, "run-3")
+    cfg = load_config(overlay)
+    specs = {s.name: s.params for s in cfg.base_models.models}
+    assert specs["lgbm_focal"] == {"num_leaves": 13} and specs["lgbm_dealer"] == {"num_leaves": 11}
+    assert {s["name"]: s["params"] for s in cfg.distill.students}["student"] == {"lambda_l2": 2.0}
+
+
 def _cli(*args):
     return subprocess.run([sys.executable, "-m", "remedi_spark", "tune", *args], cwd=REPO, capture_output=True,
                           text=True, timeout=120)

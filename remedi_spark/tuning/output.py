@@ -3,7 +3,8 @@
 The overlay (default ``conf/tuned/<profile>.yaml``, next to the profile) ``extends:`` the profile and
 sets ``base_models.tuned_params.<model>`` / ``distill.tuned_params.<student>``, which the config
 merges into that model's params when it loads (:func:`remedi_spark.config.apply_tuned_params`).
-Writing it again keeps the other models' entries: tuning one model never forgets another's."""
+Writing it again keeps the other models' entries: tuning one model never forgets another's; a search
+run on the overlay itself (``--conf conf/tuned/demo.yaml``) updates it in place."""
 from __future__ import annotations
 
 import datetime as dt
@@ -31,9 +32,10 @@ def result_rows(model: str, family: str, records: list[TrialRecord], metric: str
 
 
 def default_overlay_path(profile: str | Path) -> Path:
-    """``conf/tuned/<name>.yaml`` for the profile ``conf/<name>.yaml``."""
+    """``conf/tuned/<name>.yaml`` for the profile ``conf/<name>.yaml``; a profile that is itself an
+    overlay (in a ``tuned`` folder) is updated in place."""
     profile = Path(profile)
-    return profile.parent / "tuned" / profile.name
+    return profile if profile.parent.name == "tuned" else profile.parent / "tuned" / profile.name
 
 
 def _plain(value: Any) -> Any:
@@ -58,7 +60,13 @@ def write_overlay(path: str | Path, profile: str | Path, models: dict[str, dict]
         data = yaml.safe_load(path.read_text()) or {}
     tuned = {**((data.get("base_models") or {}).get("tuned_params") or {}), **_plain(models)}
     tuned_students = {**((data.get("distill") or {}).get("tuned_params") or {}), **_plain(students)}
-    out: dict[str, Any] = {"extends": os.path.relpath(Path(profile).resolve(), path.parent.resolve())}
+    if path.resolve() == Path(profile).resolve():  # searched on the overlay itself: it keeps its parent
+        if not data.get("extends"):
+            raise ValueError(f"{path}: an overlay updated in place must extend a profile")
+        parent = data["extends"]
+    else:
+        parent = os.path.relpath(Path(profile).resolve(), path.parent.resolve())
+    out: dict[str, Any] = {"extends": parent}
     if tuned:
         out["base_models"] = {"tuned_params": dict(sorted(tuned.items()))}
     if tuned_students:
