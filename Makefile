@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 PETASTORM := petastorm==0.13.1
 
-.PHONY: setup demo monitor-demo cluster-demo backtest train-base kdef-study kaml-study hm3-study test reliability bench clean
+.PHONY: setup demo monitor-demo cluster-demo backtest train-base tune kdef-study kaml-study hm3-study test reliability bench clean
 
 setup: $(VENV)/.installed .jars/.resolved
 
@@ -43,6 +43,12 @@ backtest: setup
 
 train-base: setup
 	$(PY) -m remedi_spark train-base --conf conf/demo.yaml
+
+# Hyperparameter search on the demo data (after demo: the student's search needs the teacher's
+# predictions): LightGBM base models and the student, best params to conf/tuned/demo.yaml; then
+# `train-base --conf conf/tuned/demo.yaml` trains with them.
+tune: setup
+	$(PY) -m remedi_spark tune --conf conf/demo.yaml
 
 # KDEF K-table on the demo data (after train-base or demo): K = 1..4, KDEF vs independent nets.
 kdef-study: setup

@@ -19,6 +19,8 @@ DESCRIPTIONS = {
     "features": "build per user-month features and T+1..T+3 labels from the raw tables",
     "folds": "assign user-grouped, stratified CV folds and the evaluation splits",
     "train-base": "train the base models out-of-fold, refit them, write OOF predictions and held-out metrics",
+    "tune": "hyperparameter search (Optuna TPE) for LightGBM base models and students on training owners only; "
+            "tuning_results table and a config overlay conf/tuned/<profile>.yaml",
     "kdef-study": "KDEF K-table: K = 1..4 sub-networks with distillation vs the same nets trained independently",
     "kaml-study": "KAML ablations: with/without open-window months, with/without ranking loss, shared vs "
                   "independent horizon heads, vs an MLP",
@@ -72,9 +74,12 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--conf", default="conf/local.yaml", help="YAML profile (default: %(default)s)")
         p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                        help="override one config key, e.g. --set synthetic.n_users=10000 (repeatable)")
-        if stage in ("train-base", "meta-features"):
+        if stage in ("train-base", "meta-features", "tune"):
             p.add_argument("--models", type=lambda v: [m.strip() for m in v.split(",") if m.strip()], default=None,
                            metavar="NAMES", help="comma-separated model names from conf (default: all)")
+        if stage == "tune":
+            p.add_argument("--overlay", default=None, metavar="PATH",
+                           help="overlay to write the best params to (default: conf/tuned/<profile>.yaml next to --conf)")
         if stage in ("score", "lead-list", "monitor"):
             p.add_argument("--month", type=_month_arg, default=None,
                            help="YYYY-MM (default: scoring.month / monitoring.month, else the newest month)")
@@ -177,6 +182,10 @@ def main(argv: list[str] | None = None) -> int:
 
 def _run(args: argparse.Namespace) -> int:
     cfg = load_config(args.conf, args.set)
+    if args.stage == "tune":  # the models to search, before the session starts
+        from .tuning.stage import choose
+
+        choose(cfg, args.models)
     from .pipeline import run_foundation, run_stage  # imports pyspark: after the cheap checks
     from .spark import get_spark
 
@@ -203,6 +212,11 @@ def _run(args: argparse.Namespace) -> int:
     options = {"months": args.months} if args.stage == "features" else {}
     if args.stage in ("train-base", "meta-features"):
         options = {"models": args.models}
+    if args.stage == "tune":
+        from .tuning.output import default_overlay_path
+
+        options = {"models": args.models, "profile": args.conf,
+                   "overlay": args.overlay or str(default_overlay_path(args.conf))}
     if args.stage in ("score", "lead-list", "monitor"):
         options = {"month": args.month}
     if args.stage == "report":
@@ -243,6 +257,10 @@ def _run(args: argparse.Namespace) -> int:
 
         print(format_distill(summary["results"], "user_split"))
         print(format_distill(summary["results"], "out_of_time"))
+    if args.stage == "tune":
+        from .tuning.stage import format_tuning
+
+        print(format_tuning(summary))
     if args.stage == "backtest":
         from .backtest.stage import format_backtest
 

@@ -113,6 +113,7 @@ class BaseModelSettings:
     feature_groups: dict
     channel_groups: list[str] | None
     models: list[ModelSpec]
+    tuned_params: dict  # model name -> params found by `tune`, merged into that model's params at load
 
 
 @dataclass(frozen=True)
@@ -163,6 +164,7 @@ class DistillSettings:
     student: str
     students: list[dict]
     timing_rows: int
+    tuned_params: dict  # student name -> params found by `tune`, merged into that student's params at load
 
 
 @dataclass(frozen=True)
@@ -264,6 +266,45 @@ class BacktestSettings:
 
 
 @dataclass(frozen=True)
+class TuningSettings:
+    """Hyperparameter search (stage tune): Optuna TPE (seeded) over ``spaces.<family>`` (``lgbm`` for
+    every LightGBM base model, ``student`` for the distilled students, a neural family's name for its
+    models), each trial scored by inner cross-validation over the training folds on training owners
+    outside the evaluation month; trials whose running metric is worse than the median of earlier
+    trials after ``prune_warmup_folds`` folds are pruned. ``models``: what ``tune`` searches without
+    ``--models`` (null = every LightGBM base model, every neural model whose family has a space and
+    ``distill.student``)."""
+
+    models: list[str] | None
+    metric: str
+    max_trials: int
+    timeout_minutes: float | None
+    inner_folds: int | None
+    sample_rows: int | None
+    seed: int
+    parallelism: str
+    prune_startup_trials: int
+    prune_warmup_folds: int
+    spaces: dict
+
+
+@dataclass(frozen=True)
+class ParamRange:
+    """One searched parameter: ``choices`` (categorical), or ``low``..``high`` (an integer parameter
+    takes integer bounds), sampled on a log scale when ``log``. In YAML a range is a list,
+    ``[low, high]`` or ``[low, high, log]``, and a choice ``{choices: [...]}``: a profile that
+    overrides an entry replaces it whole (mappings would merge key by key); ``null`` leaves the
+    parameter out of the search."""
+
+    name: str
+    low: float | None = None
+    high: float | None = None
+    log: bool = False
+    integer: bool = False
+    choices: tuple | None = None
+
+
+@dataclass(frozen=True)
 class Config:
     spark: SparkSettings
     tables: TableSettings
@@ -283,6 +324,7 @@ class Config:
     kaml_study: KamlStudySettings
     hm3_study: Hm3StudySettings
     backtest: BacktestSettings
+    tuning: TuningSettings
 
     def to_dict(self) -> dict[str, Any]:
         """Plain-dict view (for run manifests and logs)."""
@@ -304,6 +346,8 @@ _CHOICES = {
     "lead_list.export_formats": {"csv", "parquet"},
     "fusion.teacher": {"hybrid_expert", "auto"},
     "fusion.on_weak_teacher": {"warn", "fallback", "fail"},
+    "tuning.metric": {"logloss", "precision_at_k"},
+    "tuning.parallelism": {"tasks", "driver"},
     "fusion.ablations": {"trees_only", "neural_only", "without_focal", "without_subset", "without_kaml",
                          "without_hm3"},
 }
@@ -459,7 +503,16 @@ _RANGES: dict[str, tuple[float | None, float | None, str]] = {
     "monitoring.reference_rows": (1, None, "a positive integer"),
     "backtest.months": (1, None, "a positive integer"),
     "tracking.promotion_margin": (0, None, "zero or a positive P@K difference (absolute, e.g. 0.002)"),
+
+
+    "tuning.max_trials": (1, None, "a positive integer"),
+    "tuning.timeout_minutes": (0, None, "a positive number of minutes (or null: no time limit)"),
+    "tuning.inner_folds": (1, None, "a positive integer (or null: every training fold)"),
+    "tuning.sample_rows": (1, None, "a positive integer (or null: every training row)"),
+    "tuning.prune_startup_trials": (0, None, "zero or a positive integer"),
+    "tuning.prune_warmup_folds": (0, None, "zero or a positive integer"),
 }
+_OPEN_BELOW = {"tuning.timeout_minutes"}  # 0 minutes is no budget
 _CLOSED_ABOVE = {"base_models.metric_k_fraction"}  # 1.0 = the whole population is a valid K
 
 
@@ -472,7 +525,7 @@ def check_ranges(cfg: "Config") -> None:
             value = getattr(value, part)
         if value is None:
             continue
-        fraction = high is not None
+        fraction = high is not None or key in _OPEN_BELOW
         below = value <= low if fraction else value < low
         above = high is not None and (value > high if key in _CLOSED_ABOVE else value >= high)
         if below or above:
@@ -482,6 +535,7 @@ def check_ranges(cfg: "Config") -> None:
         raise ConfigError(f"lead_list.k: expected a count of leads (a positive integer) or a fraction of the month's "
                           f"scored owners in (0, 1], got {k!r}")
     check_custom_features(cfg)
+    check_tuning(cfg)
 
 
 # the label columns a custom table may declare (features.custom.label_cols): per-horizon and funnel labels
@@ -526,6 +580,125 @@ def check_model_source(cfg: "Config") -> None:
                           "set the other to null")
 
 
+# What `tune` may search, per family of `tuning.spaces`, and each parameter's kind (int or float)
+LGBM_TUNABLE: dict[str, type] = {
+    "num_leaves": int, "min_data_in_leaf": int, "learning_rate": float, "feature_fraction": float,
+    "bagging_fraction": float, "bagging_freq": int, "lambda_l1": float, "lambda_l2": float,
+    "min_sum_hessian_in_leaf": float, "min_gain_to_split": float, "max_depth": int, "max_bin": int,
+    "num_iterations": int,
+}
+# neural: training params, the zoo's emb_dim and dropout, and the hidden layers as width x depth
+NEURAL_TUNABLE: dict[str, type] = {
+    "lr": float, "batch_size": int, "epochs": int, "emb_dim": int, "dropout": float, "width": int, "depth": int,
+}
+NEURAL_FAMILIES = ("mlp", "deepfm", "xdeepfm", "kdef", "kaml", "hm3")
+SPACE_FAMILIES = ("lgbm", "student", *NEURAL_FAMILIES)
+
+
+def tunable(family: str) -> dict[str, type]:
+    """The parameters ``tuning.spaces.<family>`` may name, with their kind."""
+    return NEURAL_TUNABLE if family in NEURAL_FAMILIES else LGBM_TUNABLE
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def parse_space(spaces: dict, family: str) -> list[ParamRange]:
+    """``tuning.spaces.<family>`` as :class:`ParamRange` objects, in the config's order; a ConfigError
+    naming the key for an unknown family or parameter, a malformed entry, ``low > high``, or a log
+    scale whose low bound is not positive."""
+    if family not in SPACE_FAMILIES:
+        raise ConfigError(f"tuning.spaces.{family}: unknown family; known: {list(SPACE_FAMILIES)}")
+    entries = spaces.get(family)
+    if entries is None:
+        raise ConfigError(f"tuning.spaces.{family}: no search space for this family; add one to tuning.spaces")
+    if not isinstance(entries, dict) or not any(v is not None for v in entries.values()):
+        raise ConfigError(f"tuning.spaces.{family}: expected a mapping of parameter -> range, got {entries!r}")
+    kinds = tunable(family)
+    out = []
+    for name, entry in entries.items():
+        key = f"tuning.spaces.{family}.{name}"
+        if entry is None:  # a profile leaves a parameter of its parent's space out of the search
+            continue
+        if name not in kinds:
+            raise ConfigError(f"{key}: unknown parameter; tunable for {family}: {sorted(kinds)}")
+        shape = "[low, high], [low, high, log] or {choices: [...]}"
+        if isinstance(entry, dict):
+            if set(entry) != {"choices"}:
+                raise ConfigError(f"{key}: a mapping holds `choices` only, got keys {sorted(entry)}; a range is "
+                                  f"a list: {shape}")
+            choices = entry["choices"]
+            if not isinstance(choices, list) or not choices or not all(_number(c) for c in choices):
+                raise ConfigError(f"{key}: choices must be a non-empty list of numbers, got {choices!r}")
+            if kinds[name] is int and not all(isinstance(c, int) for c in choices):
+                raise ConfigError(f"{key}: {name} is an integer parameter; its choices must be integers")
+            out.append(ParamRange(name, choices=tuple(choices), integer=kinds[name] is int))
+            continue
+        if not isinstance(entry, list) or len(entry) not in (2, 3) or (len(entry) == 3 and entry[2] != "log"):
+            raise ConfigError(f"{key}: expected {shape}, got {entry!r}")
+        low, high, log = entry[0], entry[1], len(entry) == 3
+        if not (_number(low) and _number(high)):
+            raise ConfigError(f"{key}: low and high must both be numbers, got {entry!r}")
+        if low > high:
+            raise ConfigError(f"{key}: low {low!r} > high {high!r}")
+        if log and low <= 0:
+            raise ConfigError(f"{key}: a log scale needs low > 0, got low={low!r}")
+        integer = kinds[name] is int
+        if integer and not (isinstance(low, int) and isinstance(high, int)):
+            raise ConfigError(f"{key}: {name} is an integer parameter; low and high must be integers")
+        out.append(ParamRange(name, low=low, high=high, log=log, integer=integer))
+    return out
+
+
+def tuning_names(cfg: "Config") -> tuple[list[str], list[str]]:
+    """The names ``tune`` knows: base models and distill students."""
+    return [s.name for s in cfg.base_models.models], [str(item.get("name")) for item in cfg.distill.students]
+
+
+def check_tuning(cfg: "Config") -> None:
+    """``tuning``: every search space parses (:func:`parse_space`) and the models to tune exist."""
+    t = cfg.tuning
+    if not isinstance(t.spaces, dict):
+        raise ConfigError(f"tuning.spaces: expected a mapping of family -> space, got {t.spaces!r}")
+    for family in t.spaces:
+        parse_space(t.spaces, family)
+    models, students = tuning_names(cfg)
+    unknown = sorted(set(t.models or []) - set(models) - set(students))
+    if unknown:
+        raise ConfigError(f"tuning.models: unknown models {unknown}; base models: {models}, students: {students}")
+
+
+def _check_tuned(tuned: Any, key: str, known: list[str], what: str) -> dict:
+    if not isinstance(tuned, dict):
+        raise ConfigError(f"{key}: expected a mapping of {what} -> params, got {tuned!r}")
+    unknown = sorted(set(tuned) - set(known))
+    if unknown:
+        raise ConfigError(f"{key}: {unknown} are not in {what}s {known} (an overlay tuned for another model list?)")
+    for name, params in tuned.items():
+        if not isinstance(params, dict):
+            raise ConfigError(f"{key}.{name}: expected a mapping of params, got {params!r}")
+    return tuned
+
+
+def apply_tuned_params(cfg: "Config") -> "Config":
+    """``cfg`` with ``base_models.tuned_params[<model>]`` merged into that model's ``params`` and
+    ``distill.tuned_params[<student>]`` into that student's (mappings merged key by key, any other
+    value, lists included, replaced whole). Merging twice gives the same config, so a config read back
+    from a run manifest (which holds both the merged params and ``tuned_params``) loads the same."""
+    models, students = tuning_names(cfg)
+    tuned = _check_tuned(cfg.base_models.tuned_params, "base_models.tuned_params", models, "base model")
+    tuned_students = _check_tuned(cfg.distill.tuned_params, "distill.tuned_params", students, "student")
+    if not tuned and not tuned_students:
+        return cfg
+    specs = [dataclasses.replace(s, params=_merge(s.params, tuned[s.name])) if s.name in tuned else s
+             for s in cfg.base_models.models]
+    items = [{**item, "params": _merge(item.get("params") or {}, tuned_students[item["name"]])}
+             if item.get("name") in tuned_students else item for item in cfg.distill.students]
+    return dataclasses.replace(cfg, base_models=dataclasses.replace(cfg.base_models, models=specs),
+                               distill=dataclasses.replace(cfg.distill, students=items))
+
+
 def check_no_secrets(data: Any, key: str = "") -> None:
     """Refuse credentials written into conf: they come from the environment (``DATABRICKS_TOKEN``,
     cloud credential chains) or a Databricks secret scope (``{{secrets/scope/key}}``), never from YAML."""
@@ -545,7 +718,7 @@ def config_from_dict(data: dict) -> Config:
     """Validate a plain dict (already merged) into a :class:`Config`: types and choices, no
     credentials, output paths under the configured roots."""
     check_no_secrets(data)
-    cfg = _build(Config, data, "")
+    cfg = apply_tuned_params(_build(Config, data, ""))
     check_ranges(cfg)
     check_paths(cfg)
     check_model_source(cfg)

@@ -31,6 +31,7 @@ from .training.kdef_study import run_kdef_study
 from .distill.students import log_student
 from .tracking import PIPELINE_TAG, STAGE_TAG, Tracker
 from .training.oof import train_base_models
+from .tuning.stage import run_tuning
 
 StageFn = Callable[..., dict[str, Any]]
 
@@ -39,6 +40,7 @@ STAGES: dict[str, StageFn] = {
     "features": build_features,
     "folds": assign_folds,
     "train-base": train_base_models,
+    "tune": run_tuning,
     "kdef-study": run_kdef_study,
     "kaml-study": run_kaml_study,
     "hm3-study": run_hm3_study,

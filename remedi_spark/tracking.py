@@ -188,6 +188,25 @@ class Tracker:
         if self.enabled:
             self.mlflow.set_tags(tags)
 
+    def log_trials(self, model: str, rows: list[dict[str, Any]]) -> int:
+        """One MLflow child run per tuning trial (``rows`` of ``tuning_results``) under the open run:
+        the trial's params as params, its metric (with the interval over the inner folds), folds and
+        seconds as metrics, model, state and best as tags. Returns how many were logged (0 without an
+        open run or with tracking off)."""
+        if not self.enabled or self.mlflow.active_run() is None:
+            return 0
+        mlflow = self.mlflow
+        for r in rows:
+            with mlflow.start_run(run_name=f"tune {model} trial {r['trial']}", nested=True):
+                mlflow.set_tags({"remedi.tune.model": model, "remedi.tune.trial": str(r["trial"]),
+                                 "remedi.tune.state": r["state"], "remedi.tune.best": str(bool(r["best"]))})
+                mlflow.log_params(json.loads(r["params"]))
+                values = {"value": r["value"], "value_ci_low": r["value_ci_low"], "value_ci_high": r["value_ci_high"],
+                          "folds": r["folds"], "seconds": r["seconds"], "best_iteration": r["best_iteration"]}
+                mlflow.log_metrics({f"{r['metric']}_{k}" if k.startswith("value") else k: float(v)
+                                    for k, v in values.items() if v is not None})
+        return len(rows)
+
     def log_artifacts(self, local_dir: str, artifact_path: str) -> None:
         """Every file under ``local_dir`` as artifacts under ``artifact_path``."""
         if self.enabled:

@@ -12,7 +12,7 @@ JOBS = {"generate": "generate.py", "features": "build_features.py", "folds": "ma
         "fusion": "fusion.py", "distill": "distill.py", "score": "score.py", "lead-list": "lead_list.py",
         "foundation": "foundation.py", "pipeline": "run_pipeline.py", "report": "report.py", "monitor": "monitor.py",
         "monitor-demo": "monitor_demo.py", "reproduce": "reproduce.py",
-        "backtest": "backtest.py", "promote": "promote.py"}
+        "backtest": "backtest.py", "promote": "promote.py", "tune": "tune.py"}
 
 
 def test_every_stage_has_a_job():

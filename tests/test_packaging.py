@@ -26,7 +26,7 @@ def test_every_table_written_has_a_schema():
 
     for table in ("owners", "monthly_activity", "purchases", "oracle", "features", "folds", "oof_predictions",
                   "base_model_metrics", "kdef_study", "meta_features", "fusion_results", "teacher_predictions",
-                  "distill_results", "scores", "lead_list", "hm3_study", "backtest_results"):
+                  "distill_results", "scores", "lead_list", "hm3_study", "backtest_results", "tuning_results"):
         assert load_schema(table).table == table
 
 

@@ -29,6 +29,7 @@ from ..metrics import bootstrap, curve_ks, lead_metrics, ranked_curves
 from ..training.study_inputs import difference_text
 from . import figures
 from .backtest import backtest_figures, backtest_numbers, backtest_section, latest_run
+from .tuning import tuning_numbers, tuning_section
 from .collect import SCORERS, ReportData, collect, data_version_rows, monthly_metrics
 from .html import figure, page, table
 
@@ -391,6 +392,7 @@ def render_html(numbers: dict[str, Any], pngs: dict[str, bytes]) -> str:
                              [{"name": r["subject"], "psi": r["value"], "band": r["band"]} for r in newest["top_psi"]],
                              ["name", "psi", "band"])))
     sections += backtest_section(numbers.get("backtest"), pngs)  # the newest backtest run under the root, if any
+    sections += tuning_section(numbers.get("tuning"))  # models trained both with and without the tuning overlay
     lead = numbers["lead_list"]
     if lead:
         lead = dict(lead)
@@ -451,6 +453,7 @@ def build_report(spark: SparkSession, cfg: Config, store: TableStore, run: str |
     backtest = latest_run(spark, store)
     numbers["backtest"] = backtest_numbers(*backtest) if backtest else None
     pngs.update(backtest_figures(numbers["backtest"]))
+    numbers["tuning"] = tuning_numbers(store)
     out = report_dir(cfg, store, data.pipeline["run_id"])
     for name, png in pngs.items():
         files.write_bytes(spark, f"{out}/figures/{name}.png", png)

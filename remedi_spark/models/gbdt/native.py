@@ -116,18 +116,26 @@ class NativeLightGBM(BaseModel):
         params["objective"] = "binary"
         return params, None
 
-    def fit(self, train: DataFrame, valid: DataFrame) -> "NativeLightGBM":
-        spark = train.sparkSession
+    def training_setup(self, n: int, positives: float) -> tuple[dict[str, Any], Any, int, float | None]:
+        """What ``lightgbm.train`` gets for ``n`` training rows holding ``positives`` (sum of the
+        label): params (objective and imbalance set, ``num_iterations`` taken out), the feval for
+        early stopping (or None), the number of rounds and the init score (focal: the base rate's
+        logit, else None). Also used by the tuning trials, so a trial fits what ``fit`` would."""
+        if not positives:
+            raise ValueError(f"{self.name}: the training rows hold no positive label")
         params, feval = self._objective_params()
         rounds = int(params.pop("num_iterations"))
-        stats = train.agg(F.count(F.lit(1)).alias("n"), F.sum(LABEL).alias("pos")).first()
-        if not stats["pos"]:
-            raise ValueError(f"{self.name}: the training rows hold no positive label")
-        params.update(imbalance_params(self.settings.imbalance, stats["n"], stats["pos"]))
+        params.update(imbalance_params(self.settings.imbalance, n, positives))
         init = None
         if self.spec.objective == "focal":  # start from the base rate, not p = 0.5
-            rate = stats["pos"] / stats["n"]
+            rate = positives / n
             init = float(np.log(rate / (1 - rate)))
+        return params, feval, rounds, init
+
+    def fit(self, train: DataFrame, valid: DataFrame) -> "NativeLightGBM":
+        spark = train.sparkSession
+        stats = train.agg(F.count(F.lit(1)).alias("n"), F.sum(LABEL).alias("pos")).first()
+        params, feval, rounds, init = self.training_setup(stats["n"], stats["pos"])
         valid_pdf = keyed_pandas(valid, *self.features.columns, LABEL)
         self._text, best, timings = barrier_train(spark, train, valid_pdf, self.features.columns,
                                          self.features.categorical_indexes, params, rounds,
