@@ -393,10 +393,19 @@ def test_a_five_trial_study_writes_results_and_an_overlay_that_trains(spark, wor
     from remedi_spark.report.tuning import tuning_numbers, tuning_section
 
     run_stage(spark, mine, "train-base", models=["lgbm"])
-    numbers = tuning_numbers(TableStore(spark, mine.tables.root))
+    numbers = tuning_numbers(TableStore(spark, mine.tables.root), mine)
     (row,) = numbers["rows"]
     assert row["name"] == "lgbm" and row["tuned_run"] == manifest["run_id"] and row["default_run"] != row["tuned_run"]
     assert row["tuned_params"] == best_lgbm and row["trials"] == 5 and row["search_best"] == best_lgbm_value
     assert row["default_logloss"] > 0 and row["tuned_logloss"] > 0 and "[" in row["tuned_logloss_ci"]
+    # the paired difference reads the tuned run's predictions back from the Delta version it wrote (the
+    # default run has replaced the partition since): same rows and the same estimates as each run's
+    # own metrics row, and an interval around its estimate
+    diff = row["difference"]
+    assert diff["rows"] == row["rows"] and diff["positives"] > 0
+    for metric in ("logloss", "auc", "precision_at_k"):
+        assert diff[metric]["estimate"] == pytest.approx(row[f"tuned_{metric}"] - row[f"default_{metric}"], abs=1e-9)
+        assert diff[metric]["low"] <= diff[metric]["estimate"] <= diff[metric]["high"]
+    assert diff["logloss"]["estimate"] != 0  # two different models' predictions, not one read twice
     html = tuning_section(numbers)[0][1]
-    assert "Tuning" in tuning_section(numbers)[0][0] and row["tuned_logloss_ci"] in html
+    assert "Tuning" in tuning_section(numbers)[0][0] and row["tuned_logloss_ci"] in html and row["diff_auc"] in html

@@ -453,7 +453,7 @@ def build_report(spark: SparkSession, cfg: Config, store: TableStore, run: str |
     backtest = latest_run(spark, store)
     numbers["backtest"] = backtest_numbers(*backtest) if backtest else None
     pngs.update(backtest_figures(numbers["backtest"]))
-    numbers["tuning"] = tuning_numbers(store)
+    numbers["tuning"] = tuning_numbers(store, cfg)
     out = report_dir(cfg, store, data.pipeline["run_id"])
     for name, png in pngs.items():
         files.write_bytes(spark, f"{out}/figures/{name}.png", png)

@@ -3,19 +3,24 @@
 Default and tuned are two train-base runs under the same root: for each model the newest run whose
 config held no ``base_models.tuned_params`` for it (default) and the newest that did (tuned, trained
 through the overlay), both measured on the OOF rows (training owners outside the evaluation month)
-with their ``base_model_metrics`` intervals. The two intervals come from separate bootstraps of two
-models' predictions: shown side by side, not as a paired difference (only the newest run's OOF
-predictions are kept). Beside them, from the newest ``tune`` run: trials, the best inner-fold metric
-and Optuna's fANOVA parameter importance."""
+with their ``base_model_metrics`` intervals. The comparison itself is the paired difference tuned −
+default: each run's OOF predictions are read back at the Delta version that run wrote (time travel;
+a later train-base replaces the partition), joined on the rows both predicted, and bootstrapped
+over owners with one set of weights for both. Beside them, from the newest ``tune`` run: trials, the
+best inner-fold metric and Optuna's fANOVA parameter importance."""
 from __future__ import annotations
 
 from typing import Any
 
 import pandas as pd
+from pyspark.sql import DataFrame
+from pyspark.sql import functions as F
 
+from ..metrics import bootstrap, difference_verdict
 from .html import table
 
 METRICS = ("logloss", "auc", "precision_at_k")
+KEYS = ["user_id", "month"]
 
 
 def _ci(row: pd.Series, metric: str) -> str:
@@ -63,12 +68,70 @@ def compare_runs(manifests: list[dict[str, Any]], metrics: pd.DataFrame) -> list
     return out
 
 
-def tuning_numbers(store: Any) -> dict[str, Any] | None:
-    """:func:`compare_runs` over ``store``'s manifests and ``base_model_metrics``; None when no model
-    has both runs."""
+def _difference_text(d: dict[str, Any] | None, metric: str) -> str:
+    if not d:
+        return ""
+    digits = 5 if metric == "logloss" else 4
+    return f"{d['estimate']:+.{digits}f} [{d['low']:+.{digits}f}, {d['high']:+.{digits}f}] {d['verdict']}"
+
+
+def written_version(manifest: dict[str, Any], table: str, partition: str) -> int | None:
+    """The Delta version of ``table`` at which ``manifest``'s run wrote ``partition`` (its newest such
+    write), or None when it did not write it."""
+    versions = [w["version"] for w in manifest.get("writes") or []
+                if w["table"] == table and partition in (w.get("partitions") or [])]
+    return max(versions) if versions else None
+
+
+def _at_version(store: Any, table: str, version: int) -> DataFrame:
+    # straight from the Delta log, not store.read: the report's own manifest records the versions it
+    # reports on, and these older versions would overwrite them
+    return store.spark.read.format("delta").option("versionAsOf", version).load(store.path(table))
+
+
+def paired_difference(store: Any, cfg: Any, model: str, default: dict[str, Any], tuned: dict[str, Any]) -> dict | None:
+    """Tuned − default OOF metrics of ``model`` from the two train-base runs' manifests: both runs'
+    out-of-fold predictions at the versions they wrote, the rows both predicted, labels from the
+    features version the tuned run read, a paired owner bootstrap (``evaluation.bootstrap``) with
+    :data:`METRICS` differences and their verdicts. None when a run's predictions cannot be found."""
+    versions = {kind: written_version(m, "oof_predictions", model) for kind, m in
+                (("default", default), ("tuned", tuned))}
+    features_version = (tuned.get("reads") or {}).get("features")
+    if None in versions.values() or features_version is None:
+        return None
+    preds = [_at_version(store, "oof_predictions", v).filter((F.col("model") == model) & (F.col("fold") >= 0))
+             .select(*KEYS, F.col("p").alias(kind)) for kind, v in versions.items()]
+    labels = _at_version(store, "features", features_version).select(*KEYS, "y")
+    pdf = preds[0].join(preds[1], KEYS).join(labels, KEYS).orderBy(*KEYS).toPandas()
+    if pdf.empty:
+        return None
+    b = cfg.evaluation.bootstrap
+    y = pdf["y"].to_numpy()
+    result = bootstrap(y, {"tuned": pdf["tuned"].to_numpy(), "default": pdf["default"].to_numpy()},
+                       pdf["user_id"].to_numpy(), cfg.base_models.metric_k_fraction, replicates=b.replicates,
+                       seed=b.seed, level=b.level, pairs=[("tuned", "default")])["differences"][("tuned", "default")]
+    return {"rows": int(len(pdf)), "positives": int(y.sum()), "level": b.level,
+            **{metric: {"estimate": iv.estimate, "low": iv.low, "high": iv.high,
+                        "verdict": difference_verdict(iv, lower_is_better=metric == "logloss")}
+               for metric, iv in result.items() if metric in METRICS}}
+
+
+def tuning_numbers(store: Any, cfg: Any = None) -> dict[str, Any] | None:
+    """:func:`compare_runs` over ``store``'s manifests and ``base_model_metrics``, each row with its
+    :func:`paired_difference` under ``difference`` (when ``cfg`` is given); None when no model has
+    both runs."""
     if not store.exists("base_model_metrics"):
         return None
-    rows = compare_runs(store.manifests(), store.read("base_model_metrics").toPandas())
+    manifests = store.manifests()
+    rows = compare_runs(manifests, store.read("base_model_metrics").toPandas())
+    if cfg is not None:
+        by_id = {m["run_id"]: m for m in manifests}
+        for row in rows:
+            row["difference"] = paired_difference(store, cfg, row["name"], by_id[row["default_run"]],
+                                                  by_id[row["tuned_run"]])
+            for metric in METRICS:
+                row[f"diff_{metric}"] = _difference_text((row["difference"] or {}).get(metric), metric)
+            row["positives"] = (row["difference"] or {}).get("positives")
     return {"rows": rows} if rows else None
 
 
@@ -77,15 +140,18 @@ def tuning_section(numbers: dict[str, Any] | None) -> list[tuple[str, str]]:
     if not numbers:
         return []
     rows = numbers["rows"]
-    columns = ["name", "rows", *[f"{kind}_{m}_ci" for m in METRICS for kind in ("default", "tuned")], "trials"]
+    columns = ["name", "rows", "positives", *[f"{kind}_{m}_ci" for m in METRICS for kind in ("default", "tuned")],
+               *[f"diff_{m}" for m in METRICS if any(r.get(f"diff_{m}") for r in rows)], "trials"]
     importance = "".join(
         f"<p><b>{r['name']}</b>: " + ", ".join(f"{k} {v:.2f}" for k, v in r["importance"].items()) + "</p>"
         for r in rows if r.get("importance"))
     level = rows[0]["ci_level"]
     intro = ("<p>Each base model trained twice by train-base: with its configured params (default) and through the "
              "tuning overlay (tuned). Metrics on the out-of-fold rows (training owners outside the evaluation month), "
-             f"{100 * level:.0f}% intervals from a bootstrap over owners per run: two separate intervals, not a "
-             "paired difference.</p>")
+             f"{100 * level:.0f}% intervals from a bootstrap over owners. The diff columns are tuned − default on the "
+             "rows both runs predicted, a paired bootstrap (one set of owner weights for both runs' predictions, read "
+             "back at the Delta versions the runs wrote); an interval containing 0 is no difference. Log loss: lower "
+             "is better.</p>")
     params = "".join(f"<p class='meta'>{r['name']}: tuned run <code>{r['tuned_run']}</code> with {r['tuned_params']}; "
                      f"default run <code>{r['default_run']}</code></p>" for r in rows)
     return [("Tuning: default vs tuned", intro + table(rows, columns) + params
