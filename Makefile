@@ -76,6 +76,7 @@ bench: setup
 	$(PY) bench/neural.py --out bench/results/neural.json
 	$(PY) bench/fusion.py --out bench/results/fusion.json
 	$(PY) bench/scoring.py --out bench/results/scoring.json
+	$(PY) bench/tuning.py --out bench/results/tuning.json
 
 clean:
 	rm -rf data/demo data/backtest data/monitor_demo data/cluster_demo data/cluster_demo_local data/local build/cluster-demo spark-warehouse metastore_db derby.log

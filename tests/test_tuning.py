@@ -407,5 +407,8 @@ def test_a_five_trial_study_writes_results_and_an_overlay_that_trains(spark, wor
         assert diff[metric]["estimate"] == pytest.approx(row[f"tuned_{metric}"] - row[f"default_{metric}"], abs=1e-9)
         assert diff[metric]["low"] <= diff[metric]["estimate"] <= diff[metric]["high"]
     assert diff["logloss"]["estimate"] != 0  # two different models' predictions, not one read twice
+    held_out = row["difference_held_out"]  # the held-out owners: their own rows, never the OOF ones
+    assert held_out["rows"] > 0 and held_out["rows"] + diff["rows"] <= copy.read("features").count()
+    assert held_out["logloss"]["low"] <= held_out["logloss"]["estimate"] <= held_out["logloss"]["high"]
     html = tuning_section(numbers)[0][1]
     assert "Tuning" in tuning_section(numbers)[0][0] and row["tuned_logloss_ci"] in html and row["diff_auc"] in html

@@ -89,17 +89,24 @@ def _at_version(store: Any, table: str, version: int) -> DataFrame:
     return store.spark.read.format("delta").option("versionAsOf", version).load(store.path(table))
 
 
-def paired_difference(store: Any, cfg: Any, model: str, default: dict[str, Any], tuned: dict[str, Any]) -> dict | None:
-    """Tuned − default OOF metrics of ``model`` from the two train-base runs' manifests: both runs'
-    out-of-fold predictions at the versions they wrote, the rows both predicted, labels from the
-    features version the tuned run read, a paired owner bootstrap (``evaluation.bootstrap``) with
-    :data:`METRICS` differences and their verdicts. None when a run's predictions cannot be found."""
+# the rows a difference is measured on: out-of-fold rows (training owners outside the evaluation
+# month: the rows the search's inner folds scored, so not free of its selection) and the held-out
+# owners (never read by the search, predicted by each run's refit)
+ROWS = {"oof": lambda: F.col("fold") >= 0, "held_out": lambda: F.col("split") == "test"}  # Columns need a session
+
+
+def paired_difference(store: Any, cfg: Any, model: str, default: dict[str, Any], tuned: dict[str, Any],
+                      rows: str = "oof") -> dict | None:
+    """Tuned − default metrics of ``model`` on ``rows`` (:data:`ROWS`) from the two train-base runs'
+    manifests: both runs' predictions at the versions they wrote, the rows both predicted, labels
+    from the features version the tuned run read, a paired owner bootstrap (``evaluation.bootstrap``)
+    with :data:`METRICS` differences and their verdicts. None when a run's predictions cannot be found."""
     versions = {kind: written_version(m, "oof_predictions", model) for kind, m in
                 (("default", default), ("tuned", tuned))}
     features_version = (tuned.get("reads") or {}).get("features")
     if None in versions.values() or features_version is None:
         return None
-    preds = [_at_version(store, "oof_predictions", v).filter((F.col("model") == model) & (F.col("fold") >= 0))
+    preds = [_at_version(store, "oof_predictions", v).filter((F.col("model") == model) & ROWS[rows]())
              .select(*KEYS, F.col("p").alias(kind)) for kind, v in versions.items()]
     labels = _at_version(store, "features", features_version).select(*KEYS, "y")
     pdf = preds[0].join(preds[1], KEYS).join(labels, KEYS).orderBy(*KEYS).toPandas()
@@ -127,11 +134,15 @@ def tuning_numbers(store: Any, cfg: Any = None) -> dict[str, Any] | None:
     if cfg is not None:
         by_id = {m["run_id"]: m for m in manifests}
         for row in rows:
-            row["difference"] = paired_difference(store, cfg, row["name"], by_id[row["default_run"]],
-                                                  by_id[row["tuned_run"]])
+            runs = by_id[row["default_run"]], by_id[row["tuned_run"]]
+            row["difference"] = paired_difference(store, cfg, row["name"], *runs)
+            row["difference_held_out"] = paired_difference(store, cfg, row["name"], *runs, rows="held_out")
             for metric in METRICS:
                 row[f"diff_{metric}"] = _difference_text((row["difference"] or {}).get(metric), metric)
+                row[f"held_out_diff_{metric}"] = _difference_text((row["difference_held_out"] or {}).get(metric),
+                                                                  metric)
             row["positives"] = (row["difference"] or {}).get("positives")
+            row["held_out_positives"] = (row["difference_held_out"] or {}).get("positives")
     return {"rows": rows} if rows else None
 
 
@@ -141,7 +152,8 @@ def tuning_section(numbers: dict[str, Any] | None) -> list[tuple[str, str]]:
         return []
     rows = numbers["rows"]
     columns = ["name", "rows", "positives", *[f"{kind}_{m}_ci" for m in METRICS for kind in ("default", "tuned")],
-               *[f"diff_{m}" for m in METRICS if any(r.get(f"diff_{m}") for r in rows)], "trials"]
+               *[f"{where}diff_{m}" for where in ("", "held_out_") for m in METRICS
+                 if any(r.get(f"{where}diff_{m}") for r in rows)], "held_out_positives", "trials"]
     importance = "".join(
         f"<p><b>{r['name']}</b>: " + ", ".join(f"{k} {v:.2f}" for k, v in r["importance"].items()) + "</p>"
         for r in rows if r.get("importance"))
@@ -151,7 +163,9 @@ def tuning_section(numbers: dict[str, Any] | None) -> list[tuple[str, str]]:
              f"{100 * level:.0f}% intervals from a bootstrap over owners. The diff columns are tuned − default on the "
              "rows both runs predicted, a paired bootstrap (one set of owner weights for both runs' predictions, read "
              "back at the Delta versions the runs wrote); an interval containing 0 is no difference. Log loss: lower "
-             "is better.</p>")
+             "is better. The OOF rows are the rows the search's inner folds scored, so the OOF difference is not "
+             "free of the search's selection; the held_out columns are the held-out owners, which the search never "
+             "read (each run's refit model).</p>")
     params = "".join(f"<p class='meta'>{r['name']}: tuned run <code>{r['tuned_run']}</code> with {r['tuned_params']}; "
                      f"default run <code>{r['default_run']}</code></p>" for r in rows)
     return [("Tuning: default vs tuned", intro + table(rows, columns) + params
