@@ -352,7 +352,7 @@ _CHOICES = {
                          "without_hm3"},
 }
 _ITEM_CHOICES = {  # choices for fields of list items, by field name
-    "family": {"lgbm", "mlp", "deepfm", "xdeepfm", "kdef", "kaml", "hm3"},
+    "family": {"lgbm", "mlp", "deepfm", "xdeepfm", "autoint", "kdef", "kaml", "hm3"},
     "backend": {"synapseml", "native", "torch"},
     "objective": {"logloss", "focal", "mse", "xentropy"},
 }
@@ -591,7 +591,7 @@ LGBM_TUNABLE: dict[str, type] = {
 NEURAL_TUNABLE: dict[str, type] = {
     "lr": float, "batch_size": int, "epochs": int, "emb_dim": int, "dropout": float, "width": int, "depth": int,
 }
-NEURAL_FAMILIES = ("mlp", "deepfm", "xdeepfm", "kdef", "kaml", "hm3")
+NEURAL_FAMILIES = ("mlp", "deepfm", "xdeepfm", "autoint", "kdef", "kaml", "hm3")
 SPACE_FAMILIES = ("lgbm", "student", *NEURAL_FAMILIES)
 
 

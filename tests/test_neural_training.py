@@ -137,3 +137,75 @@ def test_min_steps_per_epoch_shrinks_the_batch_until_an_epoch_has_that_many_step
     assert 1 <= size <= 1024
     assert rows // (size * world) >= 40 or size == 1  # enough steps, unless one row a step is all there is
     assert epoch_batch_size(rows, {**params, "min_steps_per_epoch": 0}, world) == 1024  # off: as configured
+
+
+def _loop_run(metrics, **params):
+    """fit_epochs on a tiny MLP with a scripted validation (one {"auc", "logloss"} per epoch)."""
+    from remedi_spark.models.neural.loop import array_batches, fit_epochs, make_module
+
+    rng = np.random.default_rng(0)
+    dense, ids = rng.normal(size=(64, 3)).astype(np.float32), np.zeros((64, 1), np.int64)
+    y = (dense[:, 0] > 0).astype(np.float32)
+    model = make_module("mlp", {"emb_dim": 2, "hidden": [4]}, [2], 3, seed=0, base_rate=0.5)
+    scripted = iter(metrics)
+    base = {"epochs": len(metrics), "lr": 0.01, "patience": 9, "grad_clip": 10.0, "warmup_steps": 0, **params}
+    return fit_epochs(model, model, array_batches(dense, ids, y, 16, 0), 4, base, lambda m: next(scripted))
+
+
+def test_the_learning_rate_falls_only_after_lr_patience_epochs_without_a_better_validation_logloss():
+    flat = [{"auc": 0.60 + 0.01 * e, "logloss": 0.5} for e in range(6)]  # AUC keeps rising: no early stop
+    curve = _loop_run(flat, lr_patience=2)["curve"]
+    # the lr each epoch trained at: one flat epoch (2) changes nothing, the second flat one (3) cuts it,
+    # and the count starts again: epochs 4 and 5 are the next two flat ones
+    assert [c["lr"] for c in curve] == pytest.approx([0.01, 0.01, 0.01, 0.001, 0.001, 0.0001])
+    better = [{"auc": 0.6, "logloss": 0.5 - 0.01 * e} for e in range(5)]  # log loss improves: never cut,
+    assert {c["lr"] for c in _loop_run(better, lr_patience=2)["curve"]} == {0.01}  # though AUC is flat
+
+
+def test_warm_up_raises_the_learning_rate_linearly_and_plateaus_wait_for_it():
+    flat = [{"auc": 0.6, "logloss": 0.5}] * 5
+    curve = _loop_run(flat, warmup_steps=10, lr_patience=1)["curve"]  # 4 steps an epoch
+    # end of epoch 1: step 4 of 10; epoch 2: 8 of 10 (its flat epoch does not count); epoch 3 reaches the
+    # peak and is the plateau's first reference; epoch 4 is flat at the peak rate, so epoch 5 trains at 0.1x
+    assert [c["lr"] for c in curve] == pytest.approx([0.004, 0.008, 0.01, 0.01, 0.001])
+
+
+def test_early_stopping_keeps_the_best_epoch_and_records_the_validation_curve():
+    metrics = [{"auc": 0.6, "logloss": 0.6}, {"auc": 0.7, "logloss": 0.5}, {"auc": 0.65, "logloss": 0.45},
+               {"auc": 0.66, "logloss": 0.44}, {"auc": 0.9, "logloss": 0.1}]
+    result = _loop_run(metrics, patience=2)
+    assert result["epochs"] == 4 and result["best_epoch"] == 2  # two epochs without a better AUC
+    assert (result["valid_auc"], result["valid_logloss"]) == (0.7, 0.5)
+    assert [(c["epoch"], c["valid_auc"], c["valid_logloss"]) for c in result["curve"]] == [
+        (1, 0.6, 0.6), (2, 0.7, 0.5), (3, 0.65, 0.45), (4, 0.66, 0.44)]
+    assert all(np.isfinite(c["train_loss"]) for c in result["curve"])
+
+
+def test_distributed_training_agrees_on_both_validation_numbers_and_starts_at_the_base_rate(spark, toy):
+    """Rank 0's curve holds the AUC and log loss it broadcast; its best epoch's numbers are those of the
+    returned weights; the output bias started at the training rows' base rate."""
+    import io
+
+    import torch
+
+    from remedi_spark.models.neural.loop import make_module, validation_metrics
+
+    features, train, valid, test = toy
+    rows = train.select(F.array(*[F.col(c).cast("float") for c in ("f0", "f1", "f2")]).alias("dense"),
+                        F.array(F.coalesce(F.col("cat").cast("long"), F.lit(0))).alias("cat"),
+                        F.col("y").cast("float").alias("y"))
+    v = valid.toPandas()
+    arrays = (v[["f0", "f1", "f2"]].to_numpy(np.float32), v[["cat"]].fillna(0).to_numpy(np.int64),
+              v["y"].to_numpy(np.float32))
+    params = {"num_processes": 2, "batch_size": 256, "seed": 1, "launch_retries": 1, "epochs": 3, "lr": 3e-3,
+              "patience": 2, "grad_clip": 10.0, "min_steps_per_epoch": 10}
+    cfg = {"emb_dim": 4, "hidden": [16]}
+    result = train_distributed(spark, rows, "mlp", cfg, [4], 3, params, arrays)
+    assert result["base_rate"] == pytest.approx(train.agg(F.avg("y")).first()[0], rel=1e-6)
+    assert len(result["curve"]) == result["epochs"] and all(
+        np.isfinite(c["valid_auc"]) and np.isfinite(c["valid_logloss"]) for c in result["curve"])
+    model = make_module("mlp", cfg, [4], 3)
+    model.load_state_dict(torch.load(io.BytesIO(result["state"]), weights_only=True))
+    again = validation_metrics(model, arrays)
+    assert again["auc"] == pytest.approx(result["valid_auc"], abs=1e-9) > 0.7
+    assert again["logloss"] == pytest.approx(result["valid_logloss"], rel=1e-6)

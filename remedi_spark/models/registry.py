@@ -18,7 +18,7 @@ def _neural(family: str) -> type[BaseModel]:
     return NeuralModel
 
 
-NEURAL_FAMILIES = ("mlp", "deepfm", "xdeepfm", "kdef", "kaml", "hm3")
+NEURAL_FAMILIES = ("mlp", "deepfm", "xdeepfm", "autoint", "kdef", "kaml", "hm3")
 
 
 def zoo_class(spec: ModelSpec) -> type | None:

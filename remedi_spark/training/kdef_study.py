@@ -8,13 +8,17 @@ the same rows, with the same training parameters as the configured KDEF base mod
 * ``independent``: each sub-network trained alone on its own embedding (a KDEF with one head,
   whose loss is then plain BCE); its ensemble is the mean fusion σ(mean_k z_k) of those nets.
 
-Every member and ensemble gets AUC and LogLoss on the held-out split, and the ensembles get the
-knowledge abundance (KA) of their embeddings. The study trains in one process over in-memory
+Every member and ensemble gets AUC and LogLoss on the held-out split and the knowledge abundance
+(KA, KDEF eq. 3) of its sub-networks' layer weight matrices: per layer and for every τ of
+:data:`KA_TAUS` (column ``knowledge_abundance_layers``, members' rows), and as one number, the mean
+over the layers at the configured ``tau`` (``knowledge_abundance``; an ensemble's: over all its
+members' layers). The study trains in one process over in-memory
 arrays (the loop the distributed trainer runs per rank), so its numbers do not depend on the
 cluster; K = 1 KDEF equals the independent first sub-network and is trained once.
 """
 from __future__ import annotations
 
+import json
 import time
 from typing import Any
 
@@ -28,7 +32,6 @@ from ..io.schemas import frame_from_pandas
 from ..io.store import TableStore
 from ..metrics import lead_metrics
 from ..models.neural.base import RemediModel
-from ..models.neural.layers import FieldEmbedding
 from ..models.neural.loop import make_module, predict_logits, train_in_process
 from .oof import training_frame
 from .study_inputs import difference_cell, interval_cell, study_intervals, study_model, study_rows
@@ -36,22 +39,52 @@ from .study_inputs import difference_cell, interval_cell, study_intervals, study
 Arrays = tuple[np.ndarray, np.ndarray, np.ndarray]
 
 
-def knowledge_abundance(model: torch.nn.Module, tau: float) -> float:
-    """Share of singular values above ``tau`` of the model's normalised embedding matrix.
+KA_TAUS = (0.01, 0.05, 0.1, 0.2)  # the thresholds every layer's KA is reported at (besides kdef_study.tau)
 
-    The matrix stacks every embedding vector (categorical rows without the OOV slot, and the
-    numeric field vectors) with each row scaled to unit length; singular values are divided by
-    the largest, so ``tau`` is scale-free. 1.0 = every dimension carries information; values
-    near 1/D mean the embeddings collapsed onto one direction. Averaged over embedding modules.
+
+def knowledge_abundance(weight: torch.Tensor, tau: float) -> float:
+    """KDEF eq. 3 for one layer weight matrix W: #{σ_i > τ} / #{σ_i > 0} over W's singular values.
+
+    The singular values are divided by the largest, so ``tau`` is a share of the leading direction
+    and means the same for layers of any width and scale (the paper thresholds raw singular values;
+    ours start from different initialisations per layer type). "σ > 0" is the numerical rank:
+    σ > σ_max · max(m, n) · ε of float32, the weights' precision. 1.0 = every direction W uses is
+    significant; small values = W collapsed onto a few directions (dimensional collapse).
     """
-    shares = []
-    for emb in (m for m in model.modules() if isinstance(m, FieldEmbedding)):
-        rows = [t.weight[1:] for t in emb.categorical] + [emb.numeric]
-        w = torch.cat(rows).detach().double()
-        w = w / w.norm(dim=1, keepdim=True).clamp_min(1e-12)
-        sigma = torch.linalg.svdvals(w)
-        shares.append(float((sigma / sigma.max() > tau).double().mean()))
-    return float(np.mean(shares))
+    sigma = torch.linalg.svdvals(weight.detach().double())
+    top = float(sigma.max()) if len(sigma) else 0.0
+    if top == 0.0:
+        return 0.0
+    rank = int((sigma > top * max(weight.shape) * float(torch.finfo(torch.float32).eps)).sum())
+    return int((sigma / top > tau).sum()) / rank
+
+
+def layer_matrices(module: torch.nn.Module) -> list[tuple[str, torch.Tensor]]:
+    """The layer weight matrices of a sub-network, input side first: every ``nn.Linear`` weight
+    (out × in) and ``nn.Conv1d`` weight (out × in·kernel, CIN's compression) in module order, the
+    first reading the shared field embeddings. Vectors (a layer with one output or one input, such
+    as a logit layer or DCN's cross weights) are left out: one singular value says nothing about
+    collapse."""
+    out = []
+    for name, m in module.named_modules():
+        if isinstance(m, (torch.nn.Linear, torch.nn.Conv1d)):
+            w = m.weight.reshape(m.weight.shape[0], -1)
+            if min(w.shape) >= 2:
+                out.append((name, w))
+    return out
+
+
+def layer_abundance(module: torch.nn.Module, taus: tuple[float, ...]) -> list[dict[str, Any]]:
+    """Per layer matrix of :func:`layer_matrices`: ``{"layer": 1-based, "module", "shape", "ka": {τ: KA}}``."""
+    return [{"layer": i, "module": name, "shape": list(w.shape),
+             "ka": {f"{tau:g}": knowledge_abundance(w, tau) for tau in taus}}
+            for i, (name, w) in enumerate(layer_matrices(module), start=1)]
+
+
+def mean_abundance(layers: list[dict[str, Any]], tau: float) -> float | None:
+    """Mean KA over ``layers`` (from :func:`layer_abundance`) at ``tau``; None when there are none."""
+    values = [layer["ka"][f"{tau:g}"] for layer in layers]
+    return float(np.mean(values)) if values else None
 
 
 def _logits(model: RemediModel, data: Arrays) -> np.ndarray:
@@ -80,11 +113,26 @@ def kdef_k_table(train: Arrays, valid: Arrays, test: Arrays, vocab_sizes: list[i
                  model_cfg: dict, params: dict[str, Any], subnets: list[str], max_k: int, tau: float, *,
                  bootstrap_settings: BootstrapSettings, test_owners: np.ndarray | None = None) -> pd.DataFrame:
     """One row per (k, variant, member): AUC and LogLoss on ``test`` with paired-bootstrap intervals over
-    ``test_owners`` (None: every row its own owner); ensembles also carry KA, and the KDEF ensemble of
-    K ≥ 2 its AUC and LogLoss difference to the independent nets' mean fusion of the same K."""
+    ``test_owners`` (None: every row its own owner); members carry their layers' KA at every τ of
+    :data:`KA_TAUS` and ``tau`` (JSON, ``knowledge_abundance_layers``) and all rows the mean layer KA
+    at ``tau`` (``knowledge_abundance``); the KDEF ensemble of K ≥ 2 its AUC and LogLoss difference to
+    the independent nets' mean fusion of the same K."""
     if not 1 <= max_k <= len(subnets):
         raise ConfigError(f"kdef_study.max_k must be in 1..{len(subnets)} (number of subnets), got {max_k}")
     y = test[2]
+    taus = tuple(sorted({*KA_TAUS, float(tau)}))
+
+    def layers(model: RemediModel) -> list[list[dict[str, Any]]]:
+        """Per head of a KDEF model: its layers' KA."""
+        return [layer_abundance(head, taus) for head in model.heads]
+
+    def ka_cells(per_member: list[list[dict[str, Any]]], member: int | None) -> dict[str, Any]:
+        """A member's KA columns (``member`` = its index), or an ensemble's (None: over every member)."""
+        if member is None:
+            return {"knowledge_abundance": mean_abundance([l for m in per_member for l in m], tau),
+                    "knowledge_abundance_layers": None}
+        return {"knowledge_abundance": mean_abundance(per_member[member], tau),
+                "knowledge_abundance_layers": json.dumps(per_member[member])}
 
     def fit(kinds: list[str]) -> tuple[RemediModel, dict[str, Any]]:
         model = make_module("kdef", {**model_cfg, "subnets": kinds}, vocab_sizes, num_numeric, seed=params["seed"])
@@ -95,6 +143,7 @@ def kdef_k_table(train: Arrays, valid: Arrays, test: Arrays, vocab_sizes: list[i
 
     alone = [fit([kind]) for kind in subnets[:max_k]]
     alone_z = [_logits(m, test)[:, 0] for m, _ in alone]
+    alone_layers = [layers(m)[0] for m, _ in alone]
     rows, logits = [], {}
 
     def add(row: dict[str, Any], logit: np.ndarray) -> None:
@@ -105,16 +154,14 @@ def kdef_k_table(train: Arrays, valid: Arrays, test: Arrays, vocab_sizes: list[i
         kinds = subnets[:k]
         model, info = alone[0] if k == 1 else fit(kinds)
         z = _logits(model, test)
-        ka = knowledge_abundance(model, tau)
+        kdef_layers = layers(model)
         for j, kind in enumerate(kinds):
-            add({"k": k, "variant": "kdef", "member": kind, "knowledge_abundance": ka}, z[:, j])
-        add({"k": k, "variant": "kdef", "member": "ensemble", "knowledge_abundance": ka, "epochs": info["epochs"],
-             "train_seconds": info["seconds"]}, z.mean(axis=1))
+            add({"k": k, "variant": "kdef", "member": kind, **ka_cells(kdef_layers, j)}, z[:, j])
+        add({"k": k, "variant": "kdef", "member": "ensemble", **ka_cells(kdef_layers, None),
+             "epochs": info["epochs"], "train_seconds": info["seconds"]}, z.mean(axis=1))
         for j, kind in enumerate(kinds):
-            add({"k": k, "variant": "independent", "member": kind,
-                 "knowledge_abundance": knowledge_abundance(alone[j][0], tau)}, alone_z[j])
-        add({"k": k, "variant": "independent", "member": "ensemble",
-             "knowledge_abundance": float(np.mean([knowledge_abundance(m, tau) for m, _ in alone[:k]])),
+            add({"k": k, "variant": "independent", "member": kind, **ka_cells(alone_layers, j)}, alone_z[j])
+        add({"k": k, "variant": "independent", "member": "ensemble", **ka_cells(alone_layers[:k], None),
              "epochs": int(max(i["epochs"] for _, i in alone[:k])),
              "train_seconds": float(sum(i["seconds"] for _, i in alone[:k]))}, np.mean(alone_z[:k], axis=0))
     references = {f"{k}|kdef|ensemble": f"{k}|independent|ensemble" for k in range(2, max_k + 1)}
@@ -147,6 +194,11 @@ def run_kdef_study(spark: SparkSession, cfg: Config, store: TableStore) -> dict[
             "table": table.drop(columns="run_id").round(6).to_dict("records")}
 
 
+def _ka_cell(value: Any) -> str:
+    """A KA cell: three decimals, or – when the networks have no layer matrix (cross, fm)."""
+    return "–" if value is None or pd.isna(value) else f"{value:.3f}"
+
+
 def format_k_table(records: list[dict[str, Any]]) -> str:
     """Markdown: per K, the KDEF teacher and the mean fusion side by side (AUC and LogLoss with
     intervals), the members' AUC range, KA, and KDEF − mean fusion with its interval and reading."""
@@ -164,7 +216,7 @@ def format_k_table(records: list[dict[str, Any]]) -> str:
             members = part[part["member"] != "ensemble"]["auc"]
             cells += [interval_cell(ens["auc"], ens.get("auc_ci_low"), ens.get("auc_ci_high"), ".4f"),
                       interval_cell(ens["logloss"], ens.get("logloss_ci_low"), ens.get("logloss_ci_high"), ".5f"),
-                      f"{members.min():.4f}–{members.max():.4f}", f"{ens['knowledge_abundance']:.3f}"]
+                      f"{members.min():.4f}–{members.max():.4f}", _ka_cell(ens.get("knowledge_abundance"))]
         cells += [difference_cell(kdef_ensemble, "auc", "+.4f"),
                   difference_cell(kdef_ensemble, "logloss", "+.5f", lower_is_better=True)]
         lines.append(f"| {k} | " + " | ".join(cells) + " |")

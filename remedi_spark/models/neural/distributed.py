@@ -4,7 +4,9 @@ The only module that imports petastorm. Every rank reads its own shard of the co
 training rows and runs the same number of steps per epoch (``rows // (batch × world)``, the
 reader loops forever), so DDP never waits on a rank that ran out of data. The epoch loop is
 :func:`.loop.fit_epochs`; after each epoch rank 0 scores the validation rows and broadcasts the
-AUC, so every rank takes the same early-stopping and learning-rate decisions.
+AUC and log loss, so every rank takes the same early-stopping and learning-rate decisions. Every
+rank builds the model with the same seed and the output bias at the training rows' base rate
+(read on the driver from the converted files).
 
 pyspark's torchrun wrapper exits 0 whatever torchrun did, so a failed run reaches the driver only
 as "TorchDistributor failed during training". The worker therefore returns its own traceback
@@ -40,25 +42,26 @@ def _train_worker(*args: Any) -> dict[str, Any]:
 
 
 def _train_rank(converter: Any, model_name: str, model_cfg: dict, vocab_sizes: list[int], num_numeric: int,
-                params: dict, valid: tuple[np.ndarray, np.ndarray, np.ndarray]) -> dict[str, Any]:
+                params: dict, valid: tuple[np.ndarray, np.ndarray, np.ndarray], base_rate: float) -> dict[str, Any]:
     import torch
     import torch.distributed as dist
     from torch.nn.parallel import DistributedDataParallel
 
     from remedi_spark.models.neural.base import Batch
-    from remedi_spark.models.neural.loop import epoch_batch_size, fit_epochs, make_module, validation_score
+    from remedi_spark.models.neural.loop import epoch_batch_size, fit_epochs, make_module, validation_metrics
 
     dist.init_process_group("gloo")
     rank, world = dist.get_rank(), dist.get_world_size()
-    model = make_module(model_name, model_cfg, vocab_sizes, num_numeric, seed=params["seed"])
+    model = make_module(model_name, model_cfg, vocab_sizes, num_numeric, seed=params["seed"], base_rate=base_rate)
     ddp = DistributedDataParallel(model)
     batch_size = epoch_batch_size(len(converter), params, world)
     steps = max(1, len(converter) // (batch_size * world))
 
-    def agreed_score(m: Any) -> float:
-        score = torch.tensor([validation_score(m, valid) if rank == 0 else 0.0], dtype=torch.float64)
-        dist.broadcast(score, src=0)
-        return float(score[0])
+    def agreed_metrics(m: Any) -> dict[str, float]:
+        mine = validation_metrics(m, valid) if rank == 0 else {"auc": 0.0, "logloss": 0.0}
+        both = torch.tensor([mine["auc"], mine["logloss"]], dtype=torch.float64)
+        dist.broadcast(both, src=0)
+        return {"auc": float(both[0]), "logloss": float(both[1])}
 
     # seeded row-group shuffle and one reader thread: the same batches in the same order on every run
     with converter.make_torch_dataloader(batch_size=batch_size, cur_shard=rank, shard_count=world,
@@ -66,13 +69,30 @@ def _train_rank(converter: Any, model_name: str, model_cfg: dict, vocab_sizes: l
         batches = (Batch(b["dense"].float(), b["cat"].long(), b["y"].float(),
                          b["h"].float() if "h" in b else None, b["a"].float() if "a" in b else None)
                    for b in loader)
-        result = fit_epochs(model, ddp, batches, steps, params, agreed_score)
+        result = fit_epochs(model, ddp, batches, steps, params, agreed_metrics)
     dist.destroy_process_group()
     if rank != 0:
         return {}
     buffer = io.BytesIO()
     torch.save(result.pop("state"), buffer)
-    return {**result, "state": buffer.getvalue(), "steps_per_epoch": steps, "batch_size": batch_size}
+    return {**result, "state": buffer.getvalue(), "steps_per_epoch": steps, "batch_size": batch_size,
+            "base_rate": base_rate}
+
+
+def training_base_rate(converter: Any) -> float:
+    """Share of positives among the known labels (column ``y``, NaN = unknown) of the converted rows,
+    read from the converter's Parquet files."""
+    import pyarrow.parquet as pq
+    from petastorm.fs_utils import get_filesystem_and_path_or_paths
+
+    from .loop import base_rate
+
+    fs, paths = get_filesystem_and_path_or_paths(list(converter.file_urls))
+    labels = []
+    for path in paths:
+        with fs.open(path, "rb") as f:
+            labels.append(pq.read_table(f, columns=["y"]).column("y").to_numpy(zero_copy_only=False))
+    return base_rate(np.concatenate(labels).astype(np.float64))
 
 
 def ensure_cache_dir(spark: SparkSession) -> None:
@@ -99,10 +119,11 @@ def train_distributed(spark: SparkSession, rows: DataFrame, model_name: str, mod
     # names hold random ids), and the reader deals row groups to shards in the order it is given
     converter = SparkDatasetConverter(listed.cache_dir_url, sorted(listed.file_urls), listed.dataset_size)
     try:
+        rate = training_base_rate(converter)
         distributor = TorchDistributor(num_processes=params["num_processes"], local_mode=False, use_gpu=False)
         return run_with_retries(
             lambda: distributor.run(_train_worker, converter, model_name, model_cfg, vocab_sizes, num_numeric,
-                                    params, valid),
+                                    params, valid, rate),
             retries=params["launch_retries"], what=f"distributed training of {model_name!r}")
     finally:
         converter.delete()

@@ -1,13 +1,16 @@
 """The epoch loop every neural model trains with, in one process or as one DDP rank.
 
-Adam, embedding L2, gradient clipping, validation AUC after every epoch, learning rate × 0.1 on
-a plateau, early stopping with ``patience`` and the best epoch's weights kept (KDEF paper
-defaults). The caller supplies the batches and how the validation score is agreed on: in one
-process it is simply computed; under DDP rank 0 computes it and broadcasts it (see
-:mod:`.distributed`), so every rank takes the same decisions and stops at the same epoch.
+Adam, embedding L2, gradient clipping, a linear learning-rate warm-up over the first
+``warmup_steps`` steps, validation log loss and AUC after every epoch, learning rate × 0.1 when the
+validation log loss has not improved for ``lr_patience`` epochs, early stopping on the validation
+AUC with ``patience`` and the best epoch's weights kept (KDEF paper defaults). The caller supplies
+the batches and how the validation metrics are agreed on: in one process they are simply computed;
+under DDP rank 0 computes them and broadcasts them (see :mod:`.distributed`), so every rank takes
+the same decisions and stops at the same epoch.
 """
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -18,7 +21,7 @@ from torch import nn
 
 from .base import Batch, RemediModel
 
-Validate = Callable[[RemediModel], float]
+Validate = Callable[[RemediModel], dict[str, float]]  # model → {"auc", "logloss"} on the validation rows
 
 
 def embedding_penalty(model: nn.Module) -> torch.Tensor:
@@ -57,30 +60,61 @@ def predict_outputs(model: RemediModel, dense: np.ndarray, ids: np.ndarray, keys
     return result
 
 
-def validation_score(model: RemediModel, valid: tuple[np.ndarray, np.ndarray, np.ndarray]) -> float:
-    """AUC of ``model`` on (dense, cat_ids, y); minus the Brier score when ``y`` has one class."""
+def validation_metrics(model: RemediModel, valid: tuple[np.ndarray, np.ndarray, np.ndarray]) -> dict[str, float]:
+    """``{"auc", "logloss"}`` of ``model`` on (dense, cat_ids, y); AUC is NaN when ``y`` has one class."""
     from sklearn.metrics import roc_auc_score
 
     dense, ids, y = valid
-    p = 1.0 / (1.0 + np.exp(-predict_logits(model, dense, ids).astype(np.float64)))
-    return float(roc_auc_score(y, p)) if 0 < y.sum() < len(y) else -float(np.mean((p - y) ** 2))
+    z = predict_logits(model, dense, ids).astype(np.float64)
+    y = np.asarray(y, dtype=np.float64)
+    # BCE from the logit: log(1 + e^z) − y z, exact where σ(z) rounds to 0 or 1
+    logloss = float(np.mean(np.logaddexp(0.0, z) - y * z)) if len(y) else float("nan")
+    auc = float(roc_auc_score(y, z)) if 0 < y.sum() < len(y) else float("nan")
+    return {"auc": auc, "logloss": logloss}
+
+
+def stopping_score(metrics: dict[str, float]) -> float:
+    """What early stopping maximises: the validation AUC, or minus the log loss when AUC is undefined."""
+    return metrics["auc"] if math.isfinite(metrics["auc"]) else -metrics["logloss"]
+
+
+def warmup_length(params: dict[str, Any], steps_per_epoch: int) -> int:
+    """Steps of the linear learning-rate warm-up: ``warmup_steps``, or half an epoch when it is None."""
+    steps = params.get("warmup_steps")
+    return max(1, steps_per_epoch // 2) if steps is None else int(steps)
 
 
 def fit_epochs(model: RemediModel, forward: Callable[[Batch], dict[str, torch.Tensor]], batches: Iterator[Batch],
                steps_per_epoch: int, params: dict[str, Any], validate: Validate) -> dict[str, Any]:
     """Train ``model`` for up to ``params["epochs"]`` epochs of ``steps_per_epoch`` batches.
 
-    ``forward`` is the model itself or its DDP wrapper. Returns the best epoch's ``state``
-    (a state_dict), its ``valid_auc``, ``epochs`` run and the seconds of each epoch's training.
+    ``forward`` is the model itself or its DDP wrapper; ``validate`` returns ``{"auc", "logloss"}``.
+    The learning rate rises linearly from lr / warm-up to ``lr`` over the first
+    :func:`warmup_length` steps; after warm-up it is multiplied by 0.1 once the validation log loss
+    has not improved for ``lr_patience`` epochs in a row (default 2: one flat epoch never cuts it).
+    Training stops after ``patience`` epochs without a better validation AUC and keeps the best
+    epoch's weights. Returns that epoch's ``state`` (a state_dict), ``valid_auc`` and
+    ``valid_logloss``, ``best_epoch`` (1-based), ``epochs`` run, the seconds of each epoch's
+    training and ``curve``: per epoch ``{"epoch", "lr", "train_loss", "valid_logloss", "valid_auc"}``.
     """
-    optimizer = torch.optim.Adam(model.parameters(), lr=params["lr"])
-    plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="max", factor=0.1, patience=0)
+    peak_lr = params["lr"]
+    optimizer = torch.optim.Adam(model.parameters(), lr=peak_lr)
+    lr_patience = int(params.get("lr_patience", 2))
+    if lr_patience < 1:
+        raise ValueError(f"lr_patience must be >= 1 (epochs without a better validation log loss), got {lr_patience}")
+    # torch counts the epochs *beyond* patience: lr_patience flat epochs in a row = patience lr_patience − 1
+    plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="min", factor=0.1, patience=lr_patience - 1)
+    warmup, step = warmup_length(params, steps_per_epoch), 0
     l2 = params.get("embedding_l2", 0.0)
-    best, best_state, stale, epochs_run, epoch_seconds = -float("inf"), None, 0, 0, []
+    best, best_state, best_metrics, best_epoch, stale, epochs_run = -float("inf"), None, None, 0, 0, 0
+    epoch_seconds, curve = [], []
     for epoch in range(params["epochs"]):
         model.train()
-        start = time.perf_counter()
+        start, losses = time.perf_counter(), []
         for _ in range(steps_per_epoch):
+            if step < warmup:
+                for group in optimizer.param_groups:
+                    group["lr"] = peak_lr * (step + 1) / warmup
             batch = next(batches)
             loss = model.compute_loss(forward(batch), batch)["loss"]
             if l2:
@@ -89,18 +123,30 @@ def fit_epochs(model: RemediModel, forward: Callable[[Batch], dict[str, torch.Te
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), params["grad_clip"])
             optimizer.step()
+            losses.append(float(loss.detach()))
+            step += 1
         epoch_seconds.append(time.perf_counter() - start)
         epochs_run = epoch + 1
-        score = validate(model)
-        plateau.step(score)
+        metrics = validate(model)
+        curve.append({"epoch": epochs_run, "lr": optimizer.param_groups[0]["lr"],
+                      "train_loss": float(np.mean(losses)) if losses else float("nan"),
+                      "valid_logloss": metrics["logloss"], "valid_auc": metrics["auc"]})
+        if step >= warmup and math.isfinite(metrics["logloss"]):  # a plateau only counts at the full rate
+            plateau.step(metrics["logloss"])
+        score = stopping_score(metrics)
         if score > best:
-            best, stale = score, 0
+            best, best_metrics, best_epoch, stale = score, metrics, epochs_run, 0
             best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
         else:
             stale += 1
             if stale >= params["patience"]:
                 break
-    return {"state": best_state, "valid_auc": best, "epochs": epochs_run, "epoch_seconds": epoch_seconds}
+    if best_state is None:  # no epoch, or every epoch's score was NaN: keep the last weights
+        best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        last = curve[-1] if curve else {"valid_auc": float("nan"), "valid_logloss": float("nan")}
+        best_metrics, best_epoch = {"auc": last["valid_auc"], "logloss": last["valid_logloss"]}, epochs_run
+    return {"state": best_state, "valid_auc": best_metrics["auc"], "valid_logloss": best_metrics["logloss"],
+            "best_epoch": best_epoch, "epochs": epochs_run, "epoch_seconds": epoch_seconds, "curve": curve}
 
 
 def epoch_batch_size(rows: int, params: dict[str, Any], world: int = 1) -> int:
@@ -133,27 +179,45 @@ def array_batches(dense: np.ndarray, ids: np.ndarray, y: np.ndarray, batch_size:
                         None if aux is None else torch.from_numpy(aux[i]))
 
 
+def base_rate(y: np.ndarray) -> float:
+    """Share of positives among the known labels of ``y`` (NaN = unknown, e.g. an open label window)."""
+    y = np.asarray(y, dtype=np.float64)
+    known = y[~np.isnan(y)]
+    if not len(known):
+        raise ValueError("base_rate: no known labels")
+    return float(known.mean())
+
+
 def make_module(family: str, model_cfg: dict, vocab_sizes: list[int], num_numeric: int,
-                seed: int | None = None) -> RemediModel:
-    """A zoo model from its conf; seeded first when ``seed`` is given, so every rank starts equal."""
+                seed: int | None = None, base_rate: float | None = None) -> RemediModel:
+    """A zoo model from its conf; seeded first when ``seed`` is given, so every rank starts equal.
+    With ``base_rate`` (the training labels' rate) its output starts at that rate's log-odds
+    (:meth:`RemediModel.init_output_bias`); without it (a model about to load trained weights) it
+    keeps its construction-time biases."""
     from .base import build_config
     from .zoo import MODELS
 
     if seed is not None:
         torch.manual_seed(seed)
     cls = MODELS[family]
-    return cls(vocab_sizes, num_numeric, build_config(cls.Config, model_cfg))
+    model = cls(vocab_sizes, num_numeric, build_config(cls.Config, model_cfg))
+    if base_rate is not None:
+        model.init_output_bias(base_rate)
+    return model
 
 
 def train_in_process(model: RemediModel, train: tuple[np.ndarray, ...], params: dict[str, Any],
-                     valid: tuple[np.ndarray, np.ndarray, np.ndarray], aux: np.ndarray | None = None
-                     ) -> dict[str, Any]:
+                     valid: tuple[np.ndarray, np.ndarray, np.ndarray], aux: np.ndarray | None = None,
+                     init_bias: bool = True) -> dict[str, Any]:
     """The same loop without Spark: one process over in-memory arrays (benchmarks, the KDEF, KAML and
     HM3 studies). ``train`` is (dense, cat_ids, y) or (dense, cat_ids, y, horizons) for models that
     need the horizon labels; ``aux`` (N, A) holds the columns of ``model.aux_labels`` (NaN =
     unknown) for models that have them; ``valid`` is fully labelled (dense, cat_ids, y).
 
-    Build ``model`` with :func:`make_module` and a seed for a reproducible run.
+    Build ``model`` with :func:`make_module` and a seed for a reproducible run. Unless
+    ``init_bias`` is False (a model that already learnt something), its output bias is first set to
+    the base rate of ``train``'s labels. The result is :func:`fit_epochs`'s plus ``steps_per_epoch``,
+    ``batch_size`` and ``base_rate``.
     """
     if len(train) not in (3, 4):
         raise ValueError(f"train must be (dense, cat_ids, y[, horizons]), got {len(train)} arrays")
@@ -162,11 +226,14 @@ def train_in_process(model: RemediModel, train: tuple[np.ndarray, ...], params: 
     if model.aux_labels and (aux is None or aux.shape != (len(train[2]), len(model.aux_labels))):
         raise ValueError(f"model {model.name!r} trains on the auxiliary labels {list(model.aux_labels)}: "
                          f"pass aux with shape ({len(train[2])}, {len(model.aux_labels)})")
+    rate = base_rate(train[2])
+    if init_bias:
+        model.init_output_bias(rate)
     batch_size = epoch_batch_size(len(train[2]), params)
     steps = max(1, len(train[2]) // batch_size)
     batches = array_batches(*train[:3], batch_size=batch_size, seed=params["seed"],
                             horizons=train[3] if len(train) == 4 else None,
                             aux=aux if model.aux_labels else None)
-    result = fit_epochs(model, model, batches, steps, params, lambda m: validation_score(m, valid))
-    result["steps_per_epoch"], result["batch_size"] = steps, batch_size
+    result = fit_epochs(model, model, batches, steps, params, lambda m: validation_metrics(m, valid))
+    result.update(steps_per_epoch=steps, batch_size=batch_size, base_rate=rate)
     return result

@@ -34,9 +34,15 @@ class TorchTrainParams:
 
     epochs: int = 5
     batch_size: int = 2048
-    min_steps_per_epoch: int = 0  # > 0: the batch shrinks so each epoch has at least this many steps per rank
+    # > 0: the batch shrinks so each epoch has at least this many optimiser steps per rank. 50: on the
+    # 800k-owner table the configured batches already give hundreds of steps (no change there), but the
+    # demo's 150k training rows over 2 ranks at batch 4096 gave 18 steps an epoch, too few for Adam to
+    # move past the start within the 3-4 configured epochs; 50 keeps batches >= ~1,000 rows on the demo
+    min_steps_per_epoch: int = 50
     lr: float = 1e-3
-    patience: int = 2
+    warmup_steps: int | None = None  # linear lr warm-up over this many first steps; None = half an epoch, 0 = off
+    lr_patience: int = 2  # lr × 0.1 after this many epochs in a row without a better validation log loss
+    patience: int = 2  # early stopping: epochs without a better validation AUC
     grad_clip: float = 10.0
     embedding_l2: float = 1e-5
     numeric_encoding: str = "standardize"

@@ -1,4 +1,5 @@
 """The model zoo: one module per model, and the explicit name → class registry."""
+from .autoint import AutoInt
 from .deepfm import DeepFM
 from .hm3 import HM3
 from .kaml import KAML
@@ -6,6 +7,6 @@ from .kdef import KDEF
 from .mlp import MLP
 from .xdeepfm import XDeepFM
 
-MODELS = {m.name: m for m in (MLP, DeepFM, XDeepFM, KDEF, KAML, HM3)}
+MODELS = {m.name: m for m in (MLP, DeepFM, XDeepFM, AutoInt, KDEF, KAML, HM3)}
 
-__all__ = ["MODELS", "DeepFM", "HM3", "KAML", "KDEF", "MLP", "XDeepFM"]
+__all__ = ["MODELS", "AutoInt", "DeepFM", "HM3", "KAML", "KDEF", "MLP", "XDeepFM"]

@@ -32,6 +32,7 @@ heads when hierarchical) for analysis.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import torch
@@ -39,15 +40,17 @@ import torch.nn.functional as F
 from torch import nn
 
 from ....features.labels import FUNNEL_LABELS
-from ..base import Batch, RemediModel
+from ..base import Batch, RemediModel, log_odds
 from ..layers import FieldEmbedding, MLPBlock
 
 AUX_LABELS = FUNNEL_LABELS  # Batch.aux columns, in this order: y_engage, y_visit
 HIERARCHICAL_HEADS = ("engage", "visit_given_engage", "visit_given_no_engage", "buy_given_visit",
                       "buy_given_no_visit")
 FLAT_HEADS = ("engage", "visit", "buy")
-_START = {"engage": -1.4, "visit": -2.2, "buy": -4.6, "visit_given_engage": -1.4, "visit_given_no_engage": -3.0,
-          "buy_given_visit": -3.0, "buy_given_no_visit": -5.5}  # logits of plausible starting rates
+# starting logits of the engagement and visit heads (plausible funnel rates); the buy heads start
+# from the training base rate (HM3.output_bias_values), buyers after a visit BUY_RATIO times as often
+_START = {"engage": -1.4, "visit": -2.2, "visit_given_engage": -1.4, "visit_given_no_engage": -3.0}
+BUY_RATIO = 10.0  # P(b | v) / P(b | ¬v) at the start
 
 
 def mixture_log_probs(log_w: torch.Tensor, log_not_w: torch.Tensor, z_yes: torch.Tensor, z_no: torch.Tensor
@@ -113,8 +116,23 @@ class HM3(RemediModel):
         names = HIERARCHICAL_HEADS if cfg.hierarchical else FLAT_HEADS
         self.heads = nn.ModuleDict({n: MLPBlock(self.trunk.output_dim, cfg.tower_hidden, cfg.dropout, output_dim=1)
                                     for n in names})
-        for n, head in self.heads.items():
-            nn.init.constant_(head.net[-1].bias, _START[n])  # start near plausible rates, not 50%
+        self.init_output_bias(0.01)  # until the trainer sets the training base rate
+
+    def output_bias_values(self, base_rate: float) -> list[tuple[torch.Tensor, float]]:
+        """Engagement and visit heads start at plausible funnel rates (:data:`_START`); the buy heads so
+        that P(b) by the funnel rule equals ``base_rate``: P(b | v) = BUY_RATIO × P(b | ¬v) (capped
+        below 1) with P(v) the visit rate the visit heads start at; flat: the buy head is logit(base_rate)."""
+        if not self.cfg.hierarchical:
+            starts = {"engage": _START["engage"], "visit": _START["visit"], "buy": log_odds(base_rate)}
+        else:
+            sig = lambda z: 1.0 / (1.0 + math.exp(-z))  # noqa: E731
+            p_e = sig(_START["engage"])
+            p_v = p_e * sig(_START["visit_given_engage"]) + (1 - p_e) * sig(_START["visit_given_no_engage"])
+            no_visit = base_rate / (p_v * BUY_RATIO + 1 - p_v)
+            visit = min(BUY_RATIO * no_visit, 1 - 1e-6)
+            no_visit = (base_rate - p_v * visit) / (1 - p_v)
+            starts = {**_START, "buy_given_visit": log_odds(visit), "buy_given_no_visit": log_odds(no_visit)}
+        return [(head.net[-1].bias, starts[n]) for n, head in self.heads.items()]
 
     def forward(self, batch: Batch) -> dict[str, torch.Tensor]:
         trunk = self.trunk(self.embedding(batch.dense, batch.cat_ids).flatten(1))

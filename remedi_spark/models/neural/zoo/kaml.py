@@ -35,12 +35,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..base import Batch, RemediModel
+from ..base import Batch, RemediModel, log_odds
 from ..layers import FieldEmbedding, MLPBlock
 
 HORIZONS = 3
 _LN2 = 0.6931471805599453
-_START_LOGIT = -4.6  # logit(0.01)
 
 
 def union_logit(horizon_logits: torch.Tensor) -> torch.Tensor:
@@ -137,10 +136,14 @@ class KAML(RemediModel):
         self.heads = nn.ModuleList(_HorizonHead(width + (carry if h else 0), cfg.tower_hidden, cfg.dropout)
                                    for h in range(HORIZONS))
         self.carry = nn.Parameter(torch.ones(HORIZONS - 1)) if cfg.shared else None
-        # start every horizon near a 1% rate, not 50%: the first steps would otherwise only pull
-        # three heads down (with ``carry`` a later head starts from the earlier head's logit)
-        for h, head in enumerate(self.heads):
-            nn.init.constant_(head.out.bias, _START_LOGIT if h == 0 or not cfg.shared else 0.0)
+        self.init_output_bias(0.01)  # until the trainer sets the training base rate
+
+    def output_bias_values(self, base_rate: float) -> list[tuple[torch.Tensor, float]]:
+        """Each horizon starts at the monthly rate q with 1 − (1 − q)^H = ``base_rate`` (``y`` is the
+        union of the H horizons), so the union logit starts at the base rate. With ``carry`` (initially
+        1) a later head adds the earlier head's logit, so only the first head's bias holds logit(q)."""
+        z = log_odds(1.0 - (1.0 - base_rate) ** (1.0 / HORIZONS))
+        return [(head.out.bias, z if h == 0 or self.carry is None else 0.0) for h, head in enumerate(self.heads)]
 
     def forward(self, batch: Batch) -> dict[str, torch.Tensor]:
         trunk = self.trunk(self.embedding(batch.dense, batch.cat_ids).flatten(1))

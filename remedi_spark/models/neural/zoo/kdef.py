@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..base import Batch, RemediModel
+from ..base import Batch, RemediModel, log_odds
 from ..layers import CompressedInteractionNet, CrossNet, FieldEmbedding, FMInteraction, MLPBlock
 
 
@@ -67,6 +67,16 @@ class _Head(nn.Module):
         else:
             raise ValueError(f"KDEF: unknown sub-network {kind!r}; known: mlp, cross, cin, fm")
 
+    def output_bias(self) -> torch.Tensor:
+        """The bias of the linear layer that produces this head's logit."""
+        if self.kind == "mlp":
+            return self.net.net[-1].bias
+        if self.kind == "cross":
+            return self.net[-1].bias
+        if self.kind == "cin":
+            return self.net.fc.bias
+        return self.net.bias  # fm: the linear term beside the FM interaction
+
     def forward(self, fields: torch.Tensor) -> torch.Tensor:
         if self.kind == "cin":
             return self.net(fields).squeeze(-1)
@@ -86,6 +96,10 @@ class KDEF(RemediModel):
             raise ValueError("KDEF needs at least one sub-network")
         self.embedding = FieldEmbedding(vocab_sizes, num_numeric, cfg.emb_dim)
         self.heads = nn.ModuleList(_Head(kind, self.embedding.num_fields, cfg) for kind in cfg.subnets)
+
+    def output_bias_values(self, base_rate: float) -> list[tuple[torch.Tensor, float]]:
+        """Every head starts at the base rate, so the teacher σ(mean_k z_k) does too."""
+        return [(head.output_bias(), log_odds(base_rate)) for head in self.heads]
 
     def forward(self, batch: Batch) -> dict[str, torch.Tensor]:
         fields = self.embedding(batch.dense, batch.cat_ids)

@@ -4,7 +4,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ..base import Batch, RemediModel
+from ..base import Batch, RemediModel, log_odds
 from ..layers import FieldEmbedding, MLPBlock
 
 
@@ -25,6 +25,10 @@ class MLP(RemediModel):
         super().__init__()
         self.embedding = FieldEmbedding(vocab_sizes, num_numeric, cfg.emb_dim)
         self.over = MLPBlock(self.embedding.num_fields * cfg.emb_dim, cfg.hidden, cfg.dropout, output_dim=1)
+
+    def output_bias_values(self, base_rate: float) -> list[tuple[torch.Tensor, float]]:
+        """The last linear layer's bias makes the logit."""
+        return [(self.over.net[-1].bias, log_odds(base_rate))]
 
     def forward(self, batch: Batch) -> dict[str, torch.Tensor]:
         fields = self.embedding(batch.dense, batch.cat_ids)

@@ -3,8 +3,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..base import Batch, RemediModel
-from ..layers import FieldEmbedding, MLPBlock
+from ..base import Batch, RemediModel, log_odds
+from ..layers import CompressedInteractionNet, FieldEmbedding, MLPBlock
 
 
 class FirstOrderInteractionDeep(RemediModel):
@@ -25,6 +25,13 @@ class FirstOrderInteractionDeep(RemediModel):
     def interaction_arch(self, num_fields: int) -> nn.Module:
         """(B, F, D) → (B, 1)."""
         raise NotImplementedError
+
+    def output_bias_values(self, base_rate: float) -> list[tuple[torch.Tensor, float]]:
+        """The global ``bias`` carries the base rate; the deep MLP's and the CIN's output biases start at 0."""
+        zeros = [self.over.net[-1].bias]
+        if isinstance(self.inter, CompressedInteractionNet):
+            zeros.append(self.inter.fc.bias)
+        return [(self.bias, log_odds(base_rate)), *((b, 0.0) for b in zeros)]
 
     def forward(self, batch: Batch) -> dict[str, torch.Tensor]:
         fields = self.embedding(batch.dense, batch.cat_ids)
