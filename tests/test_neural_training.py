@@ -51,7 +51,9 @@ def _scores(model, df):
 def test_two_process_training_on_unequal_partitions_then_reload(spark, toy, base_cfg, tmp_path):
     features, train, valid, test = toy
     model = build_model(_spec("kdef"), base_cfg.base_models, features).fit(train, valid)
-    assert model.info["steps_per_epoch"] == 8400 // (256 * 2)  # same number of batches on each rank
+    # min_steps_per_epoch (default 50) shrinks the batch from 256 to 8400 // (2 ranks x 50) = 84; the same
+    # number of batches on each rank
+    assert model.info["batch_size"] == 84 and model.info["steps_per_epoch"] == 8400 // (84 * 2) == 50
     before = _scores(model, test)
     assert roc_auc_score(before["y"], before["p"]) > 0.7
     model.save(spark, str(tmp_path / "kdef"))
@@ -207,5 +209,5 @@ def test_distributed_training_agrees_on_both_validation_numbers_and_starts_at_th
     model = make_module("mlp", cfg, [4], 3)
     model.load_state_dict(torch.load(io.BytesIO(result["state"]), weights_only=True))
     again = validation_metrics(model, arrays)
-    assert again["auc"] == pytest.approx(result["valid_auc"], abs=1e-9) > 0.7
+    assert again["auc"] == pytest.approx(result["valid_auc"], abs=1e-9) and again["auc"] > 0.7
     assert again["logloss"] == pytest.approx(result["valid_logloss"], rel=1e-6)
