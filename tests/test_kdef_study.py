@@ -1,4 +1,5 @@
-"""KDEF K-table: knowledge abundance of known layer matrices and of each sub-network's layers, the table's shape and sanity, the stage on Spark."""
+"""KDEF K-table: knowledge abundance of known layer matrices and of each sub-network's layers, the table's
+shape and sanity, the stage on Spark."""
 import json
 
 import numpy as np
@@ -54,8 +55,8 @@ def test_k_table_compares_kdef_with_independent_nets():
     # head at AUC ~0.56 for this seed (0.86 for others); every member is past 0.85 after 3
     test = _arrays(3000, 3)
     table = kdef_k_table(_arrays(6000, 1), _arrays(1500, 2), test, vocab_sizes=[4], num_numeric=3,
-                         model_cfg=TINY, params={**PARAMS, "epochs": 3}, subnets=["mlp", "cross", "cin"], max_k=2, tau=0.1,
-                         bootstrap_settings=BOOT)
+                         model_cfg=TINY, params={**PARAMS, "epochs": 3}, subnets=["mlp", "cross", "cin"], max_k=2,
+                         tau=0.1, bootstrap_settings=BOOT)
     assert len(table) == (2 + 2) + (3 + 3)  # K=1: member + ensemble per variant; K=2: two members + ensemble
     assert set(table["variant"]) == {"kdef", "independent"}
     assert table["auc"].between(0.7, 1.0).all()
@@ -63,7 +64,8 @@ def test_k_table_compares_kdef_with_independent_nets():
     ka = table.set_index(["k", "variant", "member"])["knowledge_abundance"]
     assert ka.drop(index=[(2, v, "cross") for v in ("kdef", "independent")]).between(0, 1).all()
     assert ka.loc[(2, "kdef", "cross")] is None or np.isnan(ka.loc[(2, "kdef", "cross")])
-    layers = json.loads(table.set_index(["k", "variant", "member"]).loc[(2, "kdef", "mlp"), "knowledge_abundance_layers"])
+    by_member = table.set_index(["k", "variant", "member"])
+    layers = json.loads(by_member.loc[(2, "kdef", "mlp"), "knowledge_abundance_layers"])
     assert [l["layer"] for l in layers] == [1] and set(layers[0]["ka"]) == {"0.01", "0.05", "0.1", "0.2"}
     assert ka.loc[(2, "kdef", "ensemble")] == pytest.approx(ka.loc[(2, "kdef", "mlp")])  # mean over the layers
     one = table[table["k"] == 1].set_index(["variant", "member"])["auc"]

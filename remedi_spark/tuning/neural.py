@@ -107,7 +107,7 @@ def fit_neural_fold(rows: NeuralRows, job: NeuralJob, metric: str, k_fraction: f
         model.load_state_dict(result["state"])
         z = np.asarray(predict_logits(model, *parts["held"][:2]), dtype=np.float64).reshape(len(parts["held"][2]), -1)[:, 0]
         value = score(metric, rows.label[~outside], 1.0 / (1.0 + np.exp(-z)), k_fraction)
-        return {"trial": job.trial, "fold": job.fold, "value": value, "best_iteration": int(result["epochs"]),
+        return {"trial": job.trial, "fold": job.fold, "value": value, "best_iteration": int(result["best_epoch"]),
                 "seconds": time.perf_counter() - started, "error": None}
     except Exception as exc:  # a failed trial, not a failed search
         return {"trial": job.trial, "fold": job.fold, "value": None, "best_iteration": None,
