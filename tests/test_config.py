@@ -6,9 +6,13 @@ from tests.conftest import REPO
 
 def test_profiles_load_and_inherit():
     demo = load_config(REPO / "conf" / "demo.yaml")
-    assert demo.synthetic.n_users == 50000  # demo overrides
+    assert demo.synthetic.n_users == 30000 and demo.folds.n_folds == 3  # demo overrides
     assert demo.spark.profile == "local"  # from local.yaml
-    assert demo.folds.n_folds == 5  # from base.yaml
+    assert {s.family for s in demo.base_models.models} == {"lgbm", "mlp", "kdef", "kaml", "hm3"}
+    full = load_config(REPO / "conf" / "demo_full.yaml")
+    assert full.folds.n_folds == 5  # from base.yaml
+    assert [s.name for s in full.base_models.models] == [s.name for s in load_config(REPO / "conf" / "local.yaml")
+                                                         .base_models.models]  # every model of models.yaml
     for name in ("local", "cluster", "databricks"):
         assert load_config(REPO / "conf" / f"{name}.yaml").spark.profile == name
 
