@@ -31,6 +31,7 @@ from pyspark import StorageLevel
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
+from .. import progress
 from ..config import Config, ConfigError, ModelSpec
 from ..folds.assign import OPEN, evaluation_month
 from ..io.schemas import frame_from_pandas
@@ -114,6 +115,7 @@ def train_model_oof(spark: SparkSession, cfg: Config, store: TableStore, spec: M
     fit_pool = encoded.filter(F.col("split").isin("train", OPEN)) if horizons and eval_month is None else enc_train
     start = time.perf_counter()
     parts = []
+    fits = progress.track(spec.name, cfg.folds.n_folds + 1, "fit")  # the folds, then the refit
     for k in range(cfg.folds.n_folds):
         model = _fit(spec, cfg, features, fold_fit_rows(fit_pool, k))
         parts.append(model.predict(enc_train.filter(F.col("fold") == k)).select(
@@ -121,7 +123,9 @@ def train_model_oof(spark: SparkSession, cfg: Config, store: TableStore, spec: M
         # materialise now: the next fold's fit must not re-run this one lazily
         parts[-1] = parts[-1].persist(StorageLevel.MEMORY_AND_DISK)
         parts[-1].count()
+        fits.advance(f"fold {k + 1}/{cfg.folds.n_folds}")
     final = _fit(spec, cfg, features, fit_pool)
+    fits.advance("refit")
     seconds = time.perf_counter() - start
     final.save(spark, model_path(store, spec.name),
                extra={"run_id": store.run.run_id if store.run else None,
@@ -221,6 +225,7 @@ def train_base_models(spark: SparkSession, cfg: Config, store: TableStore, model
         raise
     run_id = store.run.run_id if store.run else "adhoc"
     results = {}
+    models_bar = progress.track("train-base", len(specs), "model")
     try:
         for spec in specs:
             try:
@@ -233,6 +238,7 @@ def train_base_models(spark: SparkSession, cfg: Config, store: TableStore, model
             metrics_df = frame_from_pandas(spark, table, "base_model_metrics")  # undefined (NaN) → null
             _append_metrics(store, metrics_df, spec.name)
             results[spec.name] = {r["split"]: {k: v for k, v in r.items() if k != "split"} for r in rows}
+            models_bar.advance(spec.name)
     finally:
         data.unpersist()
     notes = []
