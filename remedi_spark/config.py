@@ -305,6 +305,24 @@ class ParamRange:
 
 
 @dataclass(frozen=True)
+class TrainingSettings:
+    """How the base models' fit rows are drawn (stage train-base: every fold's fit and the refit).
+
+    ``negative_rate``: the share of negative rows (``y = 0``) a fit keeps; every positive row (and
+    every open-window row, whose label is not known) is kept. Which negatives are kept is a hash of
+    ``(user_id, month, folds.seed)``: the same rows on every run. A model fitted on a share ``r`` adds
+    ``log(r)`` to its logit when it predicts (the rate is saved with it), so its probabilities stay
+    calibrated for the full population. 1.0 = every row (no sampling)."""
+
+    negative_rate: float
+
+    def __post_init__(self) -> None:
+        if not 0 < self.negative_rate <= 1:
+            raise ConfigError(f"training.negative_rate: expected a share of the negative rows in (0, 1], "
+                              f"got {self.negative_rate!r}")
+
+
+@dataclass(frozen=True)
 class Config:
     spark: SparkSettings
     tables: TableSettings
@@ -325,6 +343,7 @@ class Config:
     hm3_study: Hm3StudySettings
     backtest: BacktestSettings
     tuning: TuningSettings
+    training: TrainingSettings
 
     def to_dict(self) -> dict[str, Any]:
         """Plain-dict view (for run manifests and logs)."""

@@ -91,11 +91,39 @@ def fold_fit_rows(pool: DataFrame, k: int) -> DataFrame:
     return pool.filter(F.col("fold") != k)
 
 
+SAMPLE_BUCKETS = 1_000_000  # resolution of training.negative_rate
+SAMPLE_SALT = 5  # keeps the negatives' hash apart from the early-stopping share's (salt 3, same seed)
+
+
+def negative_sample(rows: DataFrame, rate: float, seed: int) -> DataFrame:
+    """Every row of ``rows`` whose ``y`` is not 0 (positives; open-window rows, whose label is null) and
+    a share ``rate`` of the negatives: those whose hash of ``(user_id, month, seed)`` falls below
+    ``rate``. A row is kept or dropped the same way on every run and in every fit (each fold's and the
+    refit), whatever the layout of ``rows``. ``rate`` 1.0 returns ``rows`` itself."""
+    if not 0 < rate <= 1:
+        raise ValueError(f"negative rate must lie in (0, 1], got {rate!r}")
+    if rate == 1.0:
+        return rows
+    bucket = F.pmod(F.xxhash64("user_id", "month", F.lit(seed), F.lit(SAMPLE_SALT)), F.lit(SAMPLE_BUCKETS))
+    keep = F.col("y").isNull() | (F.col("y") != 0) | (bucket < F.lit(int(round(rate * SAMPLE_BUCKETS))))
+    return rows.filter(keep)
+
+
 def _fit(spec: ModelSpec, cfg: Config, features: FeatureSpec, rows: DataFrame) -> BaseModel:
     """Fit on the rows of users outside the early-stopping share; stop early on that share's fully
-    labelled rows (its users' open-window rows are not used at all)."""
+    labelled rows (its users' open-window rows are not used at all).
+
+    With ``training.negative_rate`` r < 1 both the fit rows and the early-stopping rows keep every
+    positive and the same hashed share r of the negatives (:func:`negative_sample`): early stopping
+    then scores the model on the prior it is fitted on (its log loss is the fit's own objective), and
+    needs no per-family hook to correct predictions inside the training loop. The model records r
+    (:meth:`BaseModel.set_negative_rate`), so its predictions (OOF, held-out, saved and reloaded for
+    scoring) are corrected to the full population's prior."""
+    rate, seed = cfg.training.negative_rate, cfg.folds.seed
     model = build_model(spec, cfg.base_models, features)
-    return model.fit(rows.filter(~F.col(ES)), rows.filter(F.col(ES) & (F.col("split") == "train")))
+    fit_rows = negative_sample(rows.filter(~F.col(ES)), rate, seed)
+    stop_rows = negative_sample(rows.filter(F.col(ES) & (F.col("split") == "train")), rate, seed)
+    return model.fit(fit_rows, stop_rows).set_negative_rate(rate)
 
 
 def train_model_oof(spark: SparkSession, cfg: Config, store: TableStore, spec: ModelSpec, data: DataFrame,
