@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 PETASTORM := petastorm==0.13.1
 
-.PHONY: setup demo demo-full monitor-demo cluster-demo backtest train-base tune kdef-study kaml-study hm3-study test test-all reliability bench clean
+.PHONY: setup demo demo-full paper monitor-demo cluster-demo backtest train-base tune kdef-study kaml-study hm3-study test test-all reliability bench clean
 
 setup: $(VENV)/.installed .jars/.resolved
 
@@ -32,6 +32,10 @@ demo: setup
 # Every configured model (conf/models.yaml) on 50k owners; the studies and `tune` below read its tables.
 demo-full: setup
 	$(PY) -m remedi_spark demo --conf conf/demo_full.yaml
+
+# The paper's scale (conf/paper.yaml): 800k owners, every configured model, negative sampling 0.1, the report.
+paper: setup
+	$(PY) -m remedi_spark demo --conf conf/paper.yaml
 
 # A world whose digital activity shifts after training: drift and a retraining decision per month.
 monitor-demo: setup
@@ -87,6 +91,7 @@ bench: setup
 	$(PY) bench/fusion.py --out bench/results/fusion.json
 	$(PY) bench/scoring.py --out bench/results/scoring.json
 	$(PY) bench/tuning.py --out bench/results/tuning.json
+	$(PY) bench/negative_sampling.py
 
 clean:
-	rm -rf data/demo data/demo_full data/backtest data/monitor_demo data/cluster_demo data/cluster_demo_local data/local build/cluster-demo spark-warehouse metastore_db derby.log
+	rm -rf data/demo data/demo_full data/paper data/backtest data/monitor_demo data/cluster_demo data/cluster_demo_local data/local build/cluster-demo spark-warehouse metastore_db derby.log
