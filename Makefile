@@ -1,11 +1,12 @@
-# remedi-spark: `make demo` (sets up, then runs the whole pipeline on 50k synthetic owners) and `make test`.
+# remedi-spark: `make demo` (sets up, then runs the whole pipeline on 30k synthetic owners, one model of each
+# family) and `make test` (the fast tier); `make demo-full` (every model, 50k owners) and `make test-all`.
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 PETASTORM := petastorm==0.13.1
 
-.PHONY: setup demo monitor-demo cluster-demo backtest train-base tune kdef-study kaml-study hm3-study test reliability bench clean
+.PHONY: setup demo demo-full paper monitor-demo cluster-demo backtest train-base tune kdef-study kaml-study hm3-study test test-all reliability bench clean
 
 setup: $(VENV)/.installed .jars/.resolved
 
@@ -28,6 +29,14 @@ $(VENV)/.installed: pyproject.toml
 demo: setup
 	$(PY) -m remedi_spark demo --conf conf/demo.yaml
 
+# Every configured model (conf/models.yaml) on 50k owners; the studies and `tune` below read its tables.
+demo-full: setup
+	$(PY) -m remedi_spark demo --conf conf/demo_full.yaml
+
+# The paper's scale (conf/paper.yaml): 800k owners, every configured model, negative sampling 0.1, the report.
+paper: setup
+	$(PY) -m remedi_spark demo --conf conf/paper.yaml
+
 # A world whose digital activity shifts after training: drift and a retraining decision per month.
 monitor-demo: setup
 	$(PY) -m remedi_spark monitor-demo --conf conf/monitor_demo.yaml
@@ -44,26 +53,31 @@ backtest: setup
 train-base: setup
 	$(PY) -m remedi_spark train-base --conf conf/demo.yaml
 
-# Hyperparameter search on the demo data (after demo: the student's search needs the teacher's
-# predictions): LightGBM base models and the student, best params to conf/tuned/demo.yaml; then
-# `train-base --conf conf/tuned/demo.yaml` trains with them.
+# Hyperparameter search on the full demo's data (after demo-full: the student's search needs the teacher's
+# predictions): LightGBM base models and the student, best params to conf/tuned/demo_full.yaml; then
+# `train-base --conf conf/tuned/demo_full.yaml` trains with them.
 tune: setup
-	$(PY) -m remedi_spark tune --conf conf/demo.yaml
+	$(PY) -m remedi_spark tune --conf conf/demo_full.yaml
 
-# KDEF K-table on the demo data (after train-base or demo): K = 1..4, KDEF vs independent nets.
+# KDEF K-table on the full demo data (after demo-full): K = 1..4, KDEF vs independent nets.
 kdef-study: setup
-	$(PY) -m remedi_spark kdef-study --conf conf/demo.yaml
+	$(PY) -m remedi_spark kdef-study --conf conf/demo_full.yaml
 
-# KAML ablations on the demo data (after train-base or demo): open windows, ranking loss, shared heads.
+# KAML ablations on the full demo data (after demo-full): open windows, ranking loss, shared heads.
 kaml-study: setup
-	$(PY) -m remedi_spark kaml-study --conf conf/demo.yaml
+	$(PY) -m remedi_spark kaml-study --conf conf/demo_full.yaml
 
-# HM3 ablations on the demo data (after train-base or demo): auxiliary funnel tasks, hierarchical heads.
+# HM3 ablations on the full demo data (after demo-full): auxiliary funnel tasks, hierarchical heads.
 hm3-study: setup
-	$(PY) -m remedi_spark hm3-study --conf conf/demo.yaml
+	$(PY) -m remedi_spark hm3-study --conf conf/demo_full.yaml
 
+# Two tiers (README, "Tests"): `make test` = unit tests and the tiny worlds (fast tier); `make test-all`
+# adds the slow tier (end to end, reliability pipeline, fault drivers, the cluster, the DDP launches).
 test: setup
-	$(PY) -m pytest --durations=15
+	$(PY) -m pytest -m "not slow" --durations=15
+
+test-all: test
+	$(PY) -m pytest -m slow --durations=15
 
 # Bad input, fault injection (killed Delta write, task retry, failing model), idempotency and
 # reproduction from run manifests, safe artifacts (also part of `make test`).
@@ -77,6 +91,7 @@ bench: setup
 	$(PY) bench/fusion.py --out bench/results/fusion.json
 	$(PY) bench/scoring.py --out bench/results/scoring.json
 	$(PY) bench/tuning.py --out bench/results/tuning.json
+	$(PY) bench/negative_sampling.py
 
 clean:
-	rm -rf data/demo data/backtest data/monitor_demo data/cluster_demo data/cluster_demo_local data/local build/cluster-demo spark-warehouse metastore_db derby.log
+	rm -rf data/demo data/demo_full data/paper data/backtest data/monitor_demo data/cluster_demo data/cluster_demo_local data/local build/cluster-demo spark-warehouse metastore_db derby.log

@@ -1,16 +1,32 @@
 """Command line: ``python -m remedi_spark <stage> --conf conf/local.yaml [--set key=value ...]``.
 
 The same ``main`` backs ``jobs/<stage>.py`` for spark-submit and Databricks jobs. The config
-is loaded and checked before Spark starts, so a typo fails in a second, not after the session.
+is loaded and checked before Spark starts, so a typo fails in a second, not after the session:
+bad input is one line on stderr and exit status 2, never a traceback.
+
+The console shows what a person reads: the log file's path, a progress line per stage, model and
+fold (:mod:`.progress`) and the results. Everything else (Spark's log4j output, native LightGBM and
+SynapseML lines, library warnings, Python logging) goes to the full log,
+``<tables.root>/logs/<stage>-<timestamp>.log``, which also gets every console line. ``--verbose``
+leaves that chatter on the console (the output of the JVM then goes to the console only).
 """
 from __future__ import annotations
 
 import argparse
 import json
+import logging
+import os
 import sys
-from typing import Any
+import tempfile
+import time
+import traceback
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, TextIO
 
-from .config import ConfigError, load_config
+from .config import Config, ConfigError, load_config
 from .io.schemas import DataValidationError
 from .months import parse_month, parse_month_spec
 
@@ -74,6 +90,10 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--conf", default="conf/local.yaml", help="YAML profile (default: %(default)s)")
         p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                        help="override one config key, e.g. --set synthetic.n_users=10000 (repeatable)")
+        p.add_argument("--verbose", action="store_true",
+                       help="show Spark's log, LightGBM/SynapseML output and library warnings on the console "
+                            "(default: only in the log file under <tables.root>/logs; with --verbose the JVM's "
+                            "output is on the console only, the Python side in both)")
         if stage in ("train-base", "meta-features", "tune"):
             p.add_argument("--models", type=lambda v: [m.strip() for m in v.split(",") if m.strip()], default=None,
                            metavar="NAMES", help="comma-separated model names from conf (default: all)")
@@ -170,9 +190,94 @@ def format_pipeline(out: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def log_path(root: str, stage: str, now: float | None = None) -> Path:
+    """Where a run of ``stage`` writes its full log: ``<root>/logs/<stage>-<UTC timestamp>.log``. A
+    ``dbfs:`` root goes through the ``/dbfs`` mount; a root on another file system (``s3a://``,
+    ``abfss://``, ``hdfs://``) cannot take a local file: the log goes to the temp folder then."""
+    stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime(now))
+    name = f"{stage}-{stamp}.log"
+    if root.startswith("dbfs:"):
+        return Path("/dbfs") / root[len("dbfs:"):].lstrip("/") / "logs" / name
+    if "://" in root:
+        return Path(tempfile.gettempdir()) / "remedi-logs" / name
+    return Path(root).resolve() / "logs" / name
+
+
+class Tee:
+    """A text stream that writes to the console stream and to the log file (every line of the
+    console is in the log); a terminal or not is the console's answer."""
+
+    def __init__(self, console: TextIO, log: TextIO) -> None:
+        self.console, self.log = console, log
+
+    def write(self, text: str) -> int:
+        """Write ``text`` to both; the log never stops the console."""
+        try:
+            self.log.write(text)
+        except ValueError:  # the log was closed (a late write at interpreter exit)
+            pass
+        return self.console.write(text)
+
+    def flush(self) -> None:
+        """Flush both streams."""
+        self.console.flush()
+        if not self.log.closed:
+            self.log.flush()
+
+    def isatty(self) -> bool:
+        """Whether the console is a terminal (progress lines draw a bar of blocks there)."""
+        return self.console.isatty()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.console, name)
+
+
+@contextmanager
+def console(path: Path, verbose: bool) -> Iterator[None]:
+    """Inside the block: stdout and stderr also go to the log file ``path``, Python logging goes to it
+    at INFO (to the console only from ERROR on, INFO with ``verbose``), warnings go to the log
+    (also to the console with ``verbose``), MLflow's INFO lines stay off the console unless
+    ``verbose``. A failure's traceback is written to the log before it leaves the block. Everything
+    is put back afterwards (``main`` may run inside another program, e.g. pytest)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    log = open(path, "a", buffering=1, encoding="utf-8")
+    root = logging.getLogger()
+    saved = (sys.stdout, sys.stderr, root.level, os.environ.get("MLFLOW_LOGGING_LEVEL"))
+    file_handler = logging.StreamHandler(log)
+    file_handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    console_handler = logging.StreamHandler(saved[1])
+    console_handler.setLevel(logging.INFO if verbose else logging.ERROR)
+    root.addHandler(file_handler)
+    root.addHandler(console_handler)
+    root.setLevel(logging.INFO)
+    if not verbose:
+        os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
+    sys.stdout, sys.stderr = Tee(saved[0], log), Tee(saved[1], log)
+    try:
+        with warnings.catch_warnings():
+            logging.captureWarnings(True)  # py.warnings: to the file, to the console with --verbose only
+            yield
+    except BaseException as exc:
+        if not isinstance(exc, (SystemExit, KeyboardInterrupt)):
+            log.write(traceback.format_exc())
+        raise
+    finally:
+        logging.captureWarnings(False)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        sys.stdout, sys.stderr = saved[0], saved[1]
+        root.removeHandler(file_handler)
+        root.removeHandler(console_handler)
+        root.setLevel(saved[2])
+        if saved[3] is None:
+            os.environ.pop("MLFLOW_LOGGING_LEVEL", None)
+        log.close()
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Run one stage; exit 0 on success, 2 on a config or input error (message on stderr)."""
-    args = build_parser().parse_args(argv)
+    """Run one stage; exit 0 on success, 2 on bad command-line input, a config or input error (one
+    line on stderr naming what is wrong, before Spark starts when the config or an argument is at fault)."""
+    args = build_parser().parse_args(argv)  # bad arguments: argparse's usage line and exit 2
     try:
         return _run(args)
     except (ConfigError, DataValidationError, FileNotFoundError) as exc:
@@ -186,10 +291,24 @@ def _run(args: argparse.Namespace) -> int:
         from .tuning.stage import choose
 
         choose(cfg, args.models)
+    path = log_path(cfg.tables.root, args.stage)
+    print(f"[remedi] {args.stage}: full log in {path}" + ("" if args.verbose else " (--verbose: on the console too)"),
+          file=sys.stderr, flush=True)
+    try:
+        with console(path, args.verbose):
+            return _run_stage(args, cfg, path)
+    except (ConfigError, DataValidationError, FileNotFoundError):
+        raise  # main prints the one line
+    except Exception:
+        print(f"[remedi] {args.stage}: failed; the full log is {path}", file=sys.stderr, flush=True)
+        raise
+
+
+def _run_stage(args: argparse.Namespace, cfg: Config, path: Path) -> int:
     from .pipeline import run_foundation, run_stage  # imports pyspark: after the cheap checks
     from .spark import get_spark
 
-    spark = get_spark(cfg.spark, app_name=f"remedi-{args.stage}")
+    spark = get_spark(cfg.spark, app_name=f"remedi-{args.stage}", log_file=None if args.verbose else str(path))
     if args.stage == "foundation":
         print(format_demo(run_foundation(spark, cfg)))
         return 0

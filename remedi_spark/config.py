@@ -305,6 +305,24 @@ class ParamRange:
 
 
 @dataclass(frozen=True)
+class TrainingSettings:
+    """How the base models' fit rows are drawn (stage train-base: every fold's fit and the refit).
+
+    ``negative_rate``: the share of negative rows (``y = 0``) a fit keeps; every positive row (and
+    every open-window row, whose label is not known) is kept. Which negatives are kept is a hash of
+    ``(user_id, month, folds.seed)``: the same rows on every run. A model fitted on a share ``r`` adds
+    ``log(r)`` to its logit when it predicts (the rate is saved with it), so its probabilities stay
+    calibrated for the full population. 1.0 = every row (no sampling)."""
+
+    negative_rate: float
+
+    def __post_init__(self) -> None:
+        if not 0 < self.negative_rate <= 1:
+            raise ConfigError(f"training.negative_rate: expected a share of the negative rows in (0, 1], "
+                              f"got {self.negative_rate!r}")
+
+
+@dataclass(frozen=True)
 class Config:
     spark: SparkSettings
     tables: TableSettings
@@ -325,6 +343,7 @@ class Config:
     hm3_study: Hm3StudySettings
     backtest: BacktestSettings
     tuning: TuningSettings
+    training: TrainingSettings
 
     def to_dict(self) -> dict[str, Any]:
         """Plain-dict view (for run manifests and logs)."""
@@ -483,57 +502,235 @@ def check_paths(cfg: "Config") -> None:
                               "add its root to tables.allowed_roots if it is meant to be written")
 
 
-# Numbers whose meaning has a range: (low, high, the range in words); None = unbounded on that side.
-# Checked with the types, so `--set lead_list.k=-5` fails before Spark starts instead of deep in a stage.
-_RANGES: dict[str, tuple[float | None, float | None, str]] = {
-    "synthetic.n_users": (1, None, "a positive integer"),
-    "synthetic.chunk_users": (1, None, "a positive integer"),
-    "folds.n_folds": (2, None, "an integer of at least 2"),
-    "folds.test_fraction": (0, 1, "a fraction strictly between 0 and 1"),
-    "base_models.metric_k_fraction": (0, 1, "a fraction in (0, 1]"),
-    "base_models.early_stopping_fraction": (0, 1, "a fraction strictly between 0 and 1"),
-    "base_models.early_stopping_rounds": (1, None, "a positive integer"),
-    "base_models.num_workers": (1, None, "a positive integer"),
-    "evaluation.bootstrap.replicates": (1, None, "a positive integer"),
-    "evaluation.bootstrap.level": (0, 1, "a level strictly between 0 and 1"),
-    "lead_list.exclude_purchase_months": (0, None, "zero or a positive integer"),
-    "lead_list.min_vehicle_age_months": (0, None, "zero or a positive integer"),
-    "lead_list.cap_per_value": (1, None, "a positive integer (or null: no cap)"),
-    "monitoring.psi_bins": (2, None, "an integer of at least 2"),
-    "monitoring.reference_rows": (1, None, "a positive integer"),
-    "backtest.months": (1, None, "a positive integer"),
-    "tracking.promotion_margin": (0, None, "zero or a positive P@K difference (absolute, e.g. 0.002)"),
+# What a number means decides its range. A rule: the kind (int accepts no bool, float accepts int), the
+# bounds (None = unbounded on that side; ``open_low``/``open_high`` exclude the bound itself) and the
+# range in words for the message. Checked while the config loads, so `--set lead_list.k=-5` or
+# `--set fusion.meta_model.epochs=abc` fail before Spark starts instead of deep in a stage.
+@dataclass(frozen=True)
+class Rule:
+    kind: type
+    low: float | None
+    high: float | None
+    words: str
+    open_low: bool = False
+    open_high: bool = False
+    choices: tuple | None = None  # for kind str: the known values
+    items: bool = False  # the value is a list whose every item follows the rule
 
 
-    "tuning.max_trials": (1, None, "a positive integer"),
-    "tuning.timeout_minutes": (0, None, "a positive number of minutes (or null: no time limit)"),
-    "tuning.inner_folds": (1, None, "a positive integer (or null: every training fold)"),
-    "tuning.sample_rows": (1, None, "a positive integer (or null: every training row)"),
-    "tuning.prune_startup_trials": (0, None, "zero or a positive integer"),
-    "tuning.prune_warmup_folds": (0, None, "zero or a positive integer"),
+def _positive(words: str = "a positive integer") -> Rule:
+    return Rule(int, 1, None, words)
+
+
+def _at_least_zero(kind: type = int) -> Rule:
+    return Rule(kind, 0, None, "zero or a positive integer" if kind is int else "zero or a positive number")
+
+
+_FRACTION_OPEN = Rule(float, 0, 1, "a fraction strictly between 0 and 1", open_low=True, open_high=True)
+_FRACTION = Rule(float, 0, 1, "a fraction in (0, 1]", open_low=True)
+_SHARE = Rule(float, 0, 1, "a share in [0, 1)", open_high=True)
+_POSITIVE_NUMBER = Rule(float, 0, None, "a positive number", open_low=True)
+_ANY_INT = Rule(int, None, None, "an integer")
+_BOOL = Rule(bool, None, None, "true or false")
+
+# top-level knobs, by their dotted key
+RULES: dict[str, Rule] = {
+    "spark.shuffle_partitions": _positive(),
+    "synthetic.n_users": _positive(),
+    "synthetic.chunk_users": _positive(),
+    "synthetic.burn_in_months": _at_least_zero(),
+    "synthetic.hazard_scale": _POSITIVE_NUMBER,
+    "synthetic.missing_rate": _SHARE,
+    "synthetic.drift_strength": Rule(float, 0, 1, "a strength in [0, 1]"),
+    "features.windows": Rule(int, 1, None, "a list of positive window lengths (months)", items=True),
+    "features.recency_lookback_months": _positive(),
+    "folds.n_folds": Rule(int, 2, None, "an integer of at least 2"),
+    "folds.test_fraction": _FRACTION_OPEN,
+    "base_models.metric_k_fraction": _FRACTION,  # 1.0 = the whole population is a valid K
+    "base_models.early_stopping_fraction": _FRACTION_OPEN,
+    "base_models.early_stopping_rounds": _positive(),
+    "base_models.num_workers": _positive(),
+    "base_models.focal.alpha": _FRACTION_OPEN,
+    "base_models.focal.gamma": _at_least_zero(float),
+    "base_models.focal.min_hessian": _POSITIVE_NUMBER,
+    "kdef_study.max_k": _positive(),
+    "kdef_study.tau": _FRACTION_OPEN,
+    "kdef_study.max_train_rows": _positive("a positive integer (or null: all rows)"),
+    "evaluation.bootstrap.replicates": _positive(),
+    "evaluation.bootstrap.level": Rule(float, 0, 1, "a level strictly between 0 and 1", open_low=True, open_high=True),
+    "distill.timing_rows": Rule(int, 0, None, "zero (skip the timing) or a positive integer"),
+    "lead_list.exclude_purchase_months": _at_least_zero(),
+    "lead_list.min_vehicle_age_months": _at_least_zero(),
+    "lead_list.cap_per_value": _positive("a positive integer (or null: no cap)"),
+    "tracking.promotion_margin": Rule(float, 0, None, "zero or a positive P@K difference (absolute, e.g. 0.002)"),
+    "report.curve_points": Rule(int, 2, None, "an integer of at least 2"),
+    "report.calibration_bins": _positive(),
+    "report.top_features": _positive(),
+    "monitoring.reference_rows": _positive(),
+    "monitoring.psi_bins": Rule(int, 2, None, "an integer of at least 2"),
+    "monitoring.top_features": _positive(),
+    "monitoring.min_realized_precision": Rule(float, 0, 1, "a precision in [0, 1]"),
+    "monitoring.feature_psi_retrain": _POSITIVE_NUMBER,
+    "monitoring.score_psi_retrain": _POSITIVE_NUMBER,
+    "monitoring.max_model_age_months": _positive(),
+    "monitoring.retrain_exit_code": Rule(int, 0, 255, "an exit status in 0..255"),
+    "kaml_study.max_train_rows": _positive("a positive integer (or null: all rows)"),
+    "hm3_study.max_train_rows": _positive("a positive integer (or null: all rows)"),
+    "backtest.months": _positive(),
+    "tuning.max_trials": _positive(),
+    "tuning.timeout_minutes": Rule(float, 0, None, "a positive number of minutes (or null: no time limit)",
+                                   open_low=True),
+    "tuning.inner_folds": _positive("a positive integer (or null: every training fold)"),
+    "tuning.sample_rows": _positive("a positive integer (or null: every training row)"),
+    "tuning.prune_startup_trials": _at_least_zero(),
+    "tuning.prune_warmup_folds": _at_least_zero(),
 }
-_OPEN_BELOW = {"tuning.timeout_minutes"}  # 0 minutes is no budget
-_CLOSED_ABOVE = {"base_models.metric_k_fraction"}  # 1.0 = the whole population is a valid K
+
+# month keys ('YYYY-MM'; a list: every item)
+MONTH_KEYS = ("synthetic.start_month", "synthetic.end_month", "synthetic.drift_month", "features.observed_through",
+              "folds.months", "scoring.month", "monitoring.month")
+
+_HIDDEN = Rule(int, 1, None, "a list of positive layer widths", items=True)
+# Knobs inside mapping-valued settings, per kind of mapping. ``fusion.meta_model`` and each
+# ``fusion.variants.<name>`` are fusion.meta_models.ExpertConfig (a test checks the names agree);
+# a torch model's ``params`` are models.neural.model.TorchTrainParams; LightGBM params (base_models.lightgbm,
+# an lgbm model's or a student's params) may name any LightGBM parameter, the ones below are checked.
+META_MODEL_RULES: dict[str, Rule] = {
+    "raw_hidden": _HIDDEN, "relative_hidden": _HIDDEN, "output_hidden": _HIDDEN,
+    "dropout": _SHARE, "batch_norm": _BOOL, "weight_decay": _at_least_zero(float),
+    "epochs": _positive(), "batch_size": _positive(), "min_steps_per_epoch": _positive(),
+    "lr": Rule(float, 0, None, "a positive learning rate", open_low=True), "patience": _positive(),
+    "valid_fraction": _FRACTION_OPEN, "min_valid_positives": _positive(), "linear_skip": _BOOL,
+    "bags": _positive(), "seed": _ANY_INT,
+}
+TORCH_PARAM_RULES: dict[str, Rule] = {
+    "epochs": _positive(), "batch_size": _positive(), "min_steps_per_epoch": _at_least_zero(),
+    "lr": Rule(float, 0, None, "a positive learning rate", open_low=True), "patience": _positive(),
+    "grad_clip": _POSITIVE_NUMBER, "embedding_l2": _at_least_zero(float),
+    "numeric_encoding": Rule(str, None, None, "one of ['buckets', 'standardize']",
+                             choices=("standardize", "buckets")),
+    "n_buckets": Rule(int, 2, None, "an integer of at least 2"), "num_processes": _positive(),
+    "launch_retries": _at_least_zero(), "seed": _ANY_INT, "model": Rule(dict, None, None, "a mapping"),
+    "launcher": Rule(str, None, None, "one of ['distributor', 'driver']", choices=("distributor", "driver")),
+}
+LGBM_PARAM_RULES: dict[str, Rule] = {
+    "num_iterations": _positive(), "learning_rate": Rule(float, 0, None, "a positive learning rate", open_low=True),
+    # num_leaves: type only; LightGBM's own error for < 2 is what tests/test_reliability_faults.py
+    # provokes to check how a model that fails to train stops the stage
+    "num_leaves": _ANY_INT, "min_data_in_leaf": _at_least_zero(),
+    "feature_fraction": _FRACTION, "bagging_fraction": _FRACTION, "bagging_freq": _at_least_zero(),
+    "lambda_l1": _at_least_zero(float), "lambda_l2": _at_least_zero(float),
+    "max_bin": Rule(int, 2, None, "an integer of at least 2"), "max_depth": _ANY_INT,
+    "min_sum_hessian_in_leaf": _at_least_zero(float), "min_gain_to_split": _at_least_zero(float),
+    "seed": _ANY_INT, "deterministic": _BOOL, "force_col_wise": _BOOL, "verbosity": _ANY_INT,
+    "is_unbalance": _BOOL, "scale_pos_weight": _POSITIVE_NUMBER,
+}
+
+
+def check_value(key: str, value: Any, rule: Rule) -> None:
+    """``value`` has ``rule``'s kind and lies in its range (a list: every item, when ``rule.items``);
+    a ConfigError naming the key, the value and what is expected otherwise. None is not checked
+    (a null optional value)."""
+    if value is None:
+        return
+    if rule.items:
+        if not isinstance(value, list) or not value:
+            raise ConfigError(f"{key}: expected {rule.words}, got {value!r}")
+        for item in value:
+            check_value(key, item, dataclasses.replace(rule, items=False))
+        return
+    if rule.kind is float:
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+    elif rule.kind is int:
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    else:
+        ok = isinstance(value, rule.kind)
+    if ok and rule.choices is not None:
+        ok = value in rule.choices
+    if ok and rule.low is not None:
+        ok = value > rule.low if rule.open_low else value >= rule.low
+    if ok and rule.high is not None:
+        ok = value < rule.high if rule.open_high else value <= rule.high
+    if not ok:
+        raise ConfigError(f"{key}: expected {rule.words}, got {value!r}")
+
+
+def check_params(key: str, params: Any, rules: dict[str, Rule], closed: bool) -> None:
+    """The knobs of one mapping-valued setting (``key``) against ``rules``; ``closed``: a name not in
+    ``rules`` is an error too (a typo would otherwise be ignored or fail deep in a stage)."""
+    if not isinstance(params, dict):
+        raise ConfigError(f"{key}: expected a mapping, got {params!r}")
+    if closed:
+        unknown = sorted(set(params) - set(rules))
+        if unknown:
+            raise ConfigError(f"{key}: unknown keys {unknown}; known: {sorted(rules)}")
+    for name, value in params.items():
+        if name in rules:
+            check_value(f"{key}.{name}", value, rules[name])
+
+
+def _lookup(cfg: "Config", key: str) -> Any:
+    value: Any = cfg
+    for part in key.split("."):
+        value = getattr(value, part)
+    return value
+
+
+def check_months(cfg: "Config") -> None:
+    """Every month knob of :data:`MONTH_KEYS` is a 'YYYY-MM' month; the synthetic world's months are in order."""
+    from .months import parse_month
+
+    for key in MONTH_KEYS:
+        value = _lookup(cfg, key)
+        for month in value if isinstance(value, list) else [value]:
+            if month is None:
+                continue
+            try:
+                parse_month(month)
+            except ValueError:
+                raise ConfigError(f"{key}: expected a month 'YYYY-MM', got {month!r}") from None
+    s = cfg.synthetic
+    if parse_month(s.end_month) < parse_month(s.start_month):
+        raise ConfigError(f"synthetic.end_month: {s.end_month!r} precedes synthetic.start_month {s.start_month!r}")
+
+
+def check_model_params(cfg: "Config") -> None:
+    """The knobs inside mapping-valued settings: the meta-model and its variants, every base model's
+    and student's params (LightGBM or torch), the shared LightGBM params."""
+    check_params("fusion.meta_model", cfg.fusion.meta_model, META_MODEL_RULES, closed=True)
+    if not isinstance(cfg.fusion.variants, dict):
+        raise ConfigError(f"fusion.variants: expected a mapping of name -> meta_model overrides, "
+                          f"got {cfg.fusion.variants!r}")
+    for name, overrides in cfg.fusion.variants.items():
+        check_params(f"fusion.variants.{name}", overrides, META_MODEL_RULES, closed=True)
+    check_params("base_models.lightgbm", cfg.base_models.lightgbm, LGBM_PARAM_RULES, closed=False)
+    for spec in cfg.base_models.models:
+        key = f"base_models.models[{spec.name}].params"
+        if spec.backend == "torch":
+            check_params(key, spec.params, TORCH_PARAM_RULES, closed=True)
+        else:
+            check_params(key, spec.params, LGBM_PARAM_RULES, closed=False)
+    for i, item in enumerate(cfg.distill.students):
+        if not isinstance(item, dict):
+            raise ConfigError(f"distill.students[{i}]: expected a mapping, got {item!r}")
+        key = f"distill.students[{item.get('name', i)}]"
+        check_value(f"{key}.objective", item.get("objective"),
+                    Rule(str, None, None, "one of ['logloss', 'mse', 'xentropy']", choices=("mse", "xentropy", "logloss")))
+        check_params(f"{key}.params", item.get("params") or {}, LGBM_PARAM_RULES, closed=False)
 
 
 def check_ranges(cfg: "Config") -> None:
-    """The numbers of :data:`_RANGES` lie in their range (fractions open at 0; a null optional
-    value is not checked); a ConfigError naming the key, the value and the range otherwise."""
-    for key, (low, high, words) in _RANGES.items():
-        value: Any = cfg
-        for part in key.split("."):
-            value = getattr(value, part)
-        if value is None:
-            continue
-        fraction = high is not None or key in _OPEN_BELOW
-        below = value <= low if fraction else value < low
-        above = high is not None and (value > high if key in _CLOSED_ABOVE else value >= high)
-        if below or above:
-            raise ConfigError(f"{key}: expected {words}, got {value!r}")
+    """Every knob of :data:`RULES` has its kind and lies in its range (a null optional value is not
+    checked), months are months, the knobs inside mappings follow their rules (:func:`check_model_params`);
+    a ConfigError naming the key, the value and what is expected otherwise."""
+    for key, rule in RULES.items():
+        check_value(key, _lookup(cfg, key), rule)
     k = cfg.lead_list.k
     if (k < 1) if isinstance(k, int) else not 0 < k <= 1:
         raise ConfigError(f"lead_list.k: expected a count of leads (a positive integer) or a fraction of the month's "
                           f"scored owners in (0, 1], got {k!r}")
+    check_months(cfg)
+    check_model_params(cfg)
     check_custom_features(cfg)
     check_tuning(cfg)
 

@@ -11,6 +11,7 @@ from typing import Any
 
 from pyspark.sql import SparkSession
 
+from . import progress
 from .backtest.stage import run_backtest
 from .config import Config, replace
 from .data.generate import generate_synthetic
@@ -63,23 +64,29 @@ AFTER_STAGE: dict[str, Callable[[SparkSession, Config, TableStore, Tracker, dict
 
 
 def run_stage(spark: SparkSession, cfg: Config, stage: str, pipeline_run_id: str = "", label: str | None = None,
-              **options: Any) -> dict[str, Any]:
+              progress_bar: progress.Progress | None = None, **options: Any) -> dict[str, Any]:
     """Run one stage with its own run manifest and log it to MLflow (into the pipeline's MLflow
-    run when ``pipeline_run_id`` is given, under ``label``); returns its summary plus ``run_id``."""
+    run when ``pipeline_run_id`` is given, under ``label``); returns its summary plus ``run_id``.
+    Console: a line when it starts, and when it is done a line of ``progress_bar`` (the pipeline's
+    stages) or, for a stage run on its own, a line with its time."""
     if stage not in STAGES:
         raise KeyError(f"unknown stage {stage!r}; known: {sorted(STAGES)}")
     store = TableStore(spark, cfg.tables.root, RunManifest(stage, cfg.to_dict(), parent=pipeline_run_id))
     tracker = Tracker(cfg, store.root)
     started = time.perf_counter()
-    print(f"[remedi] {label or stage}: started ({store.run.run_id})", file=sys.stderr, flush=True)
-    with tracker.run(store.run.run_id, {STAGE_TAG: store.run.run_id, "remedi.job": stage}):
+    progress.note(f"{label or stage}: started ({store.run.run_id})")
+    with progress.scope(), tracker.run(store.run.run_id, {STAGE_TAG: store.run.run_id, "remedi.job": stage}):
         summary = STAGES[stage](spark, cfg, store, **options)
         store.run.info = summary
         summary["run_id"] = store.save_manifest()
         tracker.log_stage(label or stage, summary, store.run.to_dict())
         if stage in AFTER_STAGE:
             AFTER_STAGE[stage](spark, cfg, store, tracker, summary)
-    print(f"[remedi] {label or stage}: done in {time.perf_counter() - started:.0f} s", file=sys.stderr, flush=True)
+    took = progress.format_seconds(time.perf_counter() - started)
+    if progress_bar is not None:
+        progress_bar.advance(f"{label or stage} done in {took}")
+    else:
+        progress.note(f"{label or stage}: done in {took}")
     return summary
 
 
@@ -89,9 +96,22 @@ def foundation_stages(cfg: Config) -> tuple[str, ...]:
     return ("features", "folds") if cfg.features.source == "custom" else ("generate", "features", "folds")
 
 
-def run_foundation(spark: SparkSession, cfg: Config, pipeline_run_id: str = "") -> dict[str, dict[str, Any]]:
-    """:func:`foundation_stages`, each as its own run. Returns their summaries."""
-    return {stage: run_stage(spark, cfg, stage, pipeline_run_id) for stage in foundation_stages(cfg)}
+def run_foundation(spark: SparkSession, cfg: Config, pipeline_run_id: str = "",
+                   progress_bar: progress.Progress | None = None) -> dict[str, dict[str, Any]]:
+    """:func:`foundation_stages`, each as its own run (a line of ``progress_bar`` per stage, else a
+    bar of their own). Returns their summaries."""
+    stages = foundation_stages(cfg)
+    with progress.scope():
+        bar = progress_bar or progress.track("foundation", len(stages), "stage")
+        return {stage: run_stage(spark, cfg, stage, pipeline_run_id, progress_bar=bar) for stage in stages}
+
+
+def pipeline_stage_count(cfg: Config, scored_months: int = 2) -> int:
+    """How many stage runs :func:`run_pipeline` makes: foundation, the four training stages, score and
+    lead list per scored month (the evaluation month and the newest, when they differ), promote when
+    students are registered, the report. Before folds ran the scored months are not known: 2 is assumed."""
+    registers = cfg.tracking.enabled and bool(cfg.tracking.registered_model)
+    return len(foundation_stages(cfg)) + 4 + 2 * scored_months + int(registers) + 1
 
 
 def run_pipeline(spark: SparkSession, cfg: Config) -> dict[str, Any]:
@@ -107,18 +127,21 @@ def run_pipeline(spark: SparkSession, cfg: Config) -> dict[str, Any]:
         cfg = replace(cfg, scoring={"model_uri": None})
     run = RunManifest("pipeline", cfg.to_dict())
     tracker = Tracker(cfg, TableStore(spark, cfg.tables.root).root)
-    with tracker.run(run.run_id, {PIPELINE_TAG: run.run_id, "remedi.job": "pipeline"}):
-        out: dict[str, Any] = dict(run_foundation(spark, cfg, run.run_id))
+    with progress.scope(), tracker.run(run.run_id, {PIPELINE_TAG: run.run_id, "remedi.job": "pipeline"}):
+        bar = progress.track("pipeline", pipeline_stage_count(cfg), "stage")
+        out: dict[str, Any] = dict(run_foundation(spark, cfg, run.run_id, bar))
         for stage in ("train-base", "meta-features", "fusion", "distill"):
-            out[stage] = run_stage(spark, cfg, stage, run.run_id)
+            out[stage] = run_stage(spark, cfg, stage, run.run_id, progress_bar=bar)
         oot = out["folds"]["oot_test_month"]  # None: a single labelled month, no evaluation month
         months = {"evaluation": oot} if oot else {}
         feature_months = sorted(out["features"]["per_month"])
         if feature_months[-1] != oot:
             months["current"] = feature_months[-1]
+        bar.total = pipeline_stage_count(cfg, len(months))  # the scored months are known now
         for role, month in months.items():
-            out[f"score[{role}]"] = run_stage(spark, cfg, "score", run.run_id, f"score.{role}", month=month)
-            out[f"lead-list[{role}]"] = run_stage(spark, cfg, "lead-list", run.run_id, f"lead-list.{role}", month=month)
+            out[f"score[{role}]"] = run_stage(spark, cfg, "score", run.run_id, f"score.{role}", bar, month=month)
+            out[f"lead-list[{role}]"] = run_stage(spark, cfg, "lead-list", run.run_id, f"lead-list.{role}", bar,
+                                                  month=month)
         store = TableStore(spark, cfg.tables.root, run)
         if oot:
             out["evaluation"] = evaluate_lead_list(spark, cfg, store, oot)
@@ -129,9 +152,11 @@ def run_pipeline(spark: SparkSession, cfg: Config) -> dict[str, Any]:
                   "held-out owners only", file=sys.stderr, flush=True)
         registered = out["distill"].get("registered")
         if registered:  # tracking on and tracking.registered_model set: champion or not
-            out["promote"] = run_stage(spark, cfg, "promote", run.run_id, month=oot, version=registered["version"])
+            out["promote"] = run_stage(spark, cfg, "promote", run.run_id, progress_bar=bar, month=oot,
+                                       version=registered["version"])
         run.info = {"stages": {key: summary["run_id"] for key, summary in out.items() if "run_id" in summary},
                     "months": months, "evaluation": out.get("evaluation"), "promotion": out.get("promote")}
         out["pipeline_run_id"] = store.save_manifest()
-        out["report"] = run_stage(spark, cfg, "report", run.run_id, run=run.run_id)
+        bar.total = bar.done + 1  # the report is the last stage (promote may not have run)
+        out["report"] = run_stage(spark, cfg, "report", run.run_id, progress_bar=bar, run=run.run_id)
     return out

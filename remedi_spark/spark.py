@@ -7,12 +7,20 @@
 * ``databricks``: the job's existing session is used as it is.
 
 Library functions never create sessions: jobs call :func:`get_spark` once and pass it on.
+
+Console: with ``log_file`` (the CLI without ``--verbose``) a JVM that :func:`get_spark` starts (the
+local profile) writes its stdout and stderr into that file: Spark's log4j console output, native
+LightGBM lines from SynapseML ("[LightGBM] ...", "Listening..."), and the stderr of the Python workers
+it starts (library warnings of petastorm or pyarrow). A JVM that was there before (spark-submit)
+keeps its console; only its log level drops to ERROR.
 """
 from __future__ import annotations
 
 import os
 import re
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from pyspark.sql import SparkSession
@@ -35,8 +43,37 @@ def local_jars(jars_dir: str) -> list[str]:
     return jars
 
 
-def get_spark(settings: SparkSettings, app_name: str = "remedi-spark") -> SparkSession:
-    """Return the Spark session for ``settings.profile`` (see the module docstring)."""
+@contextmanager
+def output_to(path: str) -> Iterator[None]:
+    """Inside the block, file descriptors 1 and 2 (stdout and stderr of this process, and of every
+    process started meanwhile, which keeps them) write to the end of ``path``; put back afterwards."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    target = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    saved = os.dup(1), os.dup(2)
+    try:
+        os.dup2(target, 1)
+        os.dup2(target, 2)
+        yield
+    finally:
+        os.dup2(saved[0], 1)
+        os.dup2(saved[1], 2)
+        for fd in (*saved, target):
+            os.close(fd)
+
+
+def _starts_jvm() -> bool:
+    """Whether creating a session now launches a JVM (none running in this process, and no
+    spark-submit that started this process with its own)."""
+    from pyspark import SparkContext
+
+    return SparkContext._gateway is None and "PYSPARK_GATEWAY_PORT" not in os.environ
+
+
+def get_spark(settings: SparkSettings, app_name: str = "remedi-spark", log_file: str | None = None) -> SparkSession:
+    """Return the Spark session for ``settings.profile`` (see the module docstring). ``log_file``: the
+    output of a JVM started here goes to that file (log level WARN), a running JVM's log level drops
+    to ERROR; without it the JVM writes to the console at WARN."""
     if settings.profile == "databricks":
         active = SparkSession.getActiveSession()
         return active if active is not None else SparkSession.builder.getOrCreate()
@@ -59,8 +96,13 @@ def get_spark(settings: SparkSettings, app_name: str = "remedi-spark") -> SparkS
         })
     for key, value in {**common, **{k: str(v) for k, v in settings.conf.items()}}.items():
         builder = builder.config(key, value)
+    if log_file is not None and _starts_jvm():
+        with output_to(log_file):
+            spark = builder.getOrCreate()
+        spark.sparkContext.setLogLevel("WARN")
+        return spark
     spark = builder.getOrCreate()
-    spark.sparkContext.setLogLevel("WARN")
+    spark.sparkContext.setLogLevel("ERROR" if log_file is not None else "WARN")
     return spark
 
 

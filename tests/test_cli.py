@@ -52,3 +52,145 @@ def test_a_bad_month_is_an_argument_error_before_spark_starts(stage):
     proc = _run("-m", "remedi_spark", stage, "--month", "2025-13")
     assert proc.returncode == 2 and "invalid month '2025-13'" in proc.stderr and "Traceback" not in proc.stderr
     assert build_parser().parse_args([stage, "--month", ""]).month is None  # a scheduler's empty parameter
+
+
+# --- bad input: exit 2 with one line naming the key, before Spark starts and before anything is written ---
+
+_NO_SESSION = ("import sys; from remedi_spark.cli import main; rc = main(sys.argv[1:]); "
+               "from pyspark import SparkContext; print(rc, SparkContext._active_spark_context)")
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--month", "2025-13"], "argument --month: invalid month '2025-13': expected 'YYYY-MM'"),
+    (["--set", "fusion.meta_model.epochs=abc"], "fusion.meta_model.epochs: expected a positive integer, got 'abc'"),
+    (["--set", "lead_list.k=-5"], "lead_list.k: expected a count of leads (a positive integer) or a fraction"),
+    (["--set", "synthetic.start_month=2024-13"], "synthetic.start_month: expected a month 'YYYY-MM', got '2024-13'"),
+])
+def test_bad_input_is_one_line_and_exit_2_before_spark_starts(tmp_path, args, message):
+    root = tmp_path / "tables"
+    proc = _run("-c", _NO_SESSION, "score", "--conf", "conf/demo.yaml", "--set", f"tables.root={root}", *args)
+    assert proc.returncode == 2 or proc.stdout.strip() == "2 None", (proc.stdout, proc.stderr)
+    assert message in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
+    assert "started" not in proc.stderr and "full log" not in proc.stderr  # no stage run, no log file
+    assert not root.exists()  # nothing written
+    if proc.returncode == 0:  # main returned (argparse exits 2 itself): no Spark session was created
+        assert proc.stdout.strip() == "2 None"
+
+
+def test_the_module_entry_point_exits_2_on_a_bad_set(tmp_path):
+    proc = _run("-m", "remedi_spark", "score", "--conf", "conf/demo.yaml", "--set", f"tables.root={tmp_path / 't'}",
+                "--set", "fusion.meta_model.epochs=abc")
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert proc.stderr.strip() == "remedi_spark score: fusion.meta_model.epochs: expected a positive integer, got 'abc'"
+
+
+# --- the console: a log file per run, chatter there, progress lines -----------------------------------
+
+def test_log_path_under_the_table_root(tmp_path):
+    from remedi_spark.cli import log_path
+
+    path = log_path(str(tmp_path), "train-base", now=0)
+    assert path == tmp_path.resolve() / "logs" / "train-base-19700101T000000.log"
+    assert str(log_path("dbfs:/remedi/demo", "score", now=0)) == "/dbfs/remedi/demo/logs/score-19700101T000000.log"
+    assert "remedi-logs" in str(log_path("s3a://bucket/remedi", "score"))  # no local file on an object store
+
+
+def test_console_sends_chatter_to_the_log_and_keeps_the_console_readable(tmp_path, capsys):
+    import logging
+    import warnings
+
+    from remedi_spark.cli import console
+
+    path = tmp_path / "logs" / "x.log"
+    stdout, stderr = sys.stdout, sys.stderr
+    with warnings.catch_warnings(), console(path, verbose=False):
+        warnings.simplefilter("always")  # pytest's config ignores FutureWarning
+        print("result line")
+        print("[remedi] progress line", file=sys.stderr)
+        warnings.warn("pyarrow says something", FutureWarning)
+        logging.getLogger("py4j.clientserver").info("Closing down clientserver connection")
+        logging.getLogger("some.lib").error("a real error")
+    assert (sys.stdout, sys.stderr) == (stdout, stderr)  # put back
+    out, err = capsys.readouterr()
+    assert out == "result line\n"
+    assert "[remedi] progress line" in err and "a real error" in err
+    assert "FutureWarning" not in err and "Closing down" not in err
+    log = path.read_text()
+    for line in ("result line", "[remedi] progress line", "FutureWarning: pyarrow says something",
+                 "INFO py4j.clientserver: Closing down clientserver connection", "a real error"):
+        assert line in log
+
+
+def test_verbose_keeps_the_chatter_on_the_console_and_a_failure_is_logged(tmp_path, capsys):
+    import logging
+    import warnings
+
+    from remedi_spark.cli import console
+
+    path = tmp_path / "v.log"
+    with pytest.raises(RuntimeError, match="boom"):
+        with warnings.catch_warnings(), console(path, verbose=True):
+            warnings.simplefilter("always")
+            warnings.warn("petastorm says something", FutureWarning)
+            logging.getLogger("py4j.clientserver").info("Closing down clientserver connection")
+            raise RuntimeError("boom")
+    err = capsys.readouterr().err
+    assert "petastorm says something" in err and "Closing down clientserver connection" in err
+    assert "Traceback" in path.read_text() and "RuntimeError: boom" in path.read_text()
+
+
+def test_progress_lines_elapsed_bar_and_estimate():
+    import io
+
+    from remedi_spark import progress
+
+    now = [0.0]
+    out = io.StringIO()  # not a terminal: plain ASCII lines
+    with progress.scope():
+        models = progress.Progress("train-base", 2, "model", stream=out, clock=lambda: now[0])
+        folds = progress.Progress("lgbm_focal", 4, "fit", stream=out, clock=lambda: now[0])
+        now[0] = 30.0
+        folds.advance("fold 1/3")
+        assert folds.remaining() == 90.0
+        now[0] = 120.0
+        folds.advance(n=3)
+        models.advance("lgbm_focal")
+        assert progress._OPEN == [models]  # a finished tracker closes itself
+    assert progress._OPEN == []  # scope closed the unfinished one
+    lines = out.getvalue().splitlines()
+    assert lines[0] == ("[remedi]   lgbm_focal: fold 1/3 [#####---------------] 1/4 fits, 30s elapsed, "
+                        "~1m30s left")
+    assert lines[1] == "[remedi]   lgbm_focal: fit 4 [####################] 4/4 fits, 2m00s elapsed, done"
+    assert lines[2] == ("[remedi] train-base: lgbm_focal [##########----------] 1/2 models, 2m00s elapsed, "
+                        "~2m00s left")
+    assert all("\r" not in line and line.isascii() for line in lines)
+
+
+def test_progress_on_a_terminal_draws_blocks_and_scope_closes_what_failed():
+    import io
+
+    from remedi_spark import progress
+
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    out = Terminal()
+    with pytest.raises(ValueError):
+        with progress.scope():
+            progress.track("stage", 3, stream=out).advance("one")
+            raise ValueError("a step failed")
+    assert progress._OPEN == []
+    assert "█" in out.getvalue() and "░" in out.getvalue()
+    assert progress.format_seconds(3725) == "1h02m" and progress.bar(0.5, 4) == "[##--]"
+    with pytest.raises(ValueError, match="total must be at least 1"):
+        progress.track("nothing", 0)
+
+
+def test_pipeline_stage_count_follows_the_config(base_cfg):
+    from remedi_spark.config import replace
+    from remedi_spark.pipeline import pipeline_stage_count
+
+    assert pipeline_stage_count(base_cfg) == 3 + 4 + 4 + 1  # tracking is off in the tests: no promote
+    registering = replace(base_cfg, tracking={"enabled": True})
+    assert pipeline_stage_count(registering, scored_months=1) == 3 + 4 + 2 + 1 + 1

@@ -9,7 +9,7 @@ from remedi_spark.spark import local_jars
 from remedi_spark.standalone import build_wheel, standalone_cluster, submit
 from tests.conftest import REPO
 
-pytestmark = pytest.mark.cluster
+pytestmark = [pytest.mark.cluster, pytest.mark.slow]
 
 
 def _port_open(url: str) -> bool:

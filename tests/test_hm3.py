@@ -248,6 +248,7 @@ def test_no_label_column_is_ever_a_model_input(funnel_world):
 # ---------------------------------------------------------------------------------------------- Spark
 
 
+@pytest.mark.slow
 def test_oof_with_and_without_aux_tasks_and_the_study_on_synthetic_data(spark, cfg_at):
     from remedi_spark.pipeline import run_foundation
     from remedi_spark.training.hm3_study import funnel_scores, run_hm3_study

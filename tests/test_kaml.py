@@ -251,6 +251,7 @@ def open_toy(spark):
     return features, train, valid, test
 
 
+@pytest.mark.slow
 def test_two_process_training_on_open_windows_end_to_end(spark, open_toy, base_cfg):
     features, train, valid, test = open_toy
     assert train.filter(F.col("y").isNull()).count() > 0  # rows with unknown labels reach training
@@ -306,7 +307,7 @@ def test_oof_and_study_on_synthetic_data_with_open_windows(spark, cfg_at):
     from remedi_spark.training.oof import train_base_models
 
     models = [{"name": "kaml", "family": "kaml", "backend": "torch", "objective": "logloss", "feature_group": "core",
-               "params": {"epochs": 1, "batch_size": 512, "model": TINY}}]
+               "params": {"epochs": 1, "batch_size": 512, "launcher": "driver", "model": TINY}}]
     cfg = cfg_at(synthetic={"n_users": 1500, "chunk_users": 1500}, folds={"n_folds": 2, "include_open_windows": True},
                  base_models={"models": models})
     run_foundation(spark, cfg)

@@ -104,7 +104,8 @@ def test_max_k_beyond_subnets_is_a_config_error():
 
 def test_stage_writes_the_k_table(spark, base_cfg, tmp_path):
     models = [{"name": "kdef", "family": "kdef", "backend": "torch", "objective": "logloss", "feature_group": None,
-               "params": {"epochs": 1, "batch_size": 512, "model": {**TINY, "subnets": ["mlp", "fm"]}}}]
+               "params": {"epochs": 1, "batch_size": 512, "launcher": "driver",
+                          "model": {**TINY, "subnets": ["mlp", "fm"]}}}]
     cfg = replace(base_cfg, tables={"root": str(tmp_path / "t")}, synthetic={"n_users": 3000, "chunk_users": 1500},
                   folds={"n_folds": 2}, base_models={"models": models},
                   kdef_study={"subnets": ["mlp", "fm"], "max_k": 2})

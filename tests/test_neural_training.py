@@ -39,15 +39,16 @@ def toy(spark):
     return features, train, encoded.filter(part == 7).cache(), encoded.filter(part > 7).cache()
 
 
-def _spec(family, epochs=2):
+def _spec(family, epochs=2, **params):
     return ModelSpec(name=family, family=family, backend="torch", objective="logloss", feature_group=None,
-                     params={"epochs": epochs, "batch_size": 256, "lr": 3e-3, "model": SMALL[family]})
+                     params={"epochs": epochs, "batch_size": 256, "lr": 3e-3, "model": SMALL[family], **params})
 
 
 def _scores(model, df):
     return model.predict(df).join(df.select("user_id", "y"), "user_id").toPandas().sort_values("user_id")
 
 
+@pytest.mark.slow
 def test_two_process_training_on_unequal_partitions_then_reload(spark, toy, base_cfg, tmp_path):
     features, train, valid, test = toy
     model = build_model(_spec("kdef"), base_cfg.base_models, features).fit(train, valid)
@@ -61,6 +62,7 @@ def test_two_process_training_on_unequal_partitions_then_reload(spark, toy, base
     np.testing.assert_allclose(before["p"].to_numpy(), after["p"].to_numpy(), rtol=0, atol=1e-7)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("family", ["mlp", "deepfm", "xdeepfm"])
 def test_every_family_trains_and_scores_unseen_categories(spark, toy, base_cfg, family):
     features, train, valid, test = toy
@@ -68,6 +70,29 @@ def test_every_family_trains_and_scores_unseen_categories(spark, toy, base_cfg, 
     unseen = test.limit(50).withColumn("cat", F.lit(None).cast("double"))  # a category the map never saw
     scored = model.predict(unseen).toPandas()
     assert len(scored) == 50 and np.isfinite(scored["p"]).all() and scored["p"].between(0, 1).all()
+
+
+@pytest.mark.parametrize("family", ["mlp", "deepfm", "xdeepfm", "kdef"])
+def test_the_driver_launcher_learns_repeats_itself_and_reloads(spark, toy, base_cfg, tmp_path, family):
+    features, train, valid, test = toy
+    spec = _spec(family, epochs=2, launcher="driver")
+    first = build_model(spec, base_cfg.base_models, features).fit(train, valid)
+    assert first.info["steps_per_epoch"] == 8400 // 256  # one process: every row in each epoch
+    before = _scores(first, test)
+    assert roc_auc_score(before["y"], before["p"]) > 0.7
+    again = _scores(build_model(spec, base_cfg.base_models, features).fit(train, valid), test)
+    np.testing.assert_array_equal(before["p"].to_numpy(), again["p"].to_numpy())
+    first.save(spark, str(tmp_path / family))
+    after = _scores(load_model(spark, str(tmp_path / family), base_cfg.base_models, [str(tmp_path)]), test)
+    np.testing.assert_allclose(before["p"].to_numpy(), after["p"].to_numpy(), rtol=0, atol=1e-7)
+    unseen = test.limit(50).withColumn("cat", F.lit(None).cast("double"))  # a category the map never saw
+    assert np.isfinite(first.predict(unseen).toPandas()["p"]).all()
+
+
+def test_an_unknown_launcher_is_refused_before_training(spark, toy, base_cfg):
+    features, train, valid, _ = toy
+    with pytest.raises(ValueError, match="launcher must be 'distributor' or 'driver', got 'gpu'"):
+        build_model(_spec("mlp", launcher="gpu"), base_cfg.base_models, features).fit(train, valid)
 
 
 def test_the_default_petastorm_cache_dir_is_removed_when_the_process_exits():
@@ -105,6 +130,7 @@ def test_a_failing_run_is_warned_about_and_run_again_then_its_cause_is_raised():
     assert len(calls) == 3
 
 
+@pytest.mark.slow
 def test_an_error_inside_the_training_worker_reaches_the_driver_with_its_traceback(spark, toy):
     features, train, valid, test = toy
     rows = train.select(F.array(*[F.col(c).cast("float") for c in ("f0", "f1", "f2")]).alias("dense"),

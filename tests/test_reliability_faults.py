@@ -18,7 +18,7 @@ from remedi_spark.training.oof import BaseModelFailed
 from tests.conftest import REPO
 from tests.tiny import raw_world
 
-pytestmark = pytest.mark.reliability
+pytestmark = [pytest.mark.reliability, pytest.mark.slow]
 MONTHS = month_range("2024-06", "2024-10")
 
 

@@ -14,7 +14,7 @@ from remedi_spark.pipeline import run_pipeline, run_stage
 from remedi_spark.reproduce import reproduce_run
 from tests.tiny import TINY_MLP, lgbm_spec
 
-pytestmark = pytest.mark.reliability
+pytestmark = [pytest.mark.reliability, pytest.mark.slow]
 FAST = {"num_iterations": 20, "learning_rate": 0.1, "min_data_in_leaf": 20}
 MODELS = [lgbm_spec("lgbm_logloss", FAST), lgbm_spec("lgbm_dealer", FAST, feature_group="dealer"), TINY_MLP]
 META = {"raw_hidden": [8], "relative_hidden": [8], "output_hidden": [8], "epochs": 5, "batch_size": 256, "lr": 0.01,

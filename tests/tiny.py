@@ -52,6 +52,7 @@ def lgbm_spec(name: str, params: dict, objective: str = "logloss", feature_group
             "feature_group": feature_group, "params": params}
 
 
-# one epoch of a 4-dim-embedding, 16-unit MLP: the smallest torch base model that still learns
+# one epoch of a 4-dim-embedding, 16-unit MLP: the smallest torch base model that still learns; trained
+# on the driver (no TorchDistributor launch: the DDP path has its own tests in the slow tier)
 TINY_MLP = {"name": "mlp", "family": "mlp", "backend": "torch", "objective": "logloss", "feature_group": None,
-            "params": {"epochs": 1, "batch_size": 512, "model": {"emb_dim": 4, "hidden": [16]}}}
+            "params": {"epochs": 1, "batch_size": 512, "launcher": "driver", "model": {"emb_dim": 4, "hidden": [16]}}}

@@ -5,15 +5,22 @@ objective, feature group, params), the shared ``base_models`` settings and a
 :class:`FeatureSpec`. ``fit(train, valid)`` trains on encoded Spark frames (``valid`` only for
 early stopping), ``predict(df)`` returns ``user_id, month, p``, and ``save``/``load`` use a
 LightGBM text model plus a JSON sidecar: no pickle.
+
+A model fitted on a share of the negative rows (``training.negative_rate``, recorded with
+:meth:`BaseModel.set_negative_rate` in ``info``, so saved with it) has its ``p`` corrected here, for
+every family: :class:`BaseModel` wraps each subclass's ``predict`` (and ``predict_outputs``) so the
+returned ``p`` is :func:`prior_corrected`. A family implements prediction on the training prior only.
 """
 from __future__ import annotations
 
 import json
+import functools
+import math
 from abc import ABC, abstractmethod
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
-from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
@@ -41,6 +48,40 @@ def keyed_pandas(df: DataFrame, *columns: str) -> "pd.DataFrame":
     """``columns`` of ``df`` as pandas, rows sorted by (user_id, month): training inputs
     collected to the driver."""
     return df.orderBy(*KEYS).select(*columns).toPandas()
+
+
+NEGATIVE_RATE = "negative_rate"  # info key: the share of negative rows the model was fitted on
+# the prediction methods whose ``p`` column the negative-sampling correction applies to
+PREDICTORS = ("predict", "predict_outputs")
+
+
+def prior_corrected(p: Column, rate: float) -> Column:
+    """``p`` of a model fitted on every positive and a share ``rate`` of the negatives, as a probability
+    for the full population: ``logit + log(rate)``, written as ``rate p / (1 - p + rate p)`` so that 0
+    and 1 stay 0 and 1 (a clipped regressor's output)."""
+    if not 0 < rate <= 1 or math.isnan(rate):
+        raise ValueError(f"negative rate must lie in (0, 1], got {rate!r}")
+    return p * F.lit(rate) / (F.lit(1.0) - p + p * F.lit(rate))
+
+
+def _correcting(method: Any) -> Any:
+    """``method`` (a model's ``predict``/``predict_outputs``) with its ``p`` column prior-corrected
+    by the model's negative rate. Only the outermost call corrects: a predictor that calls another
+    (NeuralModel.predict -> predict_outputs) or its parent's is corrected once."""
+    @functools.wraps(method)
+    def wrapper(self: "BaseModel", *args: Any, **kwargs: Any) -> DataFrame:
+        if self.__dict__.get("_predicting"):
+            return method(self, *args, **kwargs)
+        self._predicting = True
+        try:
+            out = method(self, *args, **kwargs)
+        finally:
+            self._predicting = False
+        rate = self.negative_rate
+        return out if rate == 1.0 else out.withColumn("p", prior_corrected(F.col("p"), rate))
+
+    wrapper._prior_corrected = True  # type: ignore[attr-defined]
+    return wrapper
 
 
 # keys and every label column: a label among the model inputs would be a leak
@@ -122,7 +163,11 @@ class FeatureSpec:
 
 
 class BaseModel(ABC):
-    """One base model. Subclasses implement fitting, prediction and the native model text."""
+    """One base model. Subclasses implement fitting, prediction and the native model text.
+
+    A subclass's ``predict`` (and ``predict_outputs``) returns ``p`` on its training rows' prior; the
+    class wraps it (:meth:`__init_subclass__`) so callers get ``p`` corrected for the model's
+    :attr:`negative_rate`, for models trained here and models loaded from a sidecar alike."""
 
     def __init__(self, spec: ModelSpec, settings: BaseModelSettings, features: FeatureSpec):
         self.spec = spec
@@ -130,9 +175,31 @@ class BaseModel(ABC):
         self.features = features
         self.info: dict[str, Any] = {}
 
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        for name in PREDICTORS:
+            method = cls.__dict__.get(name)
+            if callable(method) and not getattr(method, "_prior_corrected", False):
+                setattr(cls, name, _correcting(method))
+
     @property
     def name(self) -> str:
         return self.spec.name
+
+    @property
+    def negative_rate(self) -> float:
+        """The share of negative rows the model was fitted on (1.0: all of them, also for a model
+        saved before the knob existed); its predictions are corrected for it."""
+        return float(self.info.get(NEGATIVE_RATE, 1.0))
+
+    def set_negative_rate(self, rate: float) -> "BaseModel":
+        """Record that the model was fitted on every positive and a share ``rate`` of the negatives
+        (``training.negative_rate``): predictions from now on, and from the saved model, add
+        ``log(rate)`` to the logit."""
+        if not 0 < rate <= 1 or math.isnan(rate):
+            raise ValueError(f"{self.name}: negative rate must lie in (0, 1], got {rate!r}")
+        self.info[NEGATIVE_RATE] = float(rate)
+        return self
 
     def lightgbm_params(self) -> dict[str, Any]:
         """Shared LightGBM params, then the model's own."""

@@ -2,7 +2,8 @@
 pipeline run, written to ``<tables.root>/reports/<pipeline run id>/`` (or ``report.dir``).
 
 Contents: REMEDI Tables 1–4 analogs (base models, fusion strategies, diversity ablations,
-distillation), each with the oracle ceiling beside it; cumulative gains, lift, precision and
+distillation), each with the oracle ceiling beside it; the diversity of the base models (rank
+correlations and top-K overlaps on the OOF rows); cumulative gains, lift, precision and
 business recall as functions of K (the chosen K marked), the score histogram by label,
 calibration, the student's gain importance and month-by-month metrics, all on held-out owners
 (never in any training set); the lead list's own evaluation; and the Delta version of every
@@ -28,6 +29,7 @@ from ..fusion.train import seed_summary
 from ..metrics import bootstrap, curve_ks, lead_metrics, ranked_curves
 from ..training.study_inputs import difference_text
 from . import figures
+from .diversity import CAPTION as DIVERSITY_CAPTION, FIGURE as DIVERSITY_FIGURE, diversity_numbers, diversity_section
 from .backtest import backtest_figures, backtest_numbers, backtest_section, latest_run
 from .tuning import tuning_numbers, tuning_section
 from .collect import SCORERS, ReportData, collect, data_version_rows, monthly_metrics
@@ -74,6 +76,7 @@ FIGURES = {
     "importance": "Student feature importance (gain), coloured by feature group",
     "monthly": "Month-by-month metrics on held-out owners",
     "monitoring": "Monitoring: realized precision of closed months and drift of each monitored month",
+    DIVERSITY_FIGURE: DIVERSITY_CAPTION,
 }
 
 
@@ -274,6 +277,7 @@ def report_numbers(data: ReportData, cfg: Config) -> dict[str, Any]:
         "lead_list": data.pipeline.get("info", {}).get("evaluation"),
         "promotion": data.pipeline.get("info", {}).get("promotion"),
         "monitoring": monitoring_numbers(data.monitoring),
+        "diversity": diversity_numbers(data.oof, cfg.base_models.metric_k_fraction),
         "data_versions": {"tables": data.versions, "by_stage": data_version_rows(data.pipeline, data.stages)},
         "warnings": data.warnings,
     }
@@ -297,6 +301,10 @@ def render_figures(data: ReportData, numbers: dict[str, Any], cfg: Config) -> di
     }
     if len(data.importance):
         out["importance"] = figures.importance_chart(data.importance, cfg.report.top_features)
+    diversity = numbers.get("diversity") or {}
+    if diversity.get("pairs"):
+        out[DIVERSITY_FIGURE] = figures.diversity_heatmaps(diversity["models"], diversity["spearman"],
+                                                           diversity["top_k_overlap"], diversity["k"])
     if numbers["monitoring"]:
         out["monitoring"] = figures.monitoring_chart(pd.DataFrame(numbers["monitoring"]["months"]),
                                                      pd.DataFrame(numbers["monitoring"]["realized"]))
@@ -345,6 +353,7 @@ def render_html(numbers: dict[str, Any], pngs: dict[str, bytes]) -> str:
         if inner:
             sections.append((title, inner + (f"<p class='meta'>Intervals: {100 * level:.0f}%, paired bootstrap over "
                                              "owners.</p>" if level else "")))
+    sections += diversity_section(numbers.get("diversity"), pngs)  # skipped with a note below 2 base models
     if numbers.get("seeds"):
         sections.append(("Seeds: the meta-OOF comparison repeated per network seed (fusion.seeds)", table(
             numbers["seeds"], ["name", "seeds", "precision_at_k_mean", "precision_at_k_std", "auc_mean", "auc_std",

@@ -43,6 +43,7 @@ class ReportData:
     warnings: list[str] = field(default_factory=list)
     studies: dict[str, pd.DataFrame] = field(default_factory=dict)  # study table name → its rows (those written)
     monitoring: pd.DataFrame | None = None
+    oof: pd.DataFrame | None = None  # OOF matrix (oof_matrix): training owners' OOF rows, one column per model
 
     @property
     def evaluation_rows(self) -> pd.DataFrame:
@@ -153,6 +154,21 @@ def _scored_frame(store: TableStore, versions: dict[str, int], student: SavedStu
     return frame.toPandas().sort_values(["month", "user_id"], kind="stable").reset_index(drop=True)
 
 
+def oof_matrix(store: TableStore, versions: dict[str, int], models: list[str]) -> pd.DataFrame | None:
+    """The training owners' out-of-fold rows (``oof_predictions.fold >= 0``) of the base ``models``,
+    pivoted in Spark to one row per (user_id, month): the label ``y`` from ``features`` and
+    ``p_<model>`` per model with OOF predictions (NaN where it has none for the row), both tables at
+    the pinned versions. None without an ``oof_predictions`` table."""
+    if not store.exists("oof_predictions"):
+        return None
+    oof = _pinned(store, versions, "oof_predictions").filter((F.col("fold") >= 0) & F.col("model").isin(models))
+    wide = oof.groupBy("user_id", "month").agg(
+        *[F.max(F.when(F.col("model") == m, F.col("p"))).alias(f"p_{m}") for m in models])
+    labels = _pinned(store, versions, "features").select("user_id", "month", "y")
+    frame = wide.join(labels, ["user_id", "month"], "left").toPandas()
+    return frame.drop(columns=[f"p_{m}" for m in models if frame[f"p_{m}"].isna().all()])
+
+
 def monthly_metrics(held_out: pd.DataFrame, k_fraction: float, bootstrap_settings: Any = None) -> pd.DataFrame:
     """Per month and scorer: P@K (K = ``k_fraction`` of the month's held-out owners), Business
     Recall@K, Lift, AUC and LogLoss; with ``bootstrap_settings`` (``evaluation.bootstrap``) each
@@ -211,6 +227,7 @@ def collect(spark: SparkSession, cfg: Config, store: TableStore, run: str | None
                         if months.get("evaluation") else None)
     n_eval = len(evaluation_frame) if evaluation_frame is not None else int((held_out["month"] == evaluation_month).sum())
     studies = {t: in_key_order(store.read(t).toPandas(), t) for t in STUDY_TABLES if store.exists(t)}
+    oof = oof_matrix(store, versions, [s.name for s in cfg.base_models.models])
     monitoring = None
     if store.exists("monitoring"):  # monitoring runs after the pipeline: its newest version
         versions["monitoring"] = store.version("monitoring")
@@ -221,4 +238,4 @@ def collect(spark: SparkSession, cfg: Config, store: TableStore, run: str | None
                       evaluation_frame=evaluation_frame,
                       importance=student_importance(student.model, cfg.base_models.feature_groups,
                                                                 cfg.base_models.channel_groups), warnings=warnings, studies=studies,
-                      monitoring=monitoring)
+                      monitoring=monitoring, oof=oof)

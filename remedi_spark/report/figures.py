@@ -155,3 +155,26 @@ def monitoring_chart(months: pd.DataFrame, realized: pd.DataFrame) -> bytes:
     for ax in (left, right):
         ax.tick_params(axis="x", rotation=45, labelsize=8)
     return _png(fig)
+
+
+def diversity_heatmaps(models: list[str], spearman: list[list[float]], overlap: list[list[float]], k: int) -> bytes:
+    """Two model × model heat maps, each cell annotated: the Spearman rank correlation between the
+    base models' predictions (on a −1..1 scale) and the overlap of their top-K lists (0..1)."""
+    n = len(models)
+    side = max(4.0, 0.5 * n + 2)
+    fig, axes = plt.subplots(1, 2, figsize=(2 * side + 1, side))
+    panels = ((np.asarray(spearman, dtype=float), "Spearman rank correlation", "RdBu_r", -1.0),
+              (np.asarray(overlap, dtype=float), f"Top-K overlap |A ∩ B| / K (K = {k:,})", "viridis", 0.0))
+    for ax, (values, title, cmap, low) in zip(axes, panels):
+        image = ax.imshow(values, cmap=cmap, vmin=low, vmax=1.0)
+        ax.set_xticks(range(n), models, rotation=60, ha="right", fontsize=7)
+        ax.set_yticks(range(n), models, fontsize=7)
+        for i in range(n):
+            for j in range(n):
+                if np.isfinite(values[i, j]):
+                    dark = abs(values[i, j]) > 0.6 if low < 0 else values[i, j] < 0.5
+                    ax.text(j, i, f"{values[i, j]:.2f}", ha="center", va="center", fontsize=6,
+                            color="white" if dark else "black")
+        ax.set_title(title, fontsize=9)
+        fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04)
+    return _png(fig)

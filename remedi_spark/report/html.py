@@ -29,10 +29,11 @@ LABELS = {"precision_at_k": "P@K", "business_recall_at_k": "Business Recall@K", 
           "read_version": "read version", "written_version": "written version", "run_id": "run id",
           "precision_at_k_ci": "P@K interval", "auc_ci": "AUC interval", "logloss_ci": "LogLoss interval",
           "precision_at_k_verdict": "P@K verdict", "auc_verdict": "AUC verdict", "logloss_verdict": "LogLoss verdict",
-          "oracle_hits": "oracle hits", "oracle_precision": "oracle precision", "business_recall": "business recall"}
+          "oracle_hits": "oracle hits", "oracle_precision": "oracle precision", "business_recall": "business recall",
+          "spearman": "Spearman", "top_k_overlap": "top-K overlap", "top_k_shared": "shared of top K"}
 PERCENT = {"lead_list.precision", "lead_list.business_recall", "ranking.precision_at_k", "precision_at_k", "business_recall_at_k", "precision", "oracle_precision", "business_recall",
-           "share_of_oracle", "share", "p_at_k_challenger", "p_at_k_champion"}
-FOUR = {"auc_h1", "auc_h2", "auc_h3", "knowledge_abundance", "ranking.auc", "psi", "max_feature_psi", "score_psi", "auc", "logloss", "mse_vs_teacher", "corr_vs_teacher", "rank_corr_vs_teacher", "ka_mean", "seconds_per_1000",
+           "share_of_oracle", "share", "p_at_k_challenger", "p_at_k_champion", "top_k_overlap"}
+FOUR = {"spearman", "auc_h1", "auc_h2", "auc_h3", "knowledge_abundance", "ranking.auc", "psi", "max_feature_psi", "score_psi", "auc", "logloss", "mse_vs_teacher", "corr_vs_teacher", "rank_corr_vs_teacher", "ka_mean", "seconds_per_1000",
         "mean_score"}
 
 

@@ -31,6 +31,7 @@ from pyspark import StorageLevel
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
+from .. import progress
 from ..config import Config, ConfigError, ModelSpec
 from ..folds.assign import OPEN, evaluation_month
 from ..io.schemas import frame_from_pandas
@@ -90,11 +91,39 @@ def fold_fit_rows(pool: DataFrame, k: int) -> DataFrame:
     return pool.filter(F.col("fold") != k)
 
 
+SAMPLE_BUCKETS = 1_000_000  # resolution of training.negative_rate
+SAMPLE_SALT = 5  # keeps the negatives' hash apart from the early-stopping share's (salt 3, same seed)
+
+
+def negative_sample(rows: DataFrame, rate: float, seed: int) -> DataFrame:
+    """Every row of ``rows`` whose ``y`` is not 0 (positives; open-window rows, whose label is null) and
+    a share ``rate`` of the negatives: those whose hash of ``(user_id, month, seed)`` falls below
+    ``rate``. A row is kept or dropped the same way on every run and in every fit (each fold's and the
+    refit), whatever the layout of ``rows``. ``rate`` 1.0 returns ``rows`` itself."""
+    if not 0 < rate <= 1:
+        raise ValueError(f"negative rate must lie in (0, 1], got {rate!r}")
+    if rate == 1.0:
+        return rows
+    bucket = F.pmod(F.xxhash64("user_id", "month", F.lit(seed), F.lit(SAMPLE_SALT)), F.lit(SAMPLE_BUCKETS))
+    keep = F.col("y").isNull() | (F.col("y") != 0) | (bucket < F.lit(int(round(rate * SAMPLE_BUCKETS))))
+    return rows.filter(keep)
+
+
 def _fit(spec: ModelSpec, cfg: Config, features: FeatureSpec, rows: DataFrame) -> BaseModel:
     """Fit on the rows of users outside the early-stopping share; stop early on that share's fully
-    labelled rows (its users' open-window rows are not used at all)."""
+    labelled rows (its users' open-window rows are not used at all).
+
+    With ``training.negative_rate`` r < 1 both the fit rows and the early-stopping rows keep every
+    positive and the same hashed share r of the negatives (:func:`negative_sample`): early stopping
+    then scores the model on the prior it is fitted on (its log loss is the fit's own objective), and
+    needs no per-family hook to correct predictions inside the training loop. The model records r
+    (:meth:`BaseModel.set_negative_rate`), so its predictions (OOF, held-out, saved and reloaded for
+    scoring) are corrected to the full population's prior."""
+    rate, seed = cfg.training.negative_rate, cfg.folds.seed
     model = build_model(spec, cfg.base_models, features)
-    return model.fit(rows.filter(~F.col(ES)), rows.filter(F.col(ES) & (F.col("split") == "train")))
+    fit_rows = negative_sample(rows.filter(~F.col(ES)), rate, seed)
+    stop_rows = negative_sample(rows.filter(F.col(ES) & (F.col("split") == "train")), rate, seed)
+    return model.fit(fit_rows, stop_rows).set_negative_rate(rate)
 
 
 def train_model_oof(spark: SparkSession, cfg: Config, store: TableStore, spec: ModelSpec, data: DataFrame,
@@ -114,6 +143,7 @@ def train_model_oof(spark: SparkSession, cfg: Config, store: TableStore, spec: M
     fit_pool = encoded.filter(F.col("split").isin("train", OPEN)) if horizons and eval_month is None else enc_train
     start = time.perf_counter()
     parts = []
+    fits = progress.track(spec.name, cfg.folds.n_folds + 1, "fit")  # the folds, then the refit
     for k in range(cfg.folds.n_folds):
         model = _fit(spec, cfg, features, fold_fit_rows(fit_pool, k))
         parts.append(model.predict(enc_train.filter(F.col("fold") == k)).select(
@@ -121,7 +151,9 @@ def train_model_oof(spark: SparkSession, cfg: Config, store: TableStore, spec: M
         # materialise now: the next fold's fit must not re-run this one lazily
         parts[-1] = parts[-1].persist(StorageLevel.MEMORY_AND_DISK)
         parts[-1].count()
+        fits.advance(f"fold {k + 1}/{cfg.folds.n_folds}")
     final = _fit(spec, cfg, features, fit_pool)
+    fits.advance("refit")
     seconds = time.perf_counter() - start
     final.save(spark, model_path(store, spec.name),
                extra={"run_id": store.run.run_id if store.run else None,
@@ -221,6 +253,7 @@ def train_base_models(spark: SparkSession, cfg: Config, store: TableStore, model
         raise
     run_id = store.run.run_id if store.run else "adhoc"
     results = {}
+    models_bar = progress.track("train-base", len(specs), "model")
     try:
         for spec in specs:
             try:
@@ -233,6 +266,7 @@ def train_base_models(spark: SparkSession, cfg: Config, store: TableStore, model
             metrics_df = frame_from_pandas(spark, table, "base_model_metrics")  # undefined (NaN) → null
             _append_metrics(store, metrics_df, spec.name)
             results[spec.name] = {r["split"]: {k: v for k, v in r.items() if k != "split"} for r in rows}
+            models_bar.advance(spec.name)
     finally:
         data.unpersist()
     notes = []

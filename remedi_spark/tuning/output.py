@@ -4,7 +4,7 @@ The overlay (default ``conf/tuned/<profile>.yaml``, next to the profile) ``exten
 sets ``base_models.tuned_params.<model>`` / ``distill.tuned_params.<student>``, which the config
 merges into that model's params when it loads (:func:`remedi_spark.config.apply_tuned_params`).
 Writing it again keeps the other models' entries: tuning one model never forgets another's; a search
-run on the overlay itself (``--conf conf/tuned/demo.yaml``) updates it in place."""
+run on the overlay itself (``--conf conf/tuned/demo_full.yaml``) updates it in place."""
 from __future__ import annotations
 
 import datetime as dt

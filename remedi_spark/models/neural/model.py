@@ -48,13 +48,18 @@ class TorchTrainParams:
     numeric_encoding: str = "standardize"
     n_buckets: int = 20
     num_processes: int = 2
+    # distributor: TorchDistributor on Petastorm readers (num_processes ranks, any cluster); driver: one
+    # process on the driver over the rows collected to it (no launch, no conversion: the fixed costs of
+    # a small table on one machine; the rows must fit in the driver's memory)
+    launcher: str = "distributor"
     launch_retries: int = 1  # TorchDistributor runs repeated after a failure (e.g. a port taken meanwhile)
     seed: int = 7
     model: dict = field(default_factory=dict)
 
     def loop_params(self) -> dict:
         """The keys the epoch loop reads (not the model config or the feature encoding)."""
-        return {k: v for k, v in asdict(self).items() if k not in ("model", "numeric_encoding", "n_buckets")}
+        return {k: v for k, v in asdict(self).items()
+                if k not in ("model", "numeric_encoding", "n_buckets", "launcher")}
 
 
 def _load(state: bytes, family: str, vocab_sizes: list[int], num_numeric: int, model_cfg: dict):
@@ -106,28 +111,21 @@ class NeuralModel(BaseModel):
             raise ValueError(f"model {self.name!r} (family {self.spec.family}) trains on the label columns "
                              f"{[*horizons, *aux]}: training rows lack columns {missing}")
 
-        def to_tensors(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
-            for b in batches:
-                dense, ids = fmap.transform(b)
-                out = {"dense": list(dense), "cat": list(ids), "y": b[LABEL].astype(np.float32)}
-                if horizons:  # null (not observed) → NaN
-                    out["h"] = list(b[horizons].astype("float64").to_numpy(dtype=np.float32))
-                if aux:  # null (unknown) → NaN
-                    out["a"] = list(b[aux].astype("float64").to_numpy(dtype=np.float32))
-                yield pd.DataFrame(out)
-
-        schema = ("dense array<float>, cat array<bigint>, y float" + (", h array<float>" if horizons else "")
-                  + (", a array<float>" if aux else ""))
-        # the same batches every run; 2 parts per process so each reader shard gets data
-        rows = (keyed_parts(train, 2 * params.num_processes).select(*columns, LABEL, *horizons, *aux)
-                .mapInPandas(to_tensors, schema))
         valid_pdf = keyed_pandas(valid, *columns, LABEL)
         v_y = valid_pdf[LABEL].astype("float64").to_numpy(dtype=np.float32)
         if np.isnan(v_y).any():
             raise ValueError(f"model {self.name!r}: {int(np.isnan(v_y).sum())} early-stopping rows have a null "
                              f"{LABEL!r} (open label windows): validate on fully labelled rows only")
         v_dense, v_ids = fmap.transform(valid_pdf)
-        result = train_distributed_call(spark, rows, self.spec.family, params, fmap, (v_dense, v_ids, v_y))
+        valid_arrays = (v_dense, v_ids, v_y)
+        if params.launcher == "driver":
+            result = train_on_driver(train, self.spec.family, params, fmap, horizons, aux, valid_arrays)
+        elif params.launcher == "distributor":
+            rows = _tensor_rows(train, fmap, horizons, aux, params.num_processes)
+            result = train_distributed_call(spark, rows, self.spec.family, params, fmap, valid_arrays)
+        else:
+            raise ValueError(f"model {self.name!r}: params.launcher must be 'distributor' or 'driver', "
+                             f"got {params.launcher!r}")
         self._state = result["state"]
         self.info.update(valid_auc=result["valid_auc"], epochs=result["epochs"],
                          steps_per_epoch=result["steps_per_epoch"], batch_size=result["batch_size"],
@@ -170,6 +168,48 @@ class NeuralModel(BaseModel):
 
     def _restore(self, spark: SparkSession, data: bytes) -> None:
         self._state = data
+
+
+def _tensor_rows(train: DataFrame, fmap: FeatureMap, horizons: list[str], aux: list[str],
+                 num_processes: int) -> DataFrame:
+    """The training rows as the Petastorm converter reads them: dense/cat arrays, y, h and a."""
+    def to_tensors(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
+        for b in batches:
+            dense, ids = fmap.transform(b)
+            out = {"dense": list(dense), "cat": list(ids), "y": b[LABEL].astype(np.float32)}
+            if horizons:  # null (not observed) → NaN
+                out["h"] = list(b[horizons].astype("float64").to_numpy(dtype=np.float32))
+            if aux:  # null (unknown) → NaN
+                out["a"] = list(b[aux].astype("float64").to_numpy(dtype=np.float32))
+            yield pd.DataFrame(out)
+
+    schema = ("dense array<float>, cat array<bigint>, y float" + (", h array<float>" if horizons else "")
+              + (", a array<float>" if aux else ""))
+    # the same batches every run; 2 parts per process so each reader shard gets data
+    return (keyed_parts(train, 2 * num_processes).select(*fmap.columns, LABEL, *horizons, *aux)
+            .mapInPandas(to_tensors, schema))
+
+
+def train_on_driver(train: DataFrame, family: str, params: TorchTrainParams, fmap: FeatureMap,
+                    horizons: list[str], aux: list[str], valid: tuple[np.ndarray, np.ndarray, np.ndarray]) -> dict:
+    """The epoch loop in this (the driver's) process over ``train`` collected in key order: the result
+    of :func:`.distributed.train_distributed` without its launch and Petastorm conversion."""
+    import torch
+
+    from .loop import make_module, train_in_process
+
+    pdf = keyed_pandas(train, *fmap.columns, LABEL, *horizons, *aux)
+    dense, ids = fmap.transform(pdf)
+    y = pdf[LABEL].astype("float64").to_numpy(dtype=np.float32)  # null (open window) → NaN
+    arrays = (dense, ids, y)
+    if horizons:
+        arrays = (*arrays, pdf[horizons].astype("float64").to_numpy(dtype=np.float32))
+    aux_values = pdf[aux].astype("float64").to_numpy(dtype=np.float32) if aux else None
+    model = make_module(family, params.model, fmap.vocab_sizes, len(fmap.numeric), seed=params.seed)
+    result = train_in_process(model, arrays, params.loop_params(), valid, aux=aux_values)
+    buffer = io.BytesIO()
+    torch.save(result.pop("state"), buffer)
+    return {**result, "state": buffer.getvalue()}
 
 
 def train_distributed_call(spark: SparkSession, rows: DataFrame, family: str, params: TorchTrainParams,
