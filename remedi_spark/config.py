@@ -612,6 +612,7 @@ TORCH_PARAM_RULES: dict[str, Rule] = {
     "n_buckets": Rule(int, 2, None, "an integer of at least 2"), "num_processes": _positive(),
     "launch_retries": _at_least_zero(), "seed": _ANY_INT, "model": Rule(dict, None, None, "a mapping"),
     "launcher": Rule(str, None, None, "one of ['distributor', 'driver']", choices=("distributor", "driver")),
+    "warmup_steps": _at_least_zero(), "lr_patience": _positive(),
 }
 LGBM_PARAM_RULES: dict[str, Rule] = {
     "num_iterations": _positive(), "learning_rate": Rule(float, 0, None, "a positive learning rate", open_low=True),

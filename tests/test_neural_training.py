@@ -77,7 +77,7 @@ def test_the_driver_launcher_learns_repeats_itself_and_reloads(spark, toy, base_
     features, train, valid, test = toy
     spec = _spec(family, epochs=2, launcher="driver")
     first = build_model(spec, base_cfg.base_models, features).fit(train, valid)
-    assert first.info["steps_per_epoch"] == 8400 // 256  # one process: every row in each epoch
+    assert first.info["steps_per_epoch"] == 8400 // first.info["batch_size"]  # one process: every row, every epoch
     before = _scores(first, test)
     assert roc_auc_score(before["y"], before["p"]) > 0.7
     again = _scores(build_model(spec, base_cfg.base_models, features).fit(train, valid), test)

@@ -129,7 +129,8 @@ class NeuralModel(BaseModel):
         self._state = result["state"]
         self.info.update(valid_auc=result["valid_auc"], epochs=result["epochs"],
                          steps_per_epoch=result["steps_per_epoch"], batch_size=result["batch_size"],
-                         epoch_seconds=[round(s, 3) for s in result["epoch_seconds"]])
+                         epoch_seconds=[round(s, 3) for s in result["epoch_seconds"]],
+                         **{k: result[k] for k in ("best_epoch", "valid_logloss", "base_rate", "curve") if k in result})
         return self
 
     def predict(self, df: DataFrame) -> DataFrame:
