@@ -196,13 +196,17 @@ def test_report_holds_every_table_and_figure(spark, pipeline):
     for title in ("Table 1", "Table 2", "Table 3", "Table 4", "Data versions", "Month by month"):
         assert title in page
     names = {"gains", "lift", "precision_at_k", "business_recall_at_k", "score_histogram", "calibration",
-             "importance", "monthly"}
+             "importance", "monthly", "diversity"}
     assert set(report["figures"]) == names
     assert page.count("data:image/png;base64,") == len(names)  # self-contained: figures inline
     for name in names:
         with open(f"{report['dir']}/figures/{name}.png", "rb") as fh:
             assert fh.read(8) == b"\x89PNG\r\n\x1a\n"
     numbers = json.load(open(f"{report['dir']}/report.json"))
+    # the base models' diversity on the OOF rows: every pair of the 4 models, on every OOF row
+    diversity = numbers["diversity"]
+    assert "Diversity of the base models" in page and diversity["models"] == [m["name"] for m in MODELS]
+    assert len(diversity["pairs"]) == 6 and diversity["rows"] == out["train-base"]["models"]["mlp"]["oof"]["rows"]
     assert {"base_models", "fusion", "ablations", "variants", "differences", "distillation"} == set(numbers["tables"])
     assert numbers["teacher"]["teacher"] == out["fusion"]["teacher"]["chosen"]
     diffs = numbers["tables"]["differences"]["meta_oof"]
