@@ -9,6 +9,17 @@ from pathlib import Path
 import psutil
 
 
+REPO = Path(__file__).resolve().parents[1]
+# conf/local.yaml as the tests run it (tests/conftest.py TEST_SETTINGS): for benchmarks on the demo profile
+TEST_SETTINGS = ["spark.shuffle_partitions=4", "spark.driver_memory=4g", f"spark.jars_dir={REPO / '.jars'}",
+                 "spark.conf={'spark.ui.enabled': 'false'}", "tracking.enabled=false"]
+
+
+def interval_fields(iv) -> dict:
+    """A metrics Interval as JSON fields: estimate, ci_low, ci_high."""
+    return {"estimate": iv.estimate, "ci_low": iv.low, "ci_high": iv.high}
+
+
 def machine() -> dict:
     return {"cpus": os.cpu_count(), "python": platform.python_version(),
             "memory_gib": round(psutil.virtual_memory().total / 2**30, 1)}

@@ -29,7 +29,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 
-from common import write_result  # noqa: E402
+from common import TEST_SETTINGS, interval_fields, write_result  # noqa: E402
 
 from remedi_spark.config import load_config, replace  # noqa: E402
 from remedi_spark.folds.assign import evaluation_month  # noqa: E402
@@ -41,13 +41,8 @@ from remedi_spark.spark import get_spark  # noqa: E402
 from remedi_spark.training.oof import ES, _fit, fold_fit_rows, negative_sample, training_frame  # noqa: E402
 
 REFERENCE = "1.0"
-# conf/local.yaml as the tests run it (tests/conftest.py TEST_SETTINGS), on the demo profile
-SETTINGS = ["spark.shuffle_partitions=4", "spark.driver_memory=4g", f"spark.jars_dir={REPO / '.jars'}",
-            "spark.conf={'spark.ui.enabled': 'false'}", "tracking.enabled=false"]
-
-
-def _iv(iv) -> dict:
-    return {"estimate": iv.estimate, "ci_low": iv.low, "ci_high": iv.high}
+SETTINGS = TEST_SETTINGS
+_iv = interval_fields
 
 
 def main(argv: list[str] | None = None) -> int:
