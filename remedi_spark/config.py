@@ -314,12 +314,7 @@ class TrainingSettings:
     ``log(r)`` to its logit when it predicts (the rate is saved with it), so its probabilities stay
     calibrated for the full population. 1.0 = every row (no sampling)."""
 
-    negative_rate: float
-
-    def __post_init__(self) -> None:
-        if not 0 < self.negative_rate <= 1:
-            raise ConfigError(f"training.negative_rate: expected a share of the negative rows in (0, 1], "
-                              f"got {self.negative_rate!r}")
+    negative_rate: float  # checked with the other knobs (RULES)
 
 
 @dataclass(frozen=True)
@@ -536,6 +531,7 @@ _BOOL = Rule(bool, None, None, "true or false")
 # top-level knobs, by their dotted key
 RULES: dict[str, Rule] = {
     "spark.shuffle_partitions": _positive(),
+    "training.negative_rate": _FRACTION,
     "synthetic.n_users": _positive(),
     "synthetic.chunk_users": _positive(),
     "synthetic.burn_in_months": _at_least_zero(),

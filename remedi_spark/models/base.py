@@ -55,12 +55,17 @@ NEGATIVE_RATE = "negative_rate"  # info key: the share of negative rows the mode
 PREDICTORS = ("predict", "predict_outputs")
 
 
+def check_negative_rate(rate: float, who: str = "") -> None:
+    """A ValueError (prefixed ``who: ``) unless ``rate`` is a share of the negative rows in (0, 1]."""
+    if not 0 < rate <= 1 or math.isnan(rate):
+        raise ValueError(f"{who + ': ' if who else ''}negative rate must lie in (0, 1], got {rate!r}")
+
+
 def prior_corrected(p: Column, rate: float) -> Column:
     """``p`` of a model fitted on every positive and a share ``rate`` of the negatives, as a probability
     for the full population: ``logit + log(rate)``, written as ``rate p / (1 - p + rate p)`` so that 0
     and 1 stay 0 and 1 (a clipped regressor's output)."""
-    if not 0 < rate <= 1 or math.isnan(rate):
-        raise ValueError(f"negative rate must lie in (0, 1], got {rate!r}")
+    check_negative_rate(rate)
     return p * F.lit(rate) / (F.lit(1.0) - p + p * F.lit(rate))
 
 
@@ -196,8 +201,7 @@ class BaseModel(ABC):
         """Record that the model was fitted on every positive and a share ``rate`` of the negatives
         (``training.negative_rate``): predictions from now on, and from the saved model, add
         ``log(rate)`` to the logit."""
-        if not 0 < rate <= 1 or math.isnan(rate):
-            raise ValueError(f"{self.name}: negative rate must lie in (0, 1], got {rate!r}")
+        check_negative_rate(rate, self.name)
         self.info[NEGATIVE_RATE] = float(rate)
         return self
 

@@ -37,7 +37,7 @@ from ..folds.assign import OPEN, evaluation_month
 from ..io.schemas import frame_from_pandas
 from ..io.store import TableStore
 from ..metrics import BOOTSTRAP_METRICS, bootstrap, k_for, lead_metrics
-from ..models.base import NOT_FEATURES, BaseModel, FeatureSpec, in_group, saved_model_dir
+from ..models.base import NOT_FEATURES, BaseModel, FeatureSpec, check_negative_rate, in_group, saved_model_dir
 from ..models.neural.model import HORIZON_COLS
 from ..models.registry import aux_labels, build_model, needs_horizons
 from ..spark import root_cause
@@ -100,8 +100,7 @@ def negative_sample(rows: DataFrame, rate: float, seed: int) -> DataFrame:
     a share ``rate`` of the negatives: those whose hash of ``(user_id, month, seed)`` falls below
     ``rate``. A row is kept or dropped the same way on every run and in every fit (each fold's and the
     refit), whatever the layout of ``rows``. ``rate`` 1.0 returns ``rows`` itself."""
-    if not 0 < rate <= 1:
-        raise ValueError(f"negative rate must lie in (0, 1], got {rate!r}")
+    check_negative_rate(rate)
     if rate == 1.0:
         return rows
     bucket = F.pmod(F.xxhash64("user_id", "month", F.lit(seed), F.lit(SAMPLE_SALT)), F.lit(SAMPLE_BUCKETS))
