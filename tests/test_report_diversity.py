@@ -92,7 +92,7 @@ def test_fewer_than_two_models_skip_the_section_with_a_note():
     assert one["models"] == ["a"] and "at least 2" in one["skipped"]
     [(title, inner)] = diversity_section(one, {})
     assert title == "Diversity of the base models" and "Skipped" in inner and "<table" not in inner
-    assert "no oof_predictions table" in diversity_numbers(None, 0.1)["skipped"]
+    assert "no meta_features table" in diversity_numbers(None, 0.1)["skipped"]
     assert diversity_section(None, {}) == []
 
 
@@ -139,17 +139,17 @@ def test_the_report_page_carries_the_section_or_its_note():
     json.dumps(finite(_page_numbers(numbers)), allow_nan=False)
 
 
-def test_oof_matrix_pivots_the_training_owners_oof_rows_with_their_labels(spark, tmp_path):
+def test_oof_matrix_reads_the_training_owners_oof_rows_with_their_labels(spark, tmp_path):
     from remedi_spark.io.store import TableStore
     from remedi_spark.report.collect import oof_matrix
 
     store = TableStore(spark, str(tmp_path / "tables"))
-    rows = [(u, "2024-05", m, 0 if u < 3 else -1, "train" if u < 3 else "test", p)
-            for u in range(4) for m, p in (("lgbm", 0.1 * (u + 1)), ("mlp", 0.4 - 0.1 * u), ("stale", 0.5))]
-    spark.createDataFrame(rows, "user_id long, month string, model string, fold int, split string, p double") \
-        .write.format("delta").save(store.path("oof_predictions"))
-    spark.createDataFrame([(u, "2024-05", int(u == 2)) for u in range(4)], "user_id long, month string, y int") \
-        .write.format("delta").save(store.path("features"))
+    # meta_features: the pivoted OOF predictions with the label (and Algorithm 1's columns, e.g. mean)
+    rows = [(u, "2024-05", 0 if u < 3 else -1, "train" if u < 3 else "test", int(u == 2), 0.1 * (u + 1),
+             0.4 - 0.1 * u, 0.5, 0.3) for u in range(4)]
+    spark.createDataFrame(rows, "user_id long, month string, fold int, split string, y int, p_lgbm double, "
+                                "p_mlp double, p_stale double, mean double") \
+        .write.format("delta").save(store.path("meta_features"))
     frame = oof_matrix(store, {}, ["lgbm", "mlp", "absent"]).sort_values("user_id")
     assert sorted(frame.columns) == ["month", "p_lgbm", "p_mlp", "user_id", "y"]  # no stale, no absent model
     assert frame["user_id"].tolist() == [0, 1, 2]  # the held-out owner (fold -1) is not an OOF row

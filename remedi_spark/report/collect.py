@@ -155,18 +155,15 @@ def _scored_frame(store: TableStore, versions: dict[str, int], student: SavedStu
 
 
 def oof_matrix(store: TableStore, versions: dict[str, int], models: list[str]) -> pd.DataFrame | None:
-    """The training owners' out-of-fold rows (``oof_predictions.fold >= 0``) of the base ``models``,
-    pivoted in Spark to one row per (user_id, month): the label ``y`` from ``features`` and
-    ``p_<model>`` per model with OOF predictions (NaN where it has none for the row), both tables at
-    the pinned versions. None without an ``oof_predictions`` table."""
-    if not store.exists("oof_predictions"):
+    """The training owners' out-of-fold rows (``fold >= 0``) of ``meta_features`` at its pinned
+    version — the pivot of ``oof_predictions`` with the label that the meta-features stage already
+    wrote — as user_id, month, ``y`` and ``p_<model>`` for each of ``models`` the table holds. None
+    without a ``meta_features`` table."""
+    if not store.exists("meta_features"):
         return None
-    oof = _pinned(store, versions, "oof_predictions").filter((F.col("fold") >= 0) & F.col("model").isin(models))
-    wide = oof.groupBy("user_id", "month").agg(
-        *[F.max(F.when(F.col("model") == m, F.col("p"))).alias(f"p_{m}") for m in models])
-    labels = _pinned(store, versions, "features").select("user_id", "month", "y")
-    frame = wide.join(labels, ["user_id", "month"], "left").toPandas()
-    return frame.drop(columns=[f"p_{m}" for m in models if frame[f"p_{m}"].isna().all()])
+    table = _pinned(store, versions, "meta_features")
+    held = [f"p_{m}" for m in models if f"p_{m}" in table.columns]
+    return table.filter(F.col("fold") >= 0).select("user_id", "month", "y", *held).toPandas()
 
 
 def monthly_metrics(held_out: pd.DataFrame, k_fraction: float, bootstrap_settings: Any = None) -> pd.DataFrame:

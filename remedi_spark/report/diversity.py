@@ -1,8 +1,8 @@
 """The diversity section of the report: how differently the base models rank the same rows.
 
 REMEDI's fusion needs experts that disagree; the paper reports rank correlations of 0.6–0.8
-between its base models. On the training owners' out-of-fold rows (``oof_predictions`` with
-``fold >= 0``, the rows the fusion learns from), every pair of base models gets
+between its base models. On the training owners' out-of-fold rows (``meta_features`` with
+``fold >= 0``: the pivoted OOF predictions, the rows the fusion learns from), every pair of base models gets
 
 * the Spearman rank correlation of their predictions on the same (owner, month) rows, and
 * the overlap of their top-K lists: ``|A ∩ B| / K`` with ``K = k_for(rows, metric_k_fraction)``,
@@ -86,7 +86,7 @@ def diversity_numbers(matrix: pd.DataFrame | None, k_fraction: float) -> dict[st
     prediction or the label are left out (``incomplete_rows``). With fewer than 2 models, or no
     complete row: ``{"models": [...], "skipped": <why>}``."""
     if matrix is None:
-        return {"models": [], "skipped": "no oof_predictions table (train the base models first)"}
+        return {"models": [], "skipped": "no meta_features table (run train-base and meta-features first)"}
     models = matrix_models(matrix)
     if len(models) < 2:
         return {"models": models, "skipped": f"the OOF rows hold {len(models)} base model(s); comparing them "
