@@ -38,8 +38,6 @@ from remedi_spark.training.oof import ES, _fit, fold_fit_rows, training_frame  #
 
 DEFAULT = "0.01"
 BASE_RATE = "base_rate"
-SETTINGS = TEST_SETTINGS
-_iv = interval_fields
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -52,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default=str(REPO / "bench" / "results" / "focal_floor.json"))
     args = parser.parse_args(argv)
     wall = time.perf_counter()
-    cfg = load_config(args.conf, [*SETTINGS, *args.set])
+    cfg = load_config(args.conf, [*TEST_SETTINGS, *args.set])
     spec = next(s for s in cfg.base_models.models
                 if (s.name == args.model if args.model else s.objective == "focal"))
     floors = [f.strip() for f in args.floors.split(",")]
@@ -99,16 +97,16 @@ def main(argv: list[str] | None = None) -> int:
     base_rate = fit_stats["pos"] / fit_stats["n"]
     boot = bootstrap(y, {**scores, BASE_RATE: np.full(len(y), base_rate)}, owners,
                      cfg.base_models.metric_k_fraction, pairs=[*pairs, (DEFAULT, BASE_RATE)], **b)
-    reference = {"constant": base_rate, "logloss": _iv(boot["intervals"][BASE_RATE]["logloss"]),
+    reference = {"constant": base_rate, "logloss": interval_fields(boot["intervals"][BASE_RATE]["logloss"]),
                  f"{DEFAULT} - {BASE_RATE}": {"logloss": {
-                     **_iv(boot["differences"][(DEFAULT, BASE_RATE)]["logloss"]),
+                     **interval_fields(boot["differences"][(DEFAULT, BASE_RATE)]["logloss"]),
                      "verdict": difference_verdict(boot["differences"][(DEFAULT, BASE_RATE)]["logloss"], True)}}}
-    settings_out = {f: {**fits[f], "metrics": {m: _iv(boot["intervals"][f][m]) for m in BOOTSTRAP_METRICS}}
+    settings_out = {f: {**fits[f], "metrics": {m: interval_fields(boot["intervals"][f][m]) for m in BOOTSTRAP_METRICS}}
                     for f in floors}
     differences, verdicts = {}, {}
     for a, ref in pairs:
         d = boot["differences"][(a, ref)]
-        differences[f"{a} - {ref}"] = {m: {**_iv(d[m]), "verdict": difference_verdict(d[m], m == "logloss")}
+        differences[f"{a} - {ref}"] = {m: {**interval_fields(d[m]), "verdict": difference_verdict(d[m], m == "logloss")}
                                        for m in BOOTSTRAP_METRICS}
         verdicts[a] = differences[f"{a} - {ref}"]["logloss"]["verdict"]
     differing = {a: v for a, v in verdicts.items() if v != "no difference"}

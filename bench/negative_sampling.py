@@ -41,8 +41,6 @@ from remedi_spark.spark import get_spark  # noqa: E402
 from remedi_spark.training.oof import ES, _fit, fold_fit_rows, negative_sample, training_frame  # noqa: E402
 
 REFERENCE = "1.0"
-SETTINGS = TEST_SETTINGS
-_iv = interval_fields
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -59,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
     rates = [r.strip() for r in args.rates.split(",")]
     if REFERENCE not in rates:
         raise SystemExit(f"--rates must include the reference {REFERENCE}")
-    cfg = load_config(args.conf, [*SETTINGS, f"tables.root={args.root}", f"synthetic.n_users={args.users}",
+    cfg = load_config(args.conf, [*TEST_SETTINGS, f"tables.root={args.root}", f"synthetic.n_users={args.users}",
                                   f"synthetic.chunk_users={min(args.users, 12_500)}", *args.set])
     spec = next(s for s in cfg.base_models.models if s.name == args.model)
     if spec.family != "lgbm":
@@ -116,13 +114,13 @@ def main(argv: list[str] | None = None) -> int:
          "level": cfg.evaluation.bootstrap.level}
     pairs = [(r, REFERENCE) for r in rates if r != REFERENCE]
     boot = bootstrap(y, scores, owners, cfg.base_models.metric_k_fraction, pairs=pairs, **b)
-    per_rate = {r: {**fits[r], "metrics": {m: _iv(boot["intervals"][r][m]) for m in BOOTSTRAP_METRICS}}
+    per_rate = {r: {**fits[r], "metrics": {m: interval_fields(boot["intervals"][r][m]) for m in BOOTSTRAP_METRICS}}
                 for r in rates}
     differences = {}
     for a, ref in pairs:
         d = boot["differences"][(a, ref)]
         differences[f"{a} - {ref}"] = {
-            **{m: {**_iv(d[m]), "verdict": difference_verdict(d[m], m == "logloss")} for m in BOOTSTRAP_METRICS},
+            **{m: {**interval_fields(d[m]), "verdict": difference_verdict(d[m], m == "logloss")} for m in BOOTSTRAP_METRICS},
             "train_seconds_ratio": round(fits[a]["train_seconds"] / fits[ref]["train_seconds"], 2)}
     out = {
         "benchmark": "negative_sampling", "issue": "22 item 3",
