@@ -353,9 +353,9 @@ def _run_stage(args: argparse.Namespace, cfg: Config, path: Path) -> int:
         publish_decision(spark, summary)
         return cfg.monitoring.retrain_exit_code if summary["retrain"] else 0
     if args.stage == "kdef-study":
-        from .training.kdef_study import format_k_table
+        from .training.kdef_study import format_k_table, format_training
 
-        print(format_k_table(summary["table"]))
+        print(format_k_table(summary["table"]) + "\n\n" + format_training(summary["table"]))
     if args.stage == "kaml-study":
         from .training.kaml_study import format_kaml_table
 

@@ -216,6 +216,7 @@ class ReportSettings:
     curve_points: int
     calibration_bins: int
     top_features: int
+    neural_auc_tolerance: float
 
 
 @dataclass(frozen=True)
@@ -562,6 +563,7 @@ RULES: dict[str, Rule] = {
     "report.curve_points": Rule(int, 2, None, "an integer of at least 2"),
     "report.calibration_bins": _positive(),
     "report.top_features": _positive(),
+    "report.neural_auc_tolerance": _FRACTION_OPEN,
     "monitoring.reference_rows": _positive(),
     "monitoring.psi_bins": Rule(int, 2, None, "an integer of at least 2"),
     "monitoring.top_features": _positive(),

@@ -9,7 +9,8 @@ import torch
 from remedi_spark.config import BootstrapSettings, replace
 from remedi_spark.io.store import TableStore
 from remedi_spark.pipeline import run_stage
-from remedi_spark.training.kdef_study import format_k_table, kdef_k_table, knowledge_abundance
+from remedi_spark.training.kdef_study import (curve_rows, format_k_table, format_training, kdef_k_table,
+                                              knowledge_abundance, layer_rows)
 
 PARAMS = {"epochs": 2, "batch_size": 256, "lr": 3e-3, "patience": 2, "grad_clip": 10.0, "embedding_l2": 1e-5,
           "num_processes": 1, "seed": 7}
@@ -79,6 +80,22 @@ def test_k_table_compares_kdef_with_independent_nets():
     assert row["auc_diff_ci_low"] <= row["auc_diff"] <= row["auc_diff_ci_high"]
     text = format_k_table(table.to_dict("records"))
     assert "| 2 |" in text and f"{int(test[2].sum()):,} positive held-out rows" in text
+    # every training run keeps its epochs, best epoch and validation curve: KDEF models on their ensemble
+    # rows, independent nets on their member rows
+    runs = by_member.loc[[(2, "kdef", "ensemble"), (2, "independent", "mlp"), (2, "independent", "cross")]]
+    for _, run in runs.iterrows():
+        curve = json.loads(run["valid_curve"])
+        assert [p["epoch"] for p in curve] == list(range(1, run["epochs"] + 1))
+        best = max(curve, key=lambda p: p["valid_auc"])
+        assert run["best_epoch"] == best["epoch"]  # the kept weights: the best validation AUC (early stopping's)
+    layers = layer_rows(table.to_dict("records"))
+    assert {(r["variant"], r["member"]) for r in layers} == {(v, m) for v in ("kdef", "independent")
+                                                             for m in ("mlp", "cross")}
+    assert [r["module"] for r in layers if r["member"] == "cross"] == ["(vectors only)"] * 2
+    runs_shown = curve_rows(table.to_dict("records"))
+    assert [r["run"] for r in runs_shown] == ["KDEF K=2", "mlp alone", "cross alone"]
+    assert all(r["valid_auc_by_epoch"].count("→") == r["epochs"] - 1 for r in runs_shown)
+    assert "Knowledge abundance per layer" in format_training(table.to_dict("records"))
 
 
 def test_owners_drawn_together_widen_the_interval():

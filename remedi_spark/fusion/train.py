@@ -51,7 +51,7 @@ ABLATIONS = {
     "trees_only": lambda s: s.family == "lgbm",
     "neural_only": lambda s: s.family != "lgbm",
     "without_focal": lambda s: s.objective != "focal",
-    # the feature-subset GBDTs (dealer/digital/calls); neural models on the `core` columns stay
+    # the feature-subset GBDTs (dealer/digital/calls/core); neural models on the `core` columns stay
     "without_subset": lambda s: not (s.family == "lgbm" and s.feature_group is not None),
     "without_kaml": lambda s: s.family != "kaml",  # the teacher with vs without the multi-horizon model
     "without_hm3": lambda s: s.family != "hm3",  # ... and without the behaviour-funnel model

@@ -3,7 +3,8 @@ pipeline run, written to ``<tables.root>/reports/<pipeline run id>/`` (or ``repo
 
 Contents: REMEDI Tables 1–4 analogs (base models, fusion strategies, diversity ablations,
 distillation), each with the oracle ceiling beside it; the diversity of the base models (rank
-correlations and top-K overlaps on the OOF rows); cumulative gains, lift, precision and
+correlations and top-K overlaps on the OOF rows) and each neural expert against the LightGBM on
+the same columns (paired OOF AUC difference with its interval); cumulative gains, lift, precision and
 business recall as functions of K (the chosen K marked), the score histogram by label,
 calibration, the student's gain importance and month-by-month metrics, all on held-out owners
 (never in any training set); the lead list's own evaluation; and the Delta version of every
@@ -27,9 +28,11 @@ from ..io import files
 from ..io.store import TableStore
 from ..fusion.train import seed_summary
 from ..metrics import bootstrap, curve_ks, lead_metrics, ranked_curves
+from ..training.kdef_study import curve_rows, layer_rows
 from ..training.study_inputs import difference_text
 from . import figures
 from .diversity import CAPTION as DIVERSITY_CAPTION, FIGURE as DIVERSITY_FIGURE, diversity_numbers, diversity_section
+from .matching import matching_numbers, matching_section
 from .backtest import backtest_figures, backtest_numbers, backtest_section, latest_run
 from .tuning import tuning_numbers, tuning_section
 from .collect import SCORERS, ReportData, collect, data_version_rows, monthly_metrics
@@ -53,7 +56,7 @@ _STUDY_INTERVALS = ["auc", "auc_ci", "logloss", "logloss_ci", "reference", "auc_
                     "positives"]
 STUDIES = {  # study table (collect.STUDY_TABLES): (section title, columns after the variant's name, footnote)
     "kdef_study": ("KDEF study (newest kdef-study run)",
-                   ["k", "member", *_STUDY_INTERVALS, "knowledge_abundance", "epochs"],
+                   ["k", "member", *_STUDY_INTERVALS, "knowledge_abundance", "epochs", "best_epoch"],
                    "Differences: the KDEF teacher − the mean fusion of the same K independently trained nets."),
     "kaml_study": ("KAML study: multi-horizon model ablations (newest kaml-study run)",
                    ["open_windows", "shared", "rank_weight", "train_rows", "open_rows", *_STUDY_INTERVALS,
@@ -78,6 +81,22 @@ FIGURES = {
     "monitoring": "Monitoring: realized precision of closed months and drift of each monitored month",
     DIVERSITY_FIGURE: DIVERSITY_CAPTION,
 }
+
+
+def _kdef_training(rows: list[dict[str, Any]]) -> str:
+    """Below the K-table: the members' knowledge abundance per layer and each training run's
+    validation curve (``kdef_study.layer_rows`` / ``curve_rows``)."""
+    layers, curves = layer_rows(rows), curve_rows(rows)
+    html_parts = []
+    if layers:
+        html_parts.append("<h3>Knowledge abundance per layer weight matrix (largest K)</h3><p class='meta'>KDEF eq. 3: "
+                          "the share of a layer's singular values above τ × the largest, per τ; the cross and FM "
+                          "nets have only vectors.</p>"
+                          + table(layers, list(dict.fromkeys(c for r in layers for c in r))))
+    if curves:
+        html_parts.append("<h3>Training runs: validation AUC and log loss per epoch</h3>"
+                          + table(curves, list(curves[0])))
+    return "".join(html_parts)
 
 
 def finite(obj: Any) -> Any:
@@ -278,6 +297,8 @@ def report_numbers(data: ReportData, cfg: Config) -> dict[str, Any]:
         "promotion": data.pipeline.get("info", {}).get("promotion"),
         "monitoring": monitoring_numbers(data.monitoring),
         "diversity": diversity_numbers(data.oof, cfg.base_models.metric_k_fraction),
+        "neural_vs_lightgbm": matching_numbers(data.oof, cfg.base_models.models, cfg.base_models.metric_k_fraction,
+                                               cfg.evaluation.bootstrap, cfg.report.neural_auc_tolerance),
         "data_versions": {"tables": data.versions, "by_stage": data_version_rows(data.pipeline, data.stages)},
         "warnings": data.warnings,
     }
@@ -354,6 +375,7 @@ def render_html(numbers: dict[str, Any], pngs: dict[str, bytes]) -> str:
             sections.append((title, inner + (f"<p class='meta'>Intervals: {100 * level:.0f}%, paired bootstrap over "
                                              "owners.</p>" if level else "")))
     sections += diversity_section(numbers.get("diversity"), pngs)  # skipped with a note below 2 base models
+    sections += matching_section(numbers.get("neural_vs_lightgbm"))
     if numbers.get("seeds"):
         sections.append(("Seeds: the meta-OOF comparison repeated per network seed (fusion.seeds)", table(
             numbers["seeds"], ["name", "seeds", "precision_at_k_mean", "precision_at_k_std", "auc_mean", "auc_std",
@@ -370,7 +392,8 @@ def render_html(numbers: dict[str, Any], pngs: dict[str, bytes]) -> str:
     for name, rows in numbers["studies"].items():
         title, columns, note = STUDIES[name]
         sections.append((title, table([{"name": r["variant"], **r} for r in rows], ["name", *columns])
-                         + (f"<p class='meta'>{note}</p>" if note else "")))
+                         + (f"<p class='meta'>{note}</p>" if note else "")
+                         + (_kdef_training(rows) if name == "kdef_study" else "")))
     sections.append(("Curves", "<div class='figs'>" + "".join(
         figure(pngs[n], FIGURES[n]) for n in ("gains", "lift", "precision_at_k", "business_recall_at_k")) + "</div>"))
     sections.append(("Scores and calibration", "<div class='figs'>" + "".join(

@@ -12,7 +12,10 @@ Every member and ensemble gets AUC and LogLoss on the held-out split and the kno
 (KA, KDEF eq. 3) of its sub-networks' layer weight matrices: per layer and for every τ of
 :data:`KA_TAUS` (column ``knowledge_abundance_layers``, members' rows), and as one number, the mean
 over the layers at the configured ``tau`` (``knowledge_abundance``; an ensemble's: over all its
-members' layers). The study trains in one process over in-memory
+members' layers). Every training run (a KDEF model: its ensemble row; an independent net: its
+member rows) records the epochs it ran, its best epoch and its validation curve (``valid_curve``:
+per epoch the early-stopping rows' log loss and AUC), so a member that did not converge shows. The
+study trains in one process over in-memory
 arrays (the loop the distributed trainer runs per rank), so its numbers do not depend on the
 cluster; K = 1 KDEF equals the independent first sub-network and is trained once.
 """
@@ -40,6 +43,7 @@ Arrays = tuple[np.ndarray, np.ndarray, np.ndarray]
 
 
 KA_TAUS = (0.01, 0.05, 0.1, 0.2)  # the thresholds every layer's KA is reported at (besides kdef_study.tau)
+CURVE_FIELDS = ("epoch", "valid_logloss", "valid_auc")  # per epoch of a training run, in ``valid_curve``
 
 
 def knowledge_abundance(weight: torch.Tensor, tau: float) -> float:
@@ -139,7 +143,14 @@ def kdef_k_table(train: Arrays, valid: Arrays, test: Arrays, vocab_sizes: list[i
         start = time.perf_counter()
         result = train_in_process(model, train, params, valid)
         model.load_state_dict(result["state"])
-        return model, {"epochs": result["epochs"], "seconds": time.perf_counter() - start}
+        return model, {"epochs": result["epochs"], "best_epoch": result["best_epoch"],
+                       "valid_curve": json.dumps([{k: point[k] for k in CURVE_FIELDS} for point in result["curve"]]),
+                       "seconds": time.perf_counter() - start}
+
+    def training(info: dict[str, Any]) -> dict[str, Any]:
+        """The columns of one training run (epochs, best epoch, validation curve, seconds)."""
+        return {"epochs": info["epochs"], "best_epoch": info["best_epoch"], "valid_curve": info["valid_curve"],
+                "train_seconds": info["seconds"]}
 
     alone = [fit([kind]) for kind in subnets[:max_k]]
     alone_z = [_logits(m, test)[:, 0] for m, _ in alone]
@@ -157,10 +168,11 @@ def kdef_k_table(train: Arrays, valid: Arrays, test: Arrays, vocab_sizes: list[i
         kdef_layers = layers(model)
         for j, kind in enumerate(kinds):
             add({"k": k, "variant": "kdef", "member": kind, **ka_cells(kdef_layers, j)}, z[:, j])
-        add({"k": k, "variant": "kdef", "member": "ensemble", **ka_cells(kdef_layers, None),
-             "epochs": info["epochs"], "train_seconds": info["seconds"]}, z.mean(axis=1))
+        add({"k": k, "variant": "kdef", "member": "ensemble", **ka_cells(kdef_layers, None), **training(info)},
+            z.mean(axis=1))
         for j, kind in enumerate(kinds):
-            add({"k": k, "variant": "independent", "member": kind, **ka_cells(alone_layers, j)}, alone_z[j])
+            add({"k": k, "variant": "independent", "member": kind, **ka_cells(alone_layers, j), **training(alone[j][1])},
+                alone_z[j])
         add({"k": k, "variant": "independent", "member": "ensemble", **ka_cells(alone_layers[:k], None),
              "epochs": int(max(i["epochs"] for _, i in alone[:k])),
              "train_seconds": float(sum(i["seconds"] for _, i in alone[:k]))}, np.mean(alone_z[:k], axis=0))
@@ -171,7 +183,8 @@ def kdef_k_table(train: Arrays, valid: Arrays, test: Arrays, vocab_sizes: list[i
     for row in rows:
         row["reference"] = _REFERENCE if row["reference"] else None
     table = pd.DataFrame(rows)
-    table["epochs"] = table["epochs"].astype("Int64")
+    for column in ("epochs", "best_epoch"):
+        table[column] = table[column].astype("Int64")
     return table
 
 
@@ -224,3 +237,71 @@ def format_k_table(records: list[dict[str, Any]]) -> str:
         lines.append(f"\n{int(table['positives'].iloc[0]):,} positive held-out rows; "
                      f"{100 * float(table['ci_level'].iloc[0]):.0f}% intervals, paired bootstrap over owners.")
     return "\n".join(lines)
+
+
+def _largest_k(table: pd.DataFrame) -> pd.DataFrame:
+    return table[table["k"] == table["k"].max()]
+
+
+def layer_rows(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One row per layer weight matrix of the members of the largest K (the KDEF model's heads and
+    the independently trained nets): variant, member, layer, module, shape and KA at every τ as
+    ``ka_<τ>``. Members without a layer matrix (cross, fm) get one row with ``layer`` None."""
+    table = pd.DataFrame(records)
+    if table.empty:
+        return []
+    out = []
+    for row in _largest_k(table).to_dict("records"):
+        if row["member"] == "ensemble":
+            continue
+        layers = json.loads(row["knowledge_abundance_layers"]) if row.get("knowledge_abundance_layers") else []
+        base = {"variant": row["variant"], "member": row["member"]}
+        if not layers:
+            out.append({**base, "layer": None, "module": "(vectors only)", "shape": ""})
+        for layer in layers:
+            out.append({**base, "layer": layer["layer"], "module": layer["module"],
+                        "shape": "×".join(str(n) for n in layer["shape"]),
+                        **{f"ka_{tau}": value for tau, value in layer["ka"].items()}})
+    return out
+
+
+def curve_rows(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One row per training run of the study: every KDEF model (per K) and each independently trained
+    net (once: the same run serves every K), with the epochs run, the best epoch and the validation
+    AUC and log loss per epoch as "a → b → c" texts (``valid_curve``)."""
+    table = pd.DataFrame(records)
+    if table.empty or "valid_curve" not in table:
+        return []
+    runs = pd.concat([table[(table["variant"] == "kdef") & (table["member"] == "ensemble") & (table["k"] > 1)],
+                      _largest_k(table[(table["variant"] == "independent") & (table["member"] != "ensemble")])])
+    out = []
+    for row in runs.to_dict("records"):
+        curve = json.loads(row["valid_curve"]) if row.get("valid_curve") else []
+        out.append({"run": f"KDEF K={row['k']}" if row["variant"] == "kdef" else f"{row['member']} alone",
+                    "epochs": row["epochs"], "best_epoch": row["best_epoch"],
+                    "valid_auc_by_epoch": " → ".join(f"{p['valid_auc']:.4f}" for p in curve),
+                    "valid_logloss_by_epoch": " → ".join(f"{p['valid_logloss']:.5f}" for p in curve)})
+    return out
+
+
+def _markdown(rows: list[dict[str, Any]]) -> str:
+    if not rows:
+        return ""
+    columns = list(dict.fromkeys(c for r in rows for c in r))
+    cell = lambda v: "–" if v is None or (isinstance(v, float) and np.isnan(v)) else (
+        f"{v:.3f}" if isinstance(v, float) else str(v))
+    return "\n".join(["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+                     + ["| " + " | ".join(cell(r.get(c)) for c in columns) + " |" for r in rows])
+
+
+def format_training(records: list[dict[str, Any]]) -> str:
+    """Markdown: the members' knowledge abundance per layer (largest K) and every training run's
+    validation curve (see :func:`layer_rows`, :func:`curve_rows`)."""
+    parts = []
+    if layers := layer_rows(records):
+        parts.append("Knowledge abundance per layer weight matrix (KDEF eq. 3, σ / σ_max > τ), largest K:\n\n"
+                     + _markdown(layers))
+    if curves := curve_rows(records):
+        parts.append("Training runs: validation (early-stopping rows) AUC and log loss per epoch:\n\n"
+                     + _markdown(curves))
+    return "\n\n".join(parts)
