@@ -232,6 +232,10 @@ class Tee:
         return getattr(self.console, name)
 
 
+WARNINGS_ENV = "PYTHONWARNINGS"  # the warning filters a new Python process starts with
+CHILD_WARNINGS = "ignore::FutureWarning"
+
+
 @contextmanager
 def console(path: Path, verbose: bool) -> Iterator[None]:
     """Inside the block: stdout and stderr also go to the log file ``path``, Python logging goes to it
@@ -242,7 +246,7 @@ def console(path: Path, verbose: bool) -> Iterator[None]:
     path.parent.mkdir(parents=True, exist_ok=True)
     log = open(path, "a", buffering=1, encoding="utf-8")
     root = logging.getLogger()
-    saved = (sys.stdout, sys.stderr, root.level, os.environ.get("MLFLOW_LOGGING_LEVEL"))
+    saved = (sys.stdout, sys.stderr, root.level, os.environ.get("MLFLOW_LOGGING_LEVEL"), os.environ.get(WARNINGS_ENV))
     file_handler = logging.StreamHandler(log)
     file_handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     console_handler = logging.StreamHandler(saved[1])
@@ -252,6 +256,10 @@ def console(path: Path, verbose: bool) -> Iterator[None]:
     root.setLevel(logging.INFO)
     if not verbose:
         os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
+        # Child processes (TorchDistributor's workers, Petastorm's readers) write straight to the console,
+        # not through this block's warning capture: petastorm 0.13.1 on pyarrow 14 warns about deprecated
+        # pyarrow APIs there on every launch. Their FutureWarnings are off unless verbose.
+        os.environ.setdefault(WARNINGS_ENV, CHILD_WARNINGS)
     sys.stdout, sys.stderr = Tee(saved[0], log), Tee(saved[1], log)
     try:
         with warnings.catch_warnings():
@@ -269,8 +277,9 @@ def console(path: Path, verbose: bool) -> Iterator[None]:
         root.removeHandler(file_handler)
         root.removeHandler(console_handler)
         root.setLevel(saved[2])
-        if saved[3] is None:
-            os.environ.pop("MLFLOW_LOGGING_LEVEL", None)
+        for name, value in (("MLFLOW_LOGGING_LEVEL", saved[3]), (WARNINGS_ENV, saved[4])):
+            if value is None:
+                os.environ.pop(name, None)
         log.close()
 
 

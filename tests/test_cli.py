@@ -1,4 +1,5 @@
 """Entry points: every stage has --help; bad config fails fast with exit 2 before Spark starts."""
+import os
 import subprocess
 import sys
 
@@ -137,6 +138,22 @@ def test_verbose_keeps_the_chatter_on_the_console_and_a_failure_is_logged(tmp_pa
     err = capsys.readouterr().err
     assert "petastorm says something" in err and "Closing down clientserver connection" in err
     assert "Traceback" in path.read_text() and "RuntimeError: boom" in path.read_text()
+
+
+def test_child_processes_warn_on_the_console_only_when_verbose(tmp_path, monkeypatch):
+    """TorchDistributor's workers write to the console directly: their FutureWarnings (Petastorm on
+    pyarrow 14) are off by default, on with --verbose, and the environment is put back afterwards."""
+    import subprocess
+
+    from remedi_spark.cli import console
+
+    monkeypatch.delenv("PYTHONWARNINGS", raising=False)
+    child = [sys.executable, "-c", "import warnings; warnings.warn('pyarrow.localfs is deprecated', FutureWarning)"]
+    for verbose in (False, True):
+        with console(tmp_path / f"{verbose}.log", verbose=verbose):
+            err = subprocess.run(child, capture_output=True, text=True, check=True).stderr
+        assert ("pyarrow.localfs is deprecated" in err) == verbose
+    assert "PYTHONWARNINGS" not in os.environ
 
 
 def test_progress_lines_elapsed_bar_and_estimate():
