@@ -95,6 +95,7 @@ def test_k_table_compares_kdef_with_independent_nets():
     runs_shown = curve_rows(table.to_dict("records"))
     assert [r["run"] for r in runs_shown] == ["KDEF K=2", "mlp alone", "cross alone"]
     assert all(r["valid_auc_by_epoch"].count("→") == r["epochs"] - 1 for r in runs_shown)
+    assert "| KDEF K=2 | 3 |" in format_training(table.to_dict("records"))  # epochs as whole numbers
     assert "Knowledge abundance per layer" in format_training(table.to_dict("records"))
 
 

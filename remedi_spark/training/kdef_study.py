@@ -265,6 +265,11 @@ def layer_rows(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
+def _whole(value: Any) -> int | None:
+    """An integer column's value from records (pandas may have made it a float), None when missing."""
+    return None if value is None or pd.isna(value) else int(value)
+
+
 def curve_rows(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """One row per training run of the study: every KDEF model (per K) and each independently trained
     net (once: the same run serves every K), with the epochs run, the best epoch and the validation
@@ -278,7 +283,7 @@ def curve_rows(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
     for row in runs.to_dict("records"):
         curve = json.loads(row["valid_curve"]) if row.get("valid_curve") else []
         out.append({"run": f"KDEF K={row['k']}" if row["variant"] == "kdef" else f"{row['member']} alone",
-                    "epochs": row["epochs"], "best_epoch": row["best_epoch"],
+                    "epochs": _whole(row["epochs"]), "best_epoch": _whole(row["best_epoch"]),
                     "valid_auc_by_epoch": " → ".join(f"{p['valid_auc']:.4f}" for p in curve),
                     "valid_logloss_by_epoch": " → ".join(f"{p['valid_logloss']:.5f}" for p in curve)})
     return out
