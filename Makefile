@@ -71,10 +71,12 @@ kaml-study: setup
 hm3-study: setup
 	$(PY) -m remedi_spark hm3-study --conf conf/demo_full.yaml
 
-# Two tiers (README, "Tests"): `make test` = unit tests and the tiny worlds (fast tier); `make test-all`
-# adds the slow tier (end to end, reliability pipeline, fault drivers, the cluster, the DDP launches).
+# Two tiers (README, "Tests"): `make test` = unit tests and the shared tiny world (fast tier), on two
+# pytest-xdist workers, a test file per worker at a time (a file's module fixtures are built once; the
+# session's shared world is built once, under a file lock); `make test-all` adds the slow tier (end to
+# end, reliability pipeline, fault drivers, the cluster, the DDP launches), one test at a time.
 test: setup
-	$(PY) -m pytest -m "not slow" --durations=15
+	$(PY) -m pytest -m "not slow" -n 2 --dist loadfile --durations=15
 
 test-all: test
 	$(PY) -m pytest -m slow --durations=15

@@ -10,11 +10,16 @@ from remedi_spark.config import Config, load_config, replace
 REPO = Path(__file__).resolve().parents[1]
 
 
+# Spark settings of the tests' sessions: no UI; Delta rebuilds a table's snapshot (every read of a
+# version) in 2 partitions instead of 50: the test tables are a few files each, and on local[2] the
+# 50 tasks per read were a third of the time of the Delta-heavy tests
+SPARK_CONF = {"spark.ui.enabled": "false", "spark.databricks.delta.snapshotPartitions": "2"}
+
 # conf/local.yaml as the tests run it (also in the subprocesses of tests/faults.py)
 TEST_SETTINGS = [
     "spark.shuffle_partitions=4", "spark.driver_memory=4g",
     f"spark.jars_dir={REPO / '.jars'}",
-    "spark.conf={'spark.ui.enabled': 'false'}",
+    f"spark.conf={SPARK_CONF!r}",
     "tracking.enabled=false",  # MLflow on where a test checks it (it adds seconds per stage)
 ]
 
@@ -28,7 +33,7 @@ def base_cfg() -> Config:
 def spark(base_cfg, tmp_path_factory):
     from remedi_spark.spark import get_spark
 
-    settings = replace(base_cfg, spark={"conf": {"spark.ui.enabled": "false",
+    settings = replace(base_cfg, spark={"conf": {**SPARK_CONF,
                                                  "spark.sql.warehouse.dir": str(tmp_path_factory.mktemp("wh"))}})
     session = get_spark(settings.spark, app_name="remedi-tests")
     yield session
@@ -42,3 +47,11 @@ def cfg_at(base_cfg, tmp_path):
         tables = {"root": str(tmp_path / "tables"), **sections.pop("tables", {})}
         return replace(base_cfg, tables=tables, **sections)
     return make
+
+
+@pytest.fixture(scope="session")
+def world(spark, base_cfg, tmp_path_factory):
+    """The shared tiny world (tests/world.py): every stage run once per session; read it, never write to it."""
+    from tests.world import shared_world
+
+    return shared_world(spark, base_cfg, tmp_path_factory)

@@ -6,12 +6,12 @@ import pytest
 from pyspark.sql import functions as F
 from sklearn.metrics import roc_auc_score
 
-from remedi_spark.config import ModelSpec, replace
+from remedi_spark.config import ModelSpec
 from remedi_spark.io.store import TableStore
 from remedi_spark.models.base import FeatureSpec, load_model
 from remedi_spark.models.registry import build_model
 from remedi_spark.pipeline import run_stage
-from tests.tiny import lgbm_spec
+from tests.world import MODELS as WORLD_MODELS, copy_tables
 
 FAST = {"num_iterations": 60, "learning_rate": 0.1, "min_data_in_leaf": 20}
 
@@ -90,18 +90,14 @@ def test_focal_model_refuses_synapseml(toy, base_cfg):
         build_model(_spec("f", "synapseml", "focal"), base_cfg.base_models, features).fit(train, valid)
 
 
-def test_oof_covers_every_training_row_once_per_model(spark, base_cfg, tmp_path):
-    models = [lgbm_spec("lgbm_logloss", FAST, backend="synapseml"), lgbm_spec("lgbm_focal", FAST, "focal"),
-              lgbm_spec("lgbm_dealer", FAST, feature_group="dealer")]
-    cfg = replace(base_cfg, tables={"root": str(tmp_path / "t")}, synthetic={"n_users": 4000, "chunk_users": 2000},
-                  folds={"n_folds": 3}, base_models={"models": models, "early_stopping_rounds": 10})
-    for stage in ("generate", "features", "folds"):
-        run_stage(spark, cfg, stage)
-    summary = run_stage(spark, cfg, "train-base")
+def test_oof_covers_every_training_row_once_per_model(spark, world, tmp_path):
+    """On the shared world's train-base: three LightGBMs (SynapseML, focal, dealer features) and the MLP."""
+    cfg, summary = world.cfg, world.out["train-base"]
     store = TableStore(spark, cfg.tables.root)
     folds = store.read("folds")
     oof = store.read("oof_predictions")
-    assert sorted(summary["models"]) == ["lgbm_dealer", "lgbm_focal", "lgbm_logloss"]
+    assert sorted(summary["models"]) == sorted(m["name"] for m in WORLD_MODELS)
+    assert {m["backend"] for m in WORLD_MODELS if m["family"] == "lgbm"} == {"synapseml", "native"}
     assert summary["evaluation_month"] == folds.agg(F.max("month")).first()[0]
     for name in summary["models"]:
         mine = oof.filter(F.col("model") == name)
@@ -119,7 +115,7 @@ def test_oof_covers_every_training_row_once_per_model(spark, base_cfg, tmp_path)
     assert set(metrics["model"]) == set(summary["models"])
     rows = {"oof": folds.filter("split = 'train' AND oot_split = 'train'").count(),
             "test": folds.filter("split = 'test'").count(), "out_of_time": folds.filter("oot_split = 'test'").count()}
-    assert (metrics["rows"] == metrics["split"].map(rows)).all() and len(metrics) == 3 * len(rows)
+    assert (metrics["rows"] == metrics["split"].map(rows)).all() and len(metrics) == len(summary["models"]) * len(rows)
     for metric in ("auc", "precision_at_k", "logloss"):  # every estimate inside its interval
         assert (metrics[f"{metric}_ci_low"] <= metrics[metric]).all()
         assert (metrics[metric] <= metrics[f"{metric}_ci_high"]).all()
@@ -127,10 +123,12 @@ def test_oof_covers_every_training_row_once_per_model(spark, base_cfg, tmp_path)
     sidecar = load_model(spark, f"{cfg.tables.root}/models/lgbm_dealer", cfg.base_models, [cfg.tables.root])
     assert all(c.startswith(("visit_", "service_visit", "months_since_dealer", "brands_per_visit", "non_service"))
                for c in sidecar.features.columns)
-    # re-running replaces each model's partition instead of adding to it
-    run_stage(spark, cfg, "train-base", models=["lgbm_dealer"])
-    again = store.read("oof_predictions").filter(F.col("model") == "lgbm_dealer")
-    assert again.count() == folds.count()
+    # re-running (on a copy of the world's tables) replaces each model's partition instead of adding to it
+    mine = copy_tables(spark, world, tmp_path / "t", tables=("features", "folds", "oof_predictions"))
+    run_stage(spark, mine, "train-base", models=["lgbm_dealer"])
+    again = TableStore(spark, mine.tables.root).read("oof_predictions")
+    assert again.filter(F.col("model") == "lgbm_dealer").count() == folds.count()
+    assert again.filter(F.col("model") != "lgbm_dealer").count() == oof.filter(F.col("model") != "lgbm_dealer").count()
 
 
 def test_feature_order_survives_the_json_sidecar():

@@ -300,17 +300,20 @@ def test_open_window_folds_leave_every_evaluation_on_labelled_rows(spark, cfg_at
                                   labelled.sort_values(key).reset_index(drop=True), check_dtype=False)
 
 
-def test_oof_and_study_on_synthetic_data_with_open_windows(spark, cfg_at):
+def test_oof_and_study_on_synthetic_data_with_open_windows(spark, world, tmp_path):
+    """The shared world's features (tests/world.py), copied to this test's root, folded with open windows."""
+    from remedi_spark.config import replace
     from remedi_spark.io.store import TableStore
-    from remedi_spark.pipeline import run_foundation
+    from remedi_spark.pipeline import run_stage
     from remedi_spark.training.kaml_study import run_kaml_study
     from remedi_spark.training.oof import train_base_models
+    from tests.world import copy_tables
 
     models = [{"name": "kaml", "family": "kaml", "backend": "torch", "objective": "logloss", "feature_group": "core",
                "params": {"epochs": 1, "batch_size": 512, "launcher": "driver", "model": TINY}}]
-    cfg = cfg_at(synthetic={"n_users": 1500, "chunk_users": 1500}, folds={"n_folds": 2, "include_open_windows": True},
-                 base_models={"models": models})
-    run_foundation(spark, cfg)
+    cfg = copy_tables(spark, world, tmp_path / "t", tables=("features",),
+                      folds={"n_folds": 2, "include_open_windows": True}, base_models={"models": models})
+    run_stage(spark, cfg, "folds")
     store = TableStore(spark, cfg.tables.root)
     folds = store.read("folds")
     assert folds.filter(F.col("split") == "open").count() > 0
@@ -326,4 +329,4 @@ def test_oof_and_study_on_synthetic_data_with_open_windows(spark, cfg_at):
     assert len(written) == len(study["table"]) == 5 and study["rows"]["open"] > 0
     assert written["positives"].nunique() == 1 and written["auc_ci_low"].notna().all()
     with pytest.raises(ConfigError, match="kaml_study.model"):
-        run_kaml_study(spark, cfg_at(tables={"root": cfg.tables.root}, kaml_study={"model": "nope"}), store)
+        run_kaml_study(spark, replace(cfg, kaml_study={"model": "nope"}), store)

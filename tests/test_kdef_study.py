@@ -6,11 +6,12 @@ import numpy as np
 import pytest
 import torch
 
-from remedi_spark.config import BootstrapSettings, replace
+from remedi_spark.config import BootstrapSettings
 from remedi_spark.io.store import TableStore
 from remedi_spark.pipeline import run_stage
 from remedi_spark.training.kdef_study import (curve_rows, format_k_table, format_training, kdef_k_table,
                                               knowledge_abundance, layer_rows)
+from tests.world import copy_tables
 
 PARAMS = {"epochs": 2, "batch_size": 256, "lr": 3e-3, "patience": 2, "grad_clip": 10.0, "embedding_l2": 1e-5,
           "num_processes": 1, "seed": 7}
@@ -120,15 +121,13 @@ def test_max_k_beyond_subnets_is_a_config_error():
                      bootstrap_settings=BOOT)
 
 
-def test_stage_writes_the_k_table(spark, base_cfg, tmp_path):
+def test_stage_writes_the_k_table(spark, world, tmp_path):
+    """On the shared world's features and folds (tests/world.py), copied to this test's root."""
     models = [{"name": "kdef", "family": "kdef", "backend": "torch", "objective": "logloss", "feature_group": None,
                "params": {"epochs": 1, "batch_size": 512, "launcher": "driver",
                           "model": {**TINY, "subnets": ["mlp", "fm"]}}}]
-    cfg = replace(base_cfg, tables={"root": str(tmp_path / "t")}, synthetic={"n_users": 3000, "chunk_users": 1500},
-                  folds={"n_folds": 2}, base_models={"models": models},
-                  kdef_study={"subnets": ["mlp", "fm"], "max_k": 2})
-    for stage in ("generate", "features", "folds"):
-        run_stage(spark, cfg, stage)
+    cfg = copy_tables(spark, world, tmp_path / "t", base_models={"models": models},
+                      kdef_study={"subnets": ["mlp", "fm"], "max_k": 2})
     summary = run_stage(spark, cfg, "kdef-study")
     written = TableStore(spark, cfg.tables.root).read("kdef_study").toPandas()
     assert len(written) == len(summary["table"]) == 10

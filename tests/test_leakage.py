@@ -26,7 +26,8 @@ from remedi_spark.training import oof
 from tests.tiny import lgbm_spec
 
 # every feature in every tree (no column sampling a canary column could shift); small leaves, so a
-# canary on fold 0's ~25 buyers can be learnt when a model is allowed to see it
+# canary on fold 0's ~25 buyers can be learnt when a model is allowed to see it; one LightGBM worker
+# per fit (two data-parallel workers on a few thousand rows only add the network setup)
 FAST = {"num_iterations": 30, "learning_rate": 0.1, "min_data_in_leaf": 5, "feature_fraction": 1.0}
 MODELS = [lgbm_spec("lgbm", FAST)]
 META = {"raw_hidden": [8], "relative_hidden": [16], "output_hidden": [8], "epochs": 5, "batch_size": 256,
@@ -35,17 +36,17 @@ KEYS = ["user_id", "month"]
 
 
 @pytest.fixture(scope="module")
-def world(spark, base_cfg, tmp_path_factory):
-    """generate → features → folds once; each test copies features and folds into its own root."""
-    root = tmp_path_factory.mktemp("leakage")
-    cfg = replace(base_cfg, tables={"root": str(root / "world")}, synthetic={"n_users": 3000, "chunk_users": 1500},
-                  folds={"n_folds": 2}, base_models={"models": MODELS, "early_stopping_rounds": 10},
+def leak_world(spark, base_cfg, world):
+    """The shared world's features and folds (tests/world.py, read only) and this module's config;
+    each test copies features and folds into its own root."""
+    assert world.cfg.folds.n_folds == 2
+    cfg = replace(base_cfg, tables={"root": world.root}, folds={"n_folds": 2},
+                  base_models={"models": MODELS, "early_stopping_rounds": 10, "num_workers": 1},
                   fusion={"meta_model": META, "variants": {}, "ablations": []},
                   distill={"students": [{"name": "student", "objective": "mse", "target": "teacher",
-                                         "params": FAST}], "timing_rows": 0})
-    for stage in ("generate", "features", "folds"):
-        run_stage(spark, cfg, stage)
-    store = TableStore(spark, cfg.tables.root)
+                                         "params": FAST}], "timing_rows": 0},
+                  evaluation={"bootstrap": {"replicates": 50}})  # the intervals are not what is checked here
+    store = TableStore(spark, world.root)
     folds = store.read("folds").toPandas()
     allowed = folds[(folds["split"] == "train") & (folds["oot_split"] == "train")]
     assert 0 < len(allowed) < len(folds) and (folds["oot_split"] == "test").any()
@@ -98,8 +99,8 @@ def _outside(seen, allowed) -> dict[str, int]:
 
 
 def test_base_models_fit_and_stop_early_only_on_training_owners_outside_the_evaluation_month(
-        spark, world, monkeypatch, tmp_path):
-    cfg, store, folds, allowed = world
+        spark, leak_world, monkeypatch, tmp_path):
+    cfg, store, folds, allowed = leak_world
     mine, _ = _fresh_root(spark, cfg, store, tmp_path / "ok")
     seen = _record_fits(monkeypatch, oof)
     run_stage(spark, mine, "train-base")
@@ -118,8 +119,8 @@ def test_base_models_fit_and_stop_early_only_on_training_owners_outside_the_eval
 
 
 def test_students_fit_and_stop_early_only_on_training_owners_outside_the_evaluation_month(
-        spark, world, monkeypatch, tmp_path):
-    cfg, store, folds, allowed = world
+        spark, leak_world, monkeypatch, tmp_path):
+    cfg, store, folds, allowed = leak_world
 
     def with_teacher(path):
         mine, copy = _fresh_root(spark, cfg, store, path)
@@ -144,8 +145,8 @@ def test_students_fit_and_stop_early_only_on_training_owners_outside_the_evaluat
     assert all(_outside(seen, allowed).values())
 
 
-def test_meta_models_fit_only_on_training_owners_outside_the_evaluation_month(spark, world, monkeypatch, tmp_path):
-    cfg, store, folds, allowed = world
+def test_meta_models_fit_only_on_training_owners_outside_the_evaluation_month(spark, leak_world, monkeypatch, tmp_path):
+    cfg, store, folds, allowed = leak_world
     mine, _ = _fresh_root(spark, cfg, store, tmp_path / "root")
     run_stage(spark, mine, "train-base")
     run_stage(spark, mine, "meta-features")
@@ -201,8 +202,8 @@ def _fold0_oof_auc(spark, cfg, store, path, monkeypatch, canary: bool, leak: boo
     return float(roc_auc_score(rows["y"], rows["p"]))
 
 
-def test_oof_predictions_come_from_models_that_did_not_see_the_row(spark, world, monkeypatch, tmp_path):
-    cfg, store, _, _ = world
+def test_oof_predictions_come_from_models_that_did_not_see_the_row(spark, leak_world, monkeypatch, tmp_path):
+    cfg, store, _, _ = leak_world
     plain = _fold0_oof_auc(spark, cfg, store, tmp_path / "plain", monkeypatch, canary=False, leak=False)
     canary = _fold0_oof_auc(spark, cfg, store, tmp_path / "canary", monkeypatch, canary=True, leak=False)
     assert canary - plain <= 0.01

@@ -1,6 +1,6 @@
 """The pipeline end to end on a tiny population (``run_pipeline``): OOF → meta-features → fusion →
-teacher scorer → distillation → scoring → lead list → report, with MLflow tracking (one module:
-the stages share one expensive fixture)."""
+teacher scorer → distillation → scoring → lead list → report, with MLflow tracking: the session's
+shared world (tests/world.py), read here; the tests that rerun a stage do so on a copy of it."""
 import re
 import json
 
@@ -14,31 +14,21 @@ from remedi_spark.io.schemas import DataValidationError
 from remedi_spark.fusion.meta_features import meta_feature_names
 from remedi_spark.fusion.teacher import teacher_scores
 from remedi_spark.io.store import TableStore
-from remedi_spark.pipeline import run_pipeline, run_stage
+from remedi_spark.pipeline import run_stage
 from remedi_spark.tracking import PIPELINE_TAG, Tracker
-from tests.tiny import TINY_MLP, lgbm_spec
+from tests.world import K, MODELS, copy_world
 
-FAST = {"num_iterations": 40, "learning_rate": 0.1, "min_data_in_leaf": 20}
-MODELS = [lgbm_spec("lgbm_logloss", FAST), lgbm_spec("lgbm_focal", FAST, "focal"),
-          lgbm_spec("lgbm_dealer", FAST, feature_group="dealer"), TINY_MLP]
-# ~40 training positives, halved again by the meta-level cross-fitting: 3 hold-out positives are
-# allowed here (10 by default); the tests of meta_models check the default's behaviour
-META = {"raw_hidden": [8], "relative_hidden": [16], "output_hidden": [8], "epochs": 15, "batch_size": 256, "lr": 0.01,
-        "patience": 15, "min_valid_positives": 3}
-STUDENTS = [{"name": "student", "objective": "mse", "target": "teacher", "params": FAST},
-            {"name": "hard_label", "objective": "logloss", "target": "label", "params": FAST}]
-K = 150
 
 
 @pytest.fixture(scope="module")
-def pipeline(spark, base_cfg, tmp_path_factory):
-    root = tmp_path_factory.mktemp("fusion")
-    cfg = replace(base_cfg, tables={"root": str(root / "t"), "allowed_roots": [str(root / "exports")]}, synthetic={"n_users": 3000, "chunk_users": 1500},
-                  folds={"n_folds": 2}, base_models={"models": MODELS, "early_stopping_rounds": 10},
-                  fusion={"meta_model": META}, distill={"students": STUDENTS, "timing_rows": 500},
-                  lead_list={"k": K, "export_dir": str(root / "exports")}, tracking={"enabled": True},
-                  report={"curve_points": 40, "top_features": 10})
-    return cfg, run_pipeline(spark, cfg)
+def pipeline(world):
+    return world.cfg, world.out
+
+
+@pytest.fixture
+def writable(world, tmp_path):
+    """The world copied to this test's own root, for the tests that rerun a stage."""
+    return copy_world(world, tmp_path / "w")
 
 
 @pytest.fixture(scope="module")
@@ -170,8 +160,8 @@ def test_lead_list_has_k_unique_eligible_owners(spark, fused, distilled):
     assert export.columns == ["user_id", "rank", "score", "reason"] and export.count() == len(leads)
 
 
-def test_rescoring_a_month_replaces_it_and_caps_apply(spark, fused, distilled):
-    cfg, _, store = fused
+def test_rescoring_a_month_replaces_it_and_caps_apply(spark, writable, distilled):
+    cfg, store = writable, TableStore(spark, writable.tables.root)
     _, month, scored, _ = distilled
     run_stage(spark, cfg, "score", month=month)
     assert store.read("scores", months=[month]).count() == scored["owners"]
@@ -182,8 +172,8 @@ def test_rescoring_a_month_replaces_it_and_caps_apply(spark, fused, distilled):
     assert len(leads) == leads["user_id"].nunique()  # the month replaced, not appended to
 
 
-def test_a_month_without_features_is_a_clear_error(spark, fused, distilled):
-    cfg, _, store = fused
+def test_a_month_without_features_is_a_clear_error(spark, writable):
+    cfg = writable
     with pytest.raises(DataValidationError, match="no feature rows for month 2031-01"):
         run_stage(spark, cfg, "score", month="2031-01")
 
@@ -257,11 +247,11 @@ def test_mlflow_run_holds_the_pipeline_metrics_report_and_student(spark, pipelin
     assert len(inputs) > 10 and "vehicle_age_months" in inputs
 
 
-def test_the_first_registered_student_becomes_champion_and_scores_from_the_registry(spark, pipeline):
+def test_the_first_registered_student_becomes_champion_and_scores_from_the_registry(spark, pipeline, writable):
     """The registry flow of a pipeline run on a fresh root: its student is registered (version 1,
     alias challenger), promoted into the empty champion seat, the decision is in the MLflow run, the
     pipeline manifest and the report, and `score` with models:/remedi-student@champion writes the
-    same scores as the student folder did."""
+    same scores as the student folder did (the scoring on a copy of the world)."""
     cfg, out = pipeline
     store = TableStore(spark, cfg.tables.root)
     assert out["distill"]["registered"]["version"] == "1"
@@ -279,18 +269,18 @@ def test_the_first_registered_student_becomes_champion_and_scores_from_the_regis
     assert "Model registry: challenger vs champion" in open(out["report"]["report"], encoding="utf-8").read()
     month = promotion["month"]
     before = store.read("scores", months=[month]).select("user_id", "score").toPandas().sort_values("user_id")
-    summary = run_stage(spark, replace(cfg, scoring={"model_uri": "models:/remedi-student@champion"}), "score",
+    summary = run_stage(spark, replace(writable, scoring={"model_uri": "models:/remedi-student@champion"}), "score",
                         month=month)
     assert summary["model"] == "models:/remedi-student@champion (version 1)"
-    after = store.read("scores", months=[month]).select("user_id", "score").toPandas().sort_values("user_id")
+    after = TableStore(spark, writable.tables.root).read("scores", months=[month]).select("user_id", "score").toPandas().sort_values("user_id")
     np.testing.assert_array_equal(after["user_id"], before["user_id"])
     np.testing.assert_allclose(after["score"], before["score"], rtol=0, atol=1e-12)
 
 
-def test_monitor_realized_metrics_equal_a_direct_computation(spark, pipeline):
+def test_monitor_realized_metrics_equal_a_direct_computation(spark, pipeline, writable):
     from remedi_spark.metrics import lead_metrics
 
-    cfg, out = pipeline
+    out, cfg = pipeline[1], writable
     store = TableStore(spark, cfg.tables.root)
     month = out["evaluation"]["month"]
     summary = run_stage(spark, cfg, "monitor", month=month)
