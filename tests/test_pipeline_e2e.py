@@ -197,6 +197,11 @@ def test_report_holds_every_table_and_figure(spark, pipeline):
     diversity = numbers["diversity"]
     assert "Diversity of the base models" in page and diversity["models"] == [m["name"] for m in MODELS]
     assert len(diversity["pairs"]) == 6 and diversity["rows"] == out["train-base"]["models"]["mlp"]["oof"]["rows"]
+    # the MLP (all features) against the logloss LightGBM on the same columns, on the same OOF rows
+    [versus] = numbers["neural_vs_lightgbm"]["pairs"]
+    assert (versus["neural"], versus["lightgbm"]) == ("mlp", "lgbm_logloss") and "mlp − lgbm_logloss" in page
+    assert versus["auc_diff_ci_low"] <= versus["auc_diff"] <= versus["auc_diff_ci_high"]
+    assert numbers["neural_vs_lightgbm"]["rows"] == diversity["rows"]
     assert {"base_models", "fusion", "ablations", "variants", "differences", "distillation"} == set(numbers["tables"])
     assert numbers["teacher"]["teacher"] == out["fusion"]["teacher"]["chosen"]
     diffs = numbers["tables"]["differences"]["meta_oof"]
