@@ -73,11 +73,10 @@ hm3-study: setup
 
 # Two tiers (README, "Tests"): `make test` = unit tests and the shared tiny world (fast tier), on two
 # pytest-xdist workers, a test file per worker at a time (a file's module fixtures are built once; the
-# session's shared world is built once, under a file lock, and the files reading it share a worker: the
-# groups are set in tests/conftest.py); `make test-all` adds the slow tier (end to
+# session's shared world is built once, under a file lock); `make test-all` adds the slow tier (end to
 # end, reliability pipeline, fault drivers, the cluster, the DDP launches), one test at a time.
 test: setup
-	$(PY) -m pytest -m "not slow" -n 2 --dist loadgroup --durations=15
+	$(PY) -m pytest -m "not slow" -n 2 --dist loadfile --durations=15
 
 test-all: test
 	$(PY) -m pytest -m slow --durations=15

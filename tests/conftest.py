@@ -55,29 +55,3 @@ def world(spark, base_cfg, tmp_path_factory):
     from tests.world import shared_world
 
     return shared_world(spark, base_cfg, tmp_path_factory)
-
-
-SHARED_WORLD_GROUP = "shared-world"
-
-
-def _reads_shared_world(item: pytest.Item) -> bool:
-    """Whether ``item`` uses the session fixture ``world`` above (modules may define their own ``world``)."""
-    defs = getattr(item, "_fixtureinfo", None) and item._fixtureinfo.name2fixturedefs.get("world")
-    return bool(defs) and defs[-1].scope == "session"
-
-
-@pytest.hookimpl(tryfirst=True)  # before pytest-xdist turns the groups into node ids
-def pytest_collection_modifyitems(config, items):
-    """Worker groups for ``make test`` (``-n 2 --dist loadgroup``): a test module's tests run on one
-    worker (its module fixtures are built once), and every module that reads the shared world runs
-    on the same worker, so the other worker runs the rest instead of waiting for the world's lock."""
-    modules: dict[str, str] = {}
-    for item in items:
-        module = item.nodeid.split("::")[0]
-        if _reads_shared_world(item) or modules.get(module) == SHARED_WORLD_GROUP:
-            modules[module] = SHARED_WORLD_GROUP
-        else:
-            modules.setdefault(module, module)
-    for item in items:
-        if not any(True for _ in item.iter_markers("xdist_group")):
-            item.add_marker(pytest.mark.xdist_group(modules[item.nodeid.split("::")[0]]))
