@@ -42,11 +42,11 @@ def test_a_job_killed_mid_write_leaves_the_previous_version_and_a_rerun_complete
     table = Path(store.path("features"))
     files = _data_files(table)
     proc = _driver("slow-features", cfg.tables.root, tmp_path / "driver.log")
-    deadline = time.time() + 240
     try:
-        while not (_data_files(table) - files):  # the killed write has started writing data files
+        # until the killed write has started writing data files; a driver that ends first (it finishes
+        # its slowed write, or fails) ends the wait with its log
+        while not (_data_files(table) - files):
             assert proc.poll() is None, (tmp_path / "driver.log").read_text()[-3000:]
-            assert time.time() < deadline, "the slowed write never started"
             time.sleep(0.2)
     finally:
         os.killpg(proc.pid, signal.SIGKILL)
@@ -68,7 +68,7 @@ def test_a_job_killed_mid_write_leaves_the_previous_version_and_a_rerun_complete
 def test_a_failed_task_is_retried(tmp_path, master, retried):
     root = str(tmp_path / "t")
     proc = _driver("flaky-write", root, tmp_path / "driver.log", master)
-    out, _ = proc.communicate(timeout=300)
+    out, _ = proc.communicate()
     log = (tmp_path / "driver.log").read_text()
     assert "injected executor failure" in log  # the first attempt did fail
     if retried:  # Spark retried the task (spark.task.maxFailures; local[N,F] in local mode) and the write finished
