@@ -24,12 +24,12 @@ import pandas as pd
 from pyspark.sql import SparkSession
 
 from ..config import Config
+from ..interval_text import difference_text
 from ..io import files
 from ..io.store import TableStore
 from ..fusion.train import seed_summary
 from ..metrics import bootstrap, curve_ks, lead_metrics, ranked_curves
 from ..training.kdef_study import curve_rows, layer_rows
-from ..training.study_inputs import difference_text
 from . import figures
 from .diversity import CAPTION as DIVERSITY_CAPTION, FIGURE as DIVERSITY_FIGURE, diversity_numbers, diversity_section
 from .matching import matching_numbers, matching_section

@@ -15,7 +15,8 @@ from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
 from ..config import BootstrapSettings, Config, ConfigError, ModelSpec
-from ..metrics import Interval, bootstrap, difference_verdict
+from ..interval_text import difference_cell, difference_text, interval_cell  # noqa: F401 (the studies' names)
+from ..metrics import bootstrap
 from ..models.base import LABEL, FeatureSpec, keyed_pandas
 from ..models.neural.base import build_config
 from ..models.neural.feature_map import FeatureMap
@@ -115,28 +116,3 @@ def study_intervals(y: np.ndarray, scores: dict[str, np.ndarray], owners: np.nda
                         f"{metric}_diff_ci_high": iv.high if iv else None})
         out[name] = row
     return out
-
-
-def interval_cell(value: Any, low: Any, high: Any, fmt: str) -> str:
-    """``value [low, high]`` for a markdown table ("–" when the value is missing; no bracket without an interval)."""
-    if value is None or (isinstance(value, float) and np.isnan(value)):
-        return "–"
-    if low is None or high is None or np.isnan(low) or np.isnan(high):
-        return format(value, fmt)
-    return f"{format(value, fmt)} [{format(low, fmt)}, {format(high, fmt)}]"
-
-
-def difference_text(row: dict[str, Any], metric: str, fmt: str, lower_is_better: bool = False) -> str | None:
-    """A row's ``<metric>_diff`` against its reference with the interval and the reading ("no
-    difference" when the interval contains 0), e.g. "+0.0050 [-0.0088, +0.0204] no difference";
-    None on a row without a reference."""
-    value, low, high = row.get(f"{metric}_diff"), row.get(f"{metric}_diff_ci_low"), row.get(f"{metric}_diff_ci_high")
-    if value is None or low is None or high is None or any(np.isnan(v) for v in (value, low, high)):
-        return None
-    verdict = difference_verdict(Interval(value, low, high, float(row.get("ci_level") or 0.9)), lower_is_better)
-    return f"{format(value, fmt)} [{format(low, fmt)}, {format(high, fmt)}] {verdict}"
-
-
-def difference_cell(row: dict[str, Any], metric: str, fmt: str, lower_is_better: bool = False) -> str:
-    """:func:`difference_text` as a markdown cell: "–" on a row without a reference."""
-    return difference_text(row, metric, fmt, lower_is_better) or "–"
