@@ -8,14 +8,14 @@ the held-out split for the table's metrics.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Iterable, Sequence
 
 import numpy as np
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
 from ..config import BootstrapSettings, Config, ConfigError, ModelSpec
-from ..interval_text import difference_cell, difference_text, interval_cell  # noqa: F401 (the studies' names)
+from ..interval_text import difference_cell, difference_text, interval_cell  # noqa: F401 (also the studies')
 from ..metrics import bootstrap
 from ..models.base import LABEL, FeatureSpec, keyed_pandas
 from ..models.neural.base import build_config
@@ -85,6 +85,26 @@ def study_rows(cfg: Config, spec: ModelSpec, params: TorchTrainParams, data: Dat
 def cell(value: Any, fmt: str) -> str:
     """A study table's markdown cell: ``value`` formatted, "–" for a missing (None/NaN) one."""
     return "–" if value is None or (isinstance(value, float) and np.isnan(value)) else format(value, fmt)
+
+
+def markdown_table(header: Sequence[str], rows: Iterable[Sequence[str]]) -> str:
+    """A study's markdown table: the ``header`` line, the separator and one line per row of cell
+    texts (formatted by the caller, e.g. with :func:`cell` and :func:`interval_cell`)."""
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    return "\n".join(lines + ["| " + " | ".join(cells) + " |" for cells in rows])
+
+
+ABLATION_HEADER = ("AUC", "LogLoss", "P@K", "AUC − full", "LogLoss − full")
+
+
+def ablation_cells(row: dict[str, Any]) -> list[str]:
+    """The cells of :data:`ABLATION_HEADER` for one variant of an ablation table (kaml, hm3): AUC,
+    LogLoss and P@K with their intervals, the AUC and LogLoss difference to the reference (``full``)."""
+    return [interval_cell(row["auc"], row.get("auc_ci_low"), row.get("auc_ci_high"), ".4f"),
+            interval_cell(row["logloss"], row.get("logloss_ci_low"), row.get("logloss_ci_high"), ".5f"),
+            interval_cell(row["precision_at_k"], row.get("precision_at_k_ci_low"), row.get("precision_at_k_ci_high"),
+                          ".4f"),
+            difference_cell(row, "auc", "+.4f"), difference_cell(row, "logloss", "+.5f", lower_is_better=True)]
 
 
 STUDY_DIFFERENCES = ("auc", "logloss")  # a variant minus its reference, with the paired interval
