@@ -54,6 +54,8 @@ def test_difference_and_its_reading():
     assert numbers["owners"] == 3000 and numbers["positives"] > 50
     html = matching_section(numbers)[0][1]
     assert "kdef − lgbm_core" in html and f"{numbers['positives']:,} positive rows" in html
+    # the shown difference cell carries the reading; a model without a LightGBM shows why instead
+    assert random["auc_diff_text"].endswith(" worse") and "no logloss LightGBM on these columns</td>" in html
 
 
 def test_rows_missing_a_compared_prediction_are_left_out_and_nothing_to_compare_is_said():

@@ -24,12 +24,12 @@ import pandas as pd
 from pyspark.sql import SparkSession
 
 from ..config import Config
+from ..interval_text import difference_text
 from ..io import files
 from ..io.store import TableStore
 from ..fusion.train import seed_summary
 from ..metrics import bootstrap, curve_ks, lead_metrics, ranked_curves
 from ..training.kdef_study import curve_rows, layer_rows
-from ..training.study_inputs import difference_text
 from . import figures
 from .diversity import CAPTION as DIVERSITY_CAPTION, FIGURE as DIVERSITY_FIGURE, diversity_numbers, diversity_section
 from .matching import matching_numbers, matching_section
@@ -54,7 +54,8 @@ DISTILL_EVALUATIONS = ("user_split", "out_of_time")
 INTERVAL_METRICS = ("precision_at_k", "auc", "logloss")
 _STUDY_INTERVALS = ["auc", "auc_ci", "logloss", "logloss_ci", "reference", "auc_diff_text", "logloss_diff_text",
                     "positives"]
-STUDIES = {  # study table (collect.STUDY_TABLES): (section title, columns after the variant's name, footnote)
+STUDIES = {  # study table (collect.STUDY_TABLES): (section title, columns after the variant's name, footnote);
+    # what a section shows below its table: STUDY_DETAILS
     "kdef_study": ("KDEF study (newest kdef-study run)",
                    ["k", "member", *_STUDY_INTERVALS, "knowledge_abundance", "epochs", "best_epoch"],
                    "Differences: the KDEF teacher − the mean fusion of the same K independently trained nets."),
@@ -97,6 +98,11 @@ def _kdef_training(rows: list[dict[str, Any]]) -> str:
         html_parts.append("<h3>Training runs: validation AUC and log loss per epoch</h3>"
                           + table(curves, list(curves[0])))
     return "".join(html_parts)
+
+
+STUDY_DETAILS = {  # study table: what its section shows below the table, from the same rows
+    "kdef_study": _kdef_training,
+}
 
 
 def finite(obj: Any) -> Any:
@@ -391,9 +397,10 @@ def render_html(numbers: dict[str, Any], pngs: dict[str, bytes]) -> str:
                                for e in DISTILL_EVALUATIONS if numbers["tables"]["distillation"].get(e))))
     for name, rows in numbers["studies"].items():
         title, columns, note = STUDIES[name]
+        details = STUDY_DETAILS.get(name)
         sections.append((title, table([{"name": r["variant"], **r} for r in rows], ["name", *columns])
                          + (f"<p class='meta'>{note}</p>" if note else "")
-                         + (_kdef_training(rows) if name == "kdef_study" else "")))
+                         + (details(rows) if details else "")))
     sections.append(("Curves", "<div class='figs'>" + "".join(
         figure(pngs[n], FIGURES[n]) for n in ("gains", "lift", "precision_at_k", "business_recall_at_k")) + "</div>"))
     sections.append(("Scores and calibration", "<div class='figs'>" + "".join(

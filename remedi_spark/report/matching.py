@@ -19,6 +19,7 @@ import numpy as np
 import pandas as pd
 
 from ..config import BootstrapSettings, ModelSpec
+from ..interval_text import difference_text
 from ..metrics import bootstrap, difference_verdict
 from .diversity import PREFIX, matrix_models
 from .html import table
@@ -70,10 +71,12 @@ def matching_numbers(matrix: pd.DataFrame | None, specs: Sequence[ModelSpec], k_
             diff = differences[(neural, tree)]["auc"]
             row.update(auc_neural=intervals[neural]["auc"].estimate, auc_lightgbm=intervals[tree]["auc"].estimate,
                        auc_diff=diff.estimate, auc_diff_ci_low=diff.low, auc_diff_ci_high=diff.high,
-                       auc_diff_ci=f"[{diff.low:+.4f}, {diff.high:+.4f}]", reading=difference_verdict(diff),
+                       ci_level=diff.level, reading=difference_verdict(diff),
                        within_tolerance=bool(diff.estimate >= -tolerance))
         else:
             row["reading"] = "no rows with both labels (the OOF rows hold one class)"
+        # the shown cell: "difference [interval] reading", or why there is no difference
+        row["auc_diff_text"] = difference_text(row, "auc", "+.4f") or row["reading"]
         records.append(row)
     return {"pairs": records, "rows": int(len(complete)), "owners": int(complete["user_id"].nunique()),
             "positives": int(y.sum()), "tolerance": float(tolerance), "ci_level": float(settings.level)}
@@ -88,8 +91,9 @@ def matching_section(numbers: dict[str, Any] | None) -> list[tuple[str, str]]:
         return [(title, f"<p class='meta'>Skipped: {html.escape(numbers['skipped'])}.</p>")]
     intro = (f"<p>Each neural base model against the logloss LightGBM that reads the same feature columns, on the "
              f"training owners' out-of-fold rows: {numbers['rows']:,} rows of {numbers['owners']:,} owners, "
-             f"{numbers['positives']:,} positive rows. <i>auc_diff</i> = neural − LightGBM with its "
-             f"{100 * numbers['ci_level']:.0f}% paired-bootstrap interval over owners; <i>within_tolerance</i>: "
-             f"the point difference is above −{numbers['tolerance']:g} (report.neural_auc_tolerance).</p>")
-    columns = ["name", "columns", "auc_neural", "auc_lightgbm", "auc_diff", "auc_diff_ci", "reading", "within_tolerance"]
+             f"{numbers['positives']:,} positive rows. <i>auc_diff_text</i> = neural − LightGBM with its "
+             f"{100 * numbers['ci_level']:.0f}% paired-bootstrap interval over owners and its reading (an interval "
+             f"containing 0 is no difference); <i>within_tolerance</i>: the point difference is above "
+             f"−{numbers['tolerance']:g} (report.neural_auc_tolerance).</p>")
+    columns = ["name", "columns", "auc_neural", "auc_lightgbm", "auc_diff_text", "within_tolerance"]
     return [(title, intro + table(numbers["pairs"], columns))]

@@ -16,6 +16,7 @@ import pandas as pd
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
+from ..interval_text import difference_text
 from ..metrics import bootstrap, difference_verdict
 from .html import table
 
@@ -68,13 +69,6 @@ def compare_runs(manifests: list[dict[str, Any]], metrics: pd.DataFrame) -> list
     return out
 
 
-def _difference_text(d: dict[str, Any] | None, metric: str) -> str:
-    if not d:
-        return ""
-    digits = 5 if metric == "logloss" else 4
-    return f"{d['estimate']:+.{digits}f} [{d['low']:+.{digits}f}, {d['high']:+.{digits}f}] {d['verdict']}"
-
-
 def written_version(manifest: dict[str, Any], table: str, partition: str) -> int | None:
     """The Delta version of ``table`` at which ``manifest``'s run wrote ``partition`` (its newest such
     write), or None when it did not write it."""
@@ -123,6 +117,18 @@ def paired_difference(store: Any, cfg: Any, model: str, default: dict[str, Any],
                for metric, iv in result.items() if metric in METRICS}}
 
 
+def _shown(difference: dict[str, Any] | None, metric: str) -> str:
+    """A :func:`paired_difference`'s ``metric`` as the shared "estimate [low, high] reading" text
+    (:func:`remedi_spark.interval_text.difference_text`); "" without one."""
+    d = (difference or {}).get(metric)
+    if not d:
+        return ""
+    row = {f"{metric}_diff": d["estimate"], f"{metric}_diff_ci_low": d["low"], f"{metric}_diff_ci_high": d["high"],
+           "ci_level": difference["level"]}
+    digits = 5 if metric == "logloss" else 4
+    return difference_text(row, metric, f"+.{digits}f", lower_is_better=metric == "logloss") or ""
+
+
 def tuning_numbers(store: Any, cfg: Any = None) -> dict[str, Any] | None:
     """:func:`compare_runs` over ``store``'s manifests and ``base_model_metrics``, each row with its
     :func:`paired_difference` under ``difference`` (when ``cfg`` is given); None when no model has
@@ -138,9 +144,8 @@ def tuning_numbers(store: Any, cfg: Any = None) -> dict[str, Any] | None:
             row["difference"] = paired_difference(store, cfg, row["name"], *runs)
             row["difference_held_out"] = paired_difference(store, cfg, row["name"], *runs, rows="held_out")
             for metric in METRICS:
-                row[f"diff_{metric}"] = _difference_text((row["difference"] or {}).get(metric), metric)
-                row[f"held_out_diff_{metric}"] = _difference_text((row["difference_held_out"] or {}).get(metric),
-                                                                  metric)
+                row[f"diff_{metric}"] = _shown(row["difference"], metric)
+                row[f"held_out_diff_{metric}"] = _shown(row["difference_held_out"], metric)
             row["positives"] = (row["difference"] or {}).get("positives")
             row["held_out_positives"] = (row["difference_held_out"] or {}).get("positives")
     return {"rows": rows} if rows else None

@@ -33,7 +33,8 @@ from ..models.neural.loop import make_module, predict_outputs, train_in_process
 from ..models.neural.model import NeuralModel
 from ..models.neural.zoo.hm3 import AUX_LABELS
 from .oof import model_path, training_frame
-from .study_inputs import Arrays, cell, difference_cell, interval_cell, study_intervals, study_model, study_rows
+from .study_inputs import (ABLATION_HEADER, Arrays, ablation_cells, cell, markdown_table, study_intervals, study_model,
+                           study_rows)
 
 
 VARIANTS: dict[str, dict[str, Any]] = {
@@ -124,18 +125,11 @@ def funnel_scores(spark: SparkSession, cfg: Config, store: TableStore, df: DataF
 def format_hm3_table(records: list[dict[str, Any]]) -> str:
     """Markdown: one line per variant (AUC, LogLoss, P@K of P(buy) with intervals, the AUC and LogLoss
     difference to ``full``, engage/visit AUC, rows, seconds), then the positives the numbers rest on."""
-    lines = ["| variant | heads | aux weight | AUC | LogLoss | P@K | AUC − full | LogLoss − full | AUC engage "
-             "| AUC visit | train rows | seconds |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
-    for r in records:
-        heads = "hierarchical" if r["hierarchical"] else "flat"
-        lines.append(f"| {r['variant']} | {heads} | {cell(r['aux_weight'], '.2f')} "
-                     f"| {interval_cell(r['auc'], r.get('auc_ci_low'), r.get('auc_ci_high'), '.4f')} "
-                     f"| {interval_cell(r['logloss'], r.get('logloss_ci_low'), r.get('logloss_ci_high'), '.5f')} "
-                     f"| {interval_cell(r['precision_at_k'], r.get('precision_at_k_ci_low'), r.get('precision_at_k_ci_high'), '.4f')} "
-                     f"| {difference_cell(r, 'auc', '+.4f')} | {difference_cell(r, 'logloss', '+.5f', lower_is_better=True)} "
-                     f"| {cell(r['auc_engage'], '.4f')} | {cell(r['auc_visit'], '.4f')} | {r['train_rows']:,} "
-                     f"| {cell(r['train_seconds'], '.1f')} |")
+    header = ["variant", "heads", "aux weight", *ABLATION_HEADER, "AUC engage", "AUC visit", "train rows", "seconds"]
+    rows = [[r["variant"], "hierarchical" if r["hierarchical"] else "flat", cell(r["aux_weight"], ".2f"),
+             *ablation_cells(r), cell(r["auc_engage"], ".4f"), cell(r["auc_visit"], ".4f"), f"{r['train_rows']:,}",
+             cell(r["train_seconds"], ".1f")] for r in records]
+    lines = [markdown_table(header, rows)]
     if records and records[0].get("positives") is not None:
         lines.append(f"\n{records[0]['positives']:,} positive held-out rows; {100 * records[0]['ci_level']:.0f}% "
                      "intervals, paired bootstrap over owners.")

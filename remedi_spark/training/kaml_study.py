@@ -35,7 +35,8 @@ from ..models.neural.loop import make_module, predict_logits, train_in_process
 from ..models.neural.model import HORIZON_COLS
 from ..models.neural.zoo.kaml import KAML
 from .oof import training_frame
-from .study_inputs import Arrays, cell, difference_cell, interval_cell, study_intervals, study_model, study_rows
+from .study_inputs import (ABLATION_HEADER, Arrays, ablation_cells, cell, markdown_table, study_intervals, study_model,
+                           study_rows)
 
 
 VARIANTS: dict[str, dict[str, Any]] = {
@@ -139,17 +140,10 @@ def run_kaml_study(spark: SparkSession, cfg: Config, store: TableStore) -> dict[
 def format_kaml_table(records: list[dict[str, Any]]) -> str:
     """Markdown: one line per variant (union AUC, LogLoss and P@K with intervals, the AUC and LogLoss
     difference to ``full``, per-horizon AUC, rows, seconds), then the positives the numbers rest on."""
-    lines = ["| variant | AUC | LogLoss | P@K | AUC − full | LogLoss − full | AUC T+1 | AUC T+2 | AUC T+3 "
-             "| train rows (open) | seconds |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
-    for r in records:
-        lines.append(f"| {r['variant']} | {interval_cell(r['auc'], r.get('auc_ci_low'), r.get('auc_ci_high'), '.4f')} "
-                     f"| {interval_cell(r['logloss'], r.get('logloss_ci_low'), r.get('logloss_ci_high'), '.5f')} "
-                     f"| {interval_cell(r['precision_at_k'], r.get('precision_at_k_ci_low'), r.get('precision_at_k_ci_high'), '.4f')} "
-                     f"| {difference_cell(r, 'auc', '+.4f')} | {difference_cell(r, 'logloss', '+.5f', lower_is_better=True)} "
-                     f"| {cell(r['auc_h1'], '.4f')} | {cell(r['auc_h2'], '.4f')} "
-                     f"| {cell(r['auc_h3'], '.4f')} | {r['train_rows']:,} ({r['open_rows']:,}) "
-                     f"| {cell(r['train_seconds'], '.1f')} |")
+    header = ["variant", *ABLATION_HEADER, "AUC T+1", "AUC T+2", "AUC T+3", "train rows (open)", "seconds"]
+    rows = [[r["variant"], *ablation_cells(r), *(cell(r[f"auc_h{h}"], ".4f") for h in (1, 2, 3)),
+             f"{r['train_rows']:,} ({r['open_rows']:,})", cell(r["train_seconds"], ".1f")] for r in records]
+    lines = [markdown_table(header, rows)]
     if records and records[0].get("positives") is not None:
         lines.append(f"\n{records[0]['positives']:,} positive held-out rows; {100 * records[0]['ci_level']:.0f}% "
                      "intervals, paired bootstrap over owners.")

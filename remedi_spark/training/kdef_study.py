@@ -37,7 +37,7 @@ from ..metrics import lead_metrics
 from ..models.neural.base import RemediModel
 from ..models.neural.loop import make_module, predict_logits, train_in_process
 from .oof import training_frame
-from .study_inputs import difference_cell, interval_cell, study_intervals, study_model, study_rows
+from .study_inputs import cell, difference_cell, interval_cell, markdown_table, study_intervals, study_model, study_rows
 
 Arrays = tuple[np.ndarray, np.ndarray, np.ndarray]
 
@@ -216,10 +216,10 @@ def format_k_table(records: list[dict[str, Any]]) -> str:
     """Markdown: per K, the KDEF teacher and the mean fusion side by side (AUC and LogLoss with
     intervals), the members' AUC range, KA, and KDEF − mean fusion with its interval and reading."""
     table = pd.DataFrame(records)
-    lines = ["| K | KDEF teacher AUC | KDEF teacher LogLoss | KDEF members AUC (min–max) | KA (KDEF) "
-             "| mean-fusion AUC | mean-fusion LogLoss | independent AUC (min–max) | KA (independent) "
-             "| AUC KDEF − mean fusion | LogLoss KDEF − mean fusion |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    header = ["K", "KDEF teacher AUC", "KDEF teacher LogLoss", "KDEF members AUC (min–max)", "KA (KDEF)",
+              "mean-fusion AUC", "mean-fusion LogLoss", "independent AUC (min–max)", "KA (independent)",
+              "AUC KDEF − mean fusion", "LogLoss KDEF − mean fusion"]
+    k_rows = []
     for k, rows in table.groupby("k"):
         cells, kdef_ensemble = [], {}
         for variant in ("kdef", "independent"):
@@ -232,7 +232,8 @@ def format_k_table(records: list[dict[str, Any]]) -> str:
                       f"{members.min():.4f}–{members.max():.4f}", _ka_cell(ens.get("knowledge_abundance"))]
         cells += [difference_cell(kdef_ensemble, "auc", "+.4f"),
                   difference_cell(kdef_ensemble, "logloss", "+.5f", lower_is_better=True)]
-        lines.append(f"| {k} | " + " | ".join(cells) + " |")
+        k_rows.append([str(k), *cells])
+    lines = [markdown_table(header, k_rows)]
     if "positives" in table and len(table):
         lines.append(f"\n{int(table['positives'].iloc[0]):,} positive held-out rows; "
                      f"{100 * float(table['ci_level'].iloc[0]):.0f}% intervals, paired bootstrap over owners.")
@@ -290,13 +291,10 @@ def curve_rows(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def _markdown(rows: list[dict[str, Any]]) -> str:
-    if not rows:
-        return ""
+    """``rows`` as a markdown table of every key they hold: floats with three decimals, "–" when missing."""
     columns = list(dict.fromkeys(c for r in rows for c in r))
-    cell = lambda v: "–" if v is None or (isinstance(v, float) and np.isnan(v)) else (
-        f"{v:.3f}" if isinstance(v, float) else str(v))
-    return "\n".join(["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-                     + ["| " + " | ".join(cell(r.get(c)) for c in columns) + " |" for r in rows])
+    return markdown_table(columns, [[cell(r.get(c), ".3f" if isinstance(r.get(c), float) else "") for c in columns]
+                                    for r in rows])
 
 
 def format_training(records: list[dict[str, Any]]) -> str:

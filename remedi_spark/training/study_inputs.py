@@ -8,14 +8,15 @@ the held-out split for the table's metrics.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Iterable, Sequence
 
 import numpy as np
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
 from ..config import BootstrapSettings, Config, ConfigError, ModelSpec
-from ..metrics import Interval, bootstrap, difference_verdict
+from ..interval_text import difference_cell, difference_text, interval_cell  # noqa: F401 (also the studies')
+from ..metrics import bootstrap
 from ..models.base import LABEL, FeatureSpec, keyed_pandas
 from ..models.neural.base import build_config
 from ..models.neural.feature_map import FeatureMap
@@ -86,6 +87,26 @@ def cell(value: Any, fmt: str) -> str:
     return "–" if value is None or (isinstance(value, float) and np.isnan(value)) else format(value, fmt)
 
 
+def markdown_table(header: Sequence[str], rows: Iterable[Sequence[str]]) -> str:
+    """A study's markdown table: the ``header`` line, the separator and one line per row of cell
+    texts (formatted by the caller, e.g. with :func:`cell` and :func:`interval_cell`)."""
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    return "\n".join(lines + ["| " + " | ".join(cells) + " |" for cells in rows])
+
+
+ABLATION_HEADER = ("AUC", "LogLoss", "P@K", "AUC − full", "LogLoss − full")
+
+
+def ablation_cells(row: dict[str, Any]) -> list[str]:
+    """The cells of :data:`ABLATION_HEADER` for one variant of an ablation table (kaml, hm3): AUC,
+    LogLoss and P@K with their intervals, the AUC and LogLoss difference to the reference (``full``)."""
+    return [interval_cell(row["auc"], row.get("auc_ci_low"), row.get("auc_ci_high"), ".4f"),
+            interval_cell(row["logloss"], row.get("logloss_ci_low"), row.get("logloss_ci_high"), ".5f"),
+            interval_cell(row["precision_at_k"], row.get("precision_at_k_ci_low"), row.get("precision_at_k_ci_high"),
+                          ".4f"),
+            difference_cell(row, "auc", "+.4f"), difference_cell(row, "logloss", "+.5f", lower_is_better=True)]
+
+
 STUDY_DIFFERENCES = ("auc", "logloss")  # a variant minus its reference, with the paired interval
 
 
@@ -115,28 +136,3 @@ def study_intervals(y: np.ndarray, scores: dict[str, np.ndarray], owners: np.nda
                         f"{metric}_diff_ci_high": iv.high if iv else None})
         out[name] = row
     return out
-
-
-def interval_cell(value: Any, low: Any, high: Any, fmt: str) -> str:
-    """``value [low, high]`` for a markdown table ("–" when the value is missing; no bracket without an interval)."""
-    if value is None or (isinstance(value, float) and np.isnan(value)):
-        return "–"
-    if low is None or high is None or np.isnan(low) or np.isnan(high):
-        return format(value, fmt)
-    return f"{format(value, fmt)} [{format(low, fmt)}, {format(high, fmt)}]"
-
-
-def difference_text(row: dict[str, Any], metric: str, fmt: str, lower_is_better: bool = False) -> str | None:
-    """A row's ``<metric>_diff`` against its reference with the interval and the reading ("no
-    difference" when the interval contains 0), e.g. "+0.0050 [-0.0088, +0.0204] no difference";
-    None on a row without a reference."""
-    value, low, high = row.get(f"{metric}_diff"), row.get(f"{metric}_diff_ci_low"), row.get(f"{metric}_diff_ci_high")
-    if value is None or low is None or high is None or any(np.isnan(v) for v in (value, low, high)):
-        return None
-    verdict = difference_verdict(Interval(value, low, high, float(row.get("ci_level") or 0.9)), lower_is_better)
-    return f"{format(value, fmt)} [{format(low, fmt)}, {format(high, fmt)}] {verdict}"
-
-
-def difference_cell(row: dict[str, Any], metric: str, fmt: str, lower_is_better: bool = False) -> str:
-    """:func:`difference_text` as a markdown cell: "–" on a row without a reference."""
-    return difference_text(row, metric, fmt, lower_is_better) or "–"
