@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 PETASTORM := petastorm==0.13.1
 
-.PHONY: setup demo demo-full paper monitor-demo cluster-demo backtest train-base tune kdef-study kaml-study hm3-study test test-all reliability bench clean
+.PHONY: setup demo demo-full paper monitor-demo cluster-demo backtest train-base tune kdef-study kaml-study hm3-study neural-defaults test test-all reliability bench clean
 
 setup: $(VENV)/.installed .jars/.resolved
 
@@ -85,6 +85,11 @@ test-all: test
 # reproduction from run manifests, safe artifacts (also part of `make test`).
 reliability: setup
 	$(PY) -m pytest -m reliability
+
+# The neural models' training defaults (stopping metric, epoch budget) chosen on training owners' fold-0 OOF
+# rows of make demo-full's tables: bench/results/neural_defaults.json.
+neural-defaults: setup
+	$(PY) bench/neural_defaults.py --conf conf/demo_full.yaml
 
 bench: setup
 	$(PY) bench/foundation.py --out bench/results/foundation.json

@@ -611,6 +611,7 @@ TORCH_PARAM_RULES: dict[str, Rule] = {
     "launch_retries": _at_least_zero(), "seed": _ANY_INT, "model": Rule(dict, None, None, "a mapping"),
     "launcher": Rule(str, None, None, "one of ['distributor', 'driver']", choices=("distributor", "driver")),
     "warmup_steps": _at_least_zero(), "lr_patience": _positive(),
+    "stop_metric": Rule(str, None, None, "one of ['auc', 'logloss']", choices=("auc", "logloss")),
 }
 LGBM_PARAM_RULES: dict[str, Rule] = {
     "num_iterations": _positive(), "learning_rate": Rule(float, 0, None, "a positive learning rate", open_low=True),

@@ -87,8 +87,8 @@ def test_k_table_compares_kdef_with_independent_nets():
     for _, run in runs.iterrows():
         curve = json.loads(run["valid_curve"])
         assert [p["epoch"] for p in curve] == list(range(1, run["epochs"] + 1))
-        best = max(curve, key=lambda p: p["valid_auc"])
-        assert run["best_epoch"] == best["epoch"]  # the kept weights: the best validation AUC (early stopping's)
+        best = min(curve, key=lambda p: p["valid_logloss"])
+        assert run["best_epoch"] == best["epoch"]  # the kept weights: the best validation log loss (early stopping's)
     layers = layer_rows(table.to_dict("records"))
     assert {(r["variant"], r["member"]) for r in layers} == {(v, m) for v in ("kdef", "independent")
                                                              for m in ("mlp", "cross")}

@@ -201,12 +201,25 @@ def test_warm_up_raises_the_learning_rate_linearly_and_plateaus_wait_for_it():
 def test_early_stopping_keeps_the_best_epoch_and_records_the_validation_curve():
     metrics = [{"auc": 0.6, "logloss": 0.6}, {"auc": 0.7, "logloss": 0.5}, {"auc": 0.65, "logloss": 0.45},
                {"auc": 0.66, "logloss": 0.44}, {"auc": 0.9, "logloss": 0.1}]
-    result = _loop_run(metrics, patience=2)
+    result = _loop_run(metrics, patience=2, stop_metric="auc")
     assert result["epochs"] == 4 and result["best_epoch"] == 2  # two epochs without a better AUC
     assert (result["valid_auc"], result["valid_logloss"]) == (0.7, 0.5)
     assert [(c["epoch"], c["valid_auc"], c["valid_logloss"]) for c in result["curve"]] == [
         (1, 0.6, 0.6), (2, 0.7, 0.5), (3, 0.65, 0.45), (4, 0.66, 0.44)]
     assert all(np.isfinite(c["train_loss"]) for c in result["curve"])
+
+
+def test_early_stopping_watches_the_log_loss_by_default_and_the_auc_when_asked():
+    # AUC peaks at epoch 1 and falls while the log loss keeps improving until epoch 3
+    metrics = [{"auc": 0.9, "logloss": 0.030}, {"auc": 0.85, "logloss": 0.022}, {"auc": 0.8, "logloss": 0.021},
+               {"auc": 0.95, "logloss": 0.025}, {"auc": 0.95, "logloss": 0.026}, {"auc": 0.99, "logloss": 0.001}]
+    by_logloss = _loop_run(metrics, patience=2)  # the default
+    assert (by_logloss["best_epoch"], by_logloss["epochs"]) == (3, 5)
+    assert (by_logloss["valid_auc"], by_logloss["valid_logloss"]) == (0.8, 0.021)
+    by_auc = _loop_run(metrics, patience=2, stop_metric="auc")  # epoch 1, stopped after epoch 3
+    assert (by_auc["best_epoch"], by_auc["epochs"]) == (1, 3)
+    with pytest.raises(ValueError, match="stop_metric"):
+        _loop_run(metrics, stop_metric="precision")
 
 
 def test_distributed_training_agrees_on_both_validation_numbers_and_starts_at_the_base_rate(spark, toy):

@@ -3,7 +3,7 @@
 Adam, embedding L2, gradient clipping, a linear learning-rate warm-up over the first
 ``warmup_steps`` steps, validation log loss and AUC after every epoch, learning rate × 0.1 when the
 validation log loss has not improved for ``lr_patience`` epochs, early stopping on the validation
-AUC with ``patience`` and the best epoch's weights kept (KDEF paper defaults). The caller supplies
+AUC or log loss (``stop_metric``) with ``patience`` and the best epoch's weights kept. The caller supplies
 the batches and how the validation metrics are agreed on: in one process they are simply computed;
 under DDP rank 0 computes them and broadcasts them (see :mod:`.distributed`), so every rank takes
 the same decisions and stops at the same epoch.
@@ -73,9 +73,17 @@ def validation_metrics(model: RemediModel, valid: tuple[np.ndarray, np.ndarray, 
     return {"auc": auc, "logloss": logloss}
 
 
-def stopping_score(metrics: dict[str, float]) -> float:
-    """What early stopping maximises: the validation AUC, or minus the log loss when AUC is undefined."""
-    return metrics["auc"] if math.isfinite(metrics["auc"]) else -metrics["logloss"]
+STOP_METRICS = ("auc", "logloss")
+
+
+def stopping_score(metrics: dict[str, float], stop_metric: str = "logloss") -> float:
+    """What early stopping maximises: minus the validation log loss, or (``stop_metric="auc"``) the
+    validation AUC (minus the log loss when AUC is undefined)."""
+    if stop_metric not in STOP_METRICS:
+        raise ValueError(f"stop_metric must be one of {STOP_METRICS}, got {stop_metric!r}")
+    if stop_metric == "auc" and math.isfinite(metrics["auc"]):
+        return metrics["auc"]
+    return -metrics["logloss"]
 
 
 def warmup_length(params: dict[str, Any], steps_per_epoch: int) -> int:
@@ -92,14 +100,16 @@ def fit_epochs(model: RemediModel, forward: Callable[[Batch], dict[str, torch.Te
     The learning rate rises linearly from lr / warm-up to ``lr`` over the first
     :func:`warmup_length` steps; after warm-up it is multiplied by 0.1 once the validation log loss
     has not improved for ``lr_patience`` epochs in a row (default 2: one flat epoch never cuts it).
-    Training stops after ``patience`` epochs without a better validation AUC and keeps the best
-    epoch's weights. Returns that epoch's ``state`` (a state_dict), ``valid_auc`` and
+    Training stops after ``patience`` epochs without a better validation ``stop_metric``
+    (``"logloss"``, the default, or ``"auc"``) and keeps the best epoch's weights. Returns that epoch's ``state`` (a state_dict), ``valid_auc`` and
     ``valid_logloss``, ``best_epoch`` (1-based), ``epochs`` run, the seconds of each epoch's
     training and ``curve``: per epoch ``{"epoch", "lr", "train_loss", "valid_logloss", "valid_auc"}``.
     """
     peak_lr = params["lr"]
     optimizer = torch.optim.Adam(model.parameters(), lr=peak_lr)
     lr_patience = int(params.get("lr_patience", 2))
+    stop_metric = params.get("stop_metric", "logloss")
+    stopping_score({"auc": 0.5, "logloss": 0.0}, stop_metric)  # an unknown metric fails before any epoch
     if lr_patience < 1:
         raise ValueError(f"lr_patience must be >= 1 (epochs without a better validation log loss), got {lr_patience}")
     # torch counts the epochs *beyond* patience: lr_patience flat epochs in a row = patience lr_patience − 1
@@ -133,7 +143,7 @@ def fit_epochs(model: RemediModel, forward: Callable[[Batch], dict[str, torch.Te
                       "valid_logloss": metrics["logloss"], "valid_auc": metrics["auc"]})
         if step >= warmup and math.isfinite(metrics["logloss"]):  # a plateau only counts at the full rate
             plateau.step(metrics["logloss"])
-        score = stopping_score(metrics)
+        score = stopping_score(metrics, stop_metric)
         if score > best:
             best, best_metrics, best_epoch, stale = score, metrics, epochs_run, 0
             best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
