@@ -23,7 +23,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-from sklearn.metrics import roc_auc_score
 from pyspark import StorageLevel
 from pyspark.sql import functions as F
 
@@ -41,12 +40,13 @@ from remedi_spark.models.base import LABEL, FeatureSpec, keyed_pandas  # noqa: E
 from remedi_spark.models.neural.base import build_config  # noqa: E402
 from remedi_spark.models.neural.feature_map import FeatureMap  # noqa: E402
 from remedi_spark.models.neural.loop import (array_batches, base_rate, epoch_batch_size, fit_epochs,  # noqa: E402
-                                             make_module, predict_logits, validation_metrics)
+                                             logit_metrics, make_module, predict_logits, stopping_score,
+                                             validation_metrics)
 from remedi_spark.models.neural.model import TorchTrainParams  # noqa: E402
 from remedi_spark.models.registry import aux_labels, needs_horizons  # noqa: E402
 from remedi_spark.report.matching import matching_pairs  # noqa: E402
 from remedi_spark.spark import get_spark  # noqa: E402
-from remedi_spark.training.oof import ES, OPEN, training_frame  # noqa: E402
+from remedi_spark.training.oof import ES, OPEN, fold_fit_rows, training_frame  # noqa: E402
 
 FOLD = 0
 BOOT = {"replicates": 1000, "seed": 7, "level": 0.9}
@@ -58,7 +58,7 @@ def stopped_epoch(curve: list[dict], budget: int, metric: str, patience: int) ->
     :func:`remedi_spark.models.neural.loop.fit_epochs`, on the recorded curve)."""
     best, best_epoch, stale = -np.inf, 1, 0
     for row in curve[:budget]:
-        score = row["valid_auc"] if metric == "auc" else -row["valid_logloss"]
+        score = stopping_score({"auc": row["valid_auc"], "logloss": row["valid_logloss"]}, metric)
         if score > best:
             best, best_epoch, stale = score, row["epoch"], 0
         else:
@@ -85,8 +85,9 @@ def run_model(spec, cfg, data, encoding: str, epochs: int) -> dict:
     aux = list(aux_labels(spec))
     encoded = features.encode(data, extra=("y", *horizons, *aux, "fold", "split", ES))
     pool = encoded.filter(F.col("split").isin("train", OPEN)) if horizons else encoded.filter(F.col("split") == "train")
-    fit_rows = pool.filter((F.col("fold") != FOLD) & ~F.col(ES))
-    stop_rows = pool.filter((F.col("fold") != FOLD) & F.col(ES) & (F.col("split") == "train"))
+    fold_pool = fold_fit_rows(pool, FOLD)
+    fit_rows = fold_pool.filter(~F.col(ES))
+    stop_rows = fold_pool.filter(F.col(ES) & (F.col("split") == "train"))
     oof_rows = encoded.filter((F.col("split") == "train") & (F.col("fold") == FOLD))
     fmap = FeatureMap.fit(fit_rows, features.columns, vocab=features.categorical,
                           numeric_encoding=params.numeric_encoding, n_buckets=params.n_buckets)
@@ -127,7 +128,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--conf", default=str(REPO / "conf" / "demo_full.yaml"))
     parser.add_argument("--models", default="deepfm,xdeepfm,kdef,kaml,hm3,mlp")
-    parser.add_argument("--encodings", default="standardize", help="numeric encodings compared, e.g. standardize,buckets")
+    parser.add_argument("--encodings", default="standardize",
+                        help="numeric encodings compared, e.g. standardize,buckets")
     parser.add_argument("--epochs", type=int, default=10, help="epochs each run trains (the largest budget)")
     parser.add_argument("--budgets", default="3,5,10")
     parser.add_argument("--patience", default="2,3", help="early-stopping patiences compared")
@@ -166,18 +168,18 @@ def main(argv: list[str] | None = None) -> int:
                              "epoch": epoch, "auc": interval_fields(boot["intervals"][rule]["auc"]),
                              "logloss": interval_fields(boot["intervals"][rule]["logloss"]),
                              "auc_minus_reference": interval_fields(boot["differences"][(rule, "lgbm")]["auc"]),
-                             "logloss_minus_reference": interval_fields(boot["differences"][(rule, "lgbm")]["logloss"])})
+                             "logloss_minus_reference":
+                                 interval_fields(boot["differences"][(rule, "lgbm")]["logloss"])})
             print(f"{name} {encoding}: " + ", ".join(
                 f"{r} e{e} {boot['differences'][(r, 'lgbm')]['auc'].estimate:+.4f}" for r, e in rules.items()),
                 flush=True)
-            y_oof = run["oof_y"]
-            per_epoch = [{"epoch": e + 1, "oof_auc": roc_auc_score(y_oof, z),
-                          "oof_logloss": float(np.mean(np.logaddexp(0.0, z) - y_oof * z))}
+            per_epoch = [{"epoch": e + 1, **{f"oof_{k}": v for k, v in logit_metrics(z, run["oof_y"]).items()}}
                          for e, z in enumerate(run["oof_logits"])]
             print(f"  {name} {encoding} OOF AUC by epoch: " + " ".join(f"{r['oof_auc']:.4f}" for r in per_epoch)
                   + f" (LightGBM {boot['intervals']['lgbm']['auc'].estimate:.4f})", flush=True)
             rows.append({"model": name, "reference": pairs[name], "encoding": encoding, "rule": "curve",
-                         "curve": run["curve"], "oof_by_epoch": per_epoch, "seconds": round(run["seconds"], 1), "batch_size": run["batch_size"],
+                         "curve": run["curve"], "oof_by_epoch": per_epoch, "seconds": round(run["seconds"], 1),
+                         "batch_size": run["batch_size"],
                          "steps_per_epoch": run["steps_per_epoch"], "fit_rows": run["fit_rows"],
                          "stop_positives": run["stop_positives"], "oof_rows": len(run["oof_y"]),
                          "oof_positives": int(run["oof_y"].sum()),

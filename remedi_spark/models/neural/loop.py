@@ -62,10 +62,15 @@ def predict_outputs(model: RemediModel, dense: np.ndarray, ids: np.ndarray, keys
 
 def validation_metrics(model: RemediModel, valid: tuple[np.ndarray, np.ndarray, np.ndarray]) -> dict[str, float]:
     """``{"auc", "logloss"}`` of ``model`` on (dense, cat_ids, y); AUC is NaN when ``y`` has one class."""
+    dense, ids, y = valid
+    return logit_metrics(predict_logits(model, dense, ids), y)
+
+
+def logit_metrics(z: np.ndarray, y: np.ndarray) -> dict[str, float]:
+    """``{"auc", "logloss"}`` of logits ``z`` against labels ``y``; AUC is NaN when ``y`` has one class."""
     from sklearn.metrics import roc_auc_score
 
-    dense, ids, y = valid
-    z = predict_logits(model, dense, ids).astype(np.float64)
+    z = np.asarray(z, dtype=np.float64)
     y = np.asarray(y, dtype=np.float64)
     # BCE from the logit: log(1 + e^z) − y z, exact where σ(z) rounds to 0 or 1
     logloss = float(np.mean(np.logaddexp(0.0, z) - y * z)) if len(y) else float("nan")
@@ -76,12 +81,17 @@ def validation_metrics(model: RemediModel, valid: tuple[np.ndarray, np.ndarray, 
 STOP_METRICS = ("auc", "logloss")
 
 
+def check_stop_metric(stop_metric: str) -> str:
+    """``stop_metric`` itself when early stopping knows it (:data:`STOP_METRICS`); a ValueError otherwise."""
+    if stop_metric not in STOP_METRICS:
+        raise ValueError(f"stop_metric must be one of {STOP_METRICS}, got {stop_metric!r}")
+    return stop_metric
+
+
 def stopping_score(metrics: dict[str, float], stop_metric: str = "logloss") -> float:
     """What early stopping maximises: minus the validation log loss, or (``stop_metric="auc"``) the
     validation AUC (minus the log loss when AUC is undefined)."""
-    if stop_metric not in STOP_METRICS:
-        raise ValueError(f"stop_metric must be one of {STOP_METRICS}, got {stop_metric!r}")
-    if stop_metric == "auc" and math.isfinite(metrics["auc"]):
+    if check_stop_metric(stop_metric) == "auc" and math.isfinite(metrics["auc"]):
         return metrics["auc"]
     return -metrics["logloss"]
 
@@ -101,15 +111,15 @@ def fit_epochs(model: RemediModel, forward: Callable[[Batch], dict[str, torch.Te
     :func:`warmup_length` steps; after warm-up it is multiplied by 0.1 once the validation log loss
     has not improved for ``lr_patience`` epochs in a row (default 2: one flat epoch never cuts it).
     Training stops after ``patience`` epochs without a better validation ``stop_metric``
-    (``"logloss"``, the default, or ``"auc"``) and keeps the best epoch's weights. Returns that epoch's ``state`` (a state_dict), ``valid_auc`` and
-    ``valid_logloss``, ``best_epoch`` (1-based), ``epochs`` run, the seconds of each epoch's
-    training and ``curve``: per epoch ``{"epoch", "lr", "train_loss", "valid_logloss", "valid_auc"}``.
+    (``"logloss"``, the default, or ``"auc"``) and keeps the best epoch's weights. Returns that
+    epoch's ``state`` (a state_dict), ``valid_auc`` and ``valid_logloss``, ``best_epoch`` (1-based),
+    ``epochs`` run, the seconds of each epoch's training and ``curve``: per epoch
+    ``{"epoch", "lr", "train_loss", "valid_logloss", "valid_auc"}``.
     """
     peak_lr = params["lr"]
     optimizer = torch.optim.Adam(model.parameters(), lr=peak_lr)
     lr_patience = int(params.get("lr_patience", 2))
-    stop_metric = params.get("stop_metric", "logloss")
-    stopping_score({"auc": 0.5, "logloss": 0.0}, stop_metric)  # an unknown metric fails before any epoch
+    stop_metric = check_stop_metric(params.get("stop_metric", "logloss"))  # before any epoch
     if lr_patience < 1:
         raise ValueError(f"lr_patience must be >= 1 (epochs without a better validation log loss), got {lr_patience}")
     # torch counts the epochs *beyond* patience: lr_patience flat epochs in a row = patience lr_patience − 1
