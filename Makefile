@@ -76,13 +76,13 @@ hm3-study: setup
 # session's shared world is built once, under a file lock); `make test-all` adds the slow tier (end to
 # end, reliability pipeline, fault drivers, the cluster, the DDP launches), one test at a time.
 test: setup
-	$(PY) -m pytest -m "not slow" -n 2 --dist loadfile --durations=15
+	$(PY) -m pytest -m "not slow" -n 2 --dist loadfile --no-loadscope-reorder --durations=15
 
 test-all: test
 	$(PY) -m pytest -m slow --durations=15
 
 # Bad input, fault injection (killed Delta write, task retry, failing model), idempotency and
-# reproduction from run manifests, safe artifacts (also part of `make test`).
+# reproduction from run manifests, safe artifacts (all of it in `make test-all`, the fast part in `make test`).
 reliability: setup
 	$(PY) -m pytest -m reliability
 

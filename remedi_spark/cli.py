@@ -24,9 +24,10 @@ import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any
 
 from .config import Config, ConfigError, load_config
+from .log_streams import Tee
 from .io.schemas import DataValidationError
 from .months import parse_month, parse_month_spec
 
@@ -203,35 +204,6 @@ def log_path(root: str, stage: str, now: float | None = None) -> Path:
     return Path(root).resolve() / "logs" / name
 
 
-class Tee:
-    """A text stream that writes to the console stream and to the log file (every line of the
-    console is in the log); a terminal or not is the console's answer."""
-
-    def __init__(self, console: TextIO, log: TextIO) -> None:
-        self.console, self.log = console, log
-
-    def write(self, text: str) -> int:
-        """Write ``text`` to both; the log never stops the console."""
-        try:
-            self.log.write(text)
-        except ValueError:  # the log was closed (a late write at interpreter exit)
-            pass
-        return self.console.write(text)
-
-    def flush(self) -> None:
-        """Flush both streams."""
-        self.console.flush()
-        if not self.log.closed:
-            self.log.flush()
-
-    def isatty(self) -> bool:
-        """Whether the console is a terminal (progress lines draw a bar of blocks there)."""
-        return self.console.isatty()
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.console, name)
-
-
 WARNINGS_ENV = "PYTHONWARNINGS"  # the warning filters a new Python process starts with
 CHILD_WARNINGS = "ignore::FutureWarning"
 
@@ -260,7 +232,7 @@ def console(path: Path, verbose: bool) -> Iterator[None]:
         # not through this block's warning capture: petastorm 0.13.1 on pyarrow 14 warns about deprecated
         # pyarrow APIs there on every launch. Their FutureWarnings are off unless verbose.
         os.environ.setdefault(WARNINGS_ENV, CHILD_WARNINGS)
-    sys.stdout, sys.stderr = Tee(saved[0], log), Tee(saved[1], log)
+    sys.stdout, sys.stderr = Tee(saved[0], log), Tee(saved[1], log, quiet=not verbose)
     try:
         with warnings.catch_warnings():
             logging.captureWarnings(True)  # py.warnings: to the file, to the console with --verbose only

@@ -55,3 +55,28 @@ def world(spark, base_cfg, tmp_path_factory):
     from tests.world import shared_world
 
     return shared_world(spark, base_cfg, tmp_path_factory)
+
+
+@pytest.hookimpl(trylast=True)  # after -m has deselected: only the files that will run are ordered
+def pytest_collection_modifyitems(config, items):
+    """Order the test files so the shared world costs no waiting: one file that reads the world first
+    (its worker builds the world), then every file that does not read it (the other pytest-xdist
+    worker runs those meanwhile instead of waiting on the world's file lock), then the rest of the
+    world's readers. A file's own tests keep their order. ``make test`` hands out files in this order
+    (``--dist loadfile --no-loadscope-reorder``)."""
+    reads_world: dict[str, bool] = {}
+    for item in items:
+        path = item.nodeid.split("::")[0]
+        reads_world[path] = reads_world.get(path, False) or _reads_shared_world(item)
+    readers = [path for path, reads in reads_world.items() if reads]
+    order = readers[:1] + [path for path, reads in reads_world.items() if not reads] + readers[1:]
+    rank = {path: i for i, path in enumerate(order)}
+    items.sort(key=lambda item: rank[item.nodeid.split("::")[0]])
+
+
+def _reads_shared_world(item) -> bool:
+    """Whether ``item`` needs this conftest's ``world`` (directly or through another fixture), not a
+    module's own fixture of the same name (a hand-built world) or a parameter called ``world``."""
+    info = getattr(item, "_fixtureinfo", None)
+    defs = info.name2fixturedefs.get("world", ()) if info else ()
+    return bool(defs) and getattr(defs[-1].func, "__module__", None) == __name__

@@ -5,7 +5,6 @@ monthly_activity, purchases, oracle) anywhere under the root. One module: the st
 from __future__ import annotations
 
 import os
-import time
 
 import numpy as np
 import pandas as pd
@@ -25,6 +24,8 @@ N_CUSTOMERS, MONTHS, SEED = 1500, ["2024-01", "2024-02", "2024-03", "2024-04"], 
 N_FOLDS = 5  # the fusion cross-fits its meta-models over these folds; 3 saves ~20 s of train-base
 SYNTHETIC = ("owners", "monthly_activity", "purchases", "oracle")
 STAGES = ("features", "folds", "train-base", "meta-features", "fusion")
+# its own bring-your-own world run through five stages (~100 s), then fusion re-run per check: the slow tier
+pytestmark = pytest.mark.slow
 # small-data LightGBMs (the defaults are sized for 800k owners); all features, native backend
 SMALL = {"num_iterations": 100, "learning_rate": 0.05, "num_leaves": 7, "min_data_in_leaf": 30}
 MODELS = [lgbm_spec("lgbm_small", SMALL),
@@ -48,12 +49,7 @@ def byo(spark, base_cfg, tmp_path_factory):
                   features={"source": "custom", "custom": custom}, folds={"n_folds": N_FOLDS},
                   base_models={"models": MODELS, "early_stopping_rounds": 20, "num_workers": WORKERS},
                   fusion={"variants": {}}, evaluation={"bootstrap": {"replicates": 200}})
-    summaries, seconds = {}, {}
-    for stage in STAGES:
-        start = time.perf_counter()
-        summaries[stage] = run_stage(spark, cfg, stage)
-        seconds[stage] = round(time.perf_counter() - start, 1)
-    print(f"byo stages (s): {seconds}")
+    summaries = {stage: run_stage(spark, cfg, stage) for stage in STAGES}
     return cfg, table, summaries, TableStore(spark, cfg.tables.root)
 
 

@@ -2,6 +2,7 @@
 import os
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -154,6 +155,39 @@ def test_child_processes_warn_on_the_console_only_when_verbose(tmp_path, monkeyp
             err = subprocess.run(child, capture_output=True, text=True, check=True).stderr
         assert ("pyarrow.localfs is deprecated" in err) == verbose
     assert "PYTHONWARNINGS" not in os.environ
+
+
+def test_launcher_output_goes_to_the_log_and_to_the_console_only_when_verbose(tmp_path, capsys):
+    """TorchDistributor's torchrun output reaches the driver through pyspark's log-streaming server,
+    whose thread writes to sys.stderr: inside launcher_output_to_log a quiet console keeps it in the
+    log only (the elastic agent's exit-barrier traceback after every run); --verbose shows it."""
+    from pyspark.ml.torch.log_communication import LogStreamingClient, LogStreamingServer
+
+    from remedi_spark.cli import console
+    from remedi_spark.log_streams import launcher_output_to_log
+
+    line = "torch.distributed.elastic: Error waiting on exit barrier"
+    for verbose in (False, True):
+        path = tmp_path / f"{verbose}.log"
+        with console(path, verbose=verbose):
+            stderr = sys.stderr
+            with launcher_output_to_log():
+                server = LogStreamingServer()
+                server.start("127.0.0.1")
+                while server.server is None:  # listening once its thread has bound the port
+                    time.sleep(0.01)
+                client = LogStreamingClient("127.0.0.1", server.port)
+                client.send(line)
+                client.close()
+                server.shutdown()
+            assert sys.stderr is stderr  # put back
+            print("[remedi] after the launch", file=sys.stderr)
+        err = capsys.readouterr().err
+        assert (line in err) == verbose and "[remedi] after the launch" in err
+        assert line in path.read_text() and "[remedi] after the launch" in path.read_text()
+    stream = sys.stderr
+    with launcher_output_to_log():  # outside the CLI's console (a notebook, a library caller): unchanged
+        assert sys.stderr is stream
 
 
 def test_progress_lines_elapsed_bar_and_estimate():

@@ -11,9 +11,8 @@ from tests.tiny import activity, frame, owner, purchase
 MONTHS = month_range("2024-06", "2024-10")
 
 
-@pytest.fixture
-def world(spark, cfg_at):
-    cfg = cfg_at()
+def _hand_built(spark, cfg) -> tuple:
+    """Three owners' raw tables over 2024-06..2024-10 on ``cfg``'s root: (spark, cfg, store)."""
     store = TableStore(spark, cfg.tables.root)
     store.write_table(frame(spark, "owners", [
         owner(1), owner(2, has_loan=True, loan_term_months=60), owner(3)]), "owners")
@@ -25,14 +24,30 @@ def world(spark, cfg_at):
     return spark, cfg, store
 
 
+@pytest.fixture
+def world(spark, cfg_at):
+    """The hand-built raw tables on this test's own root (for the tests that build or break features)."""
+    return _hand_built(spark, cfg_at())
+
+
+@pytest.fixture(scope="module")
+def built(spark, base_cfg, tmp_path_factory):
+    """The hand-built world with its features built once, for the tests that only read them:
+    (store, the feature job's summary)."""
+    from remedi_spark.config import replace
+
+    cfg = replace(base_cfg, tables={"root": str(tmp_path_factory.mktemp("features") / "tables")})
+    spark, cfg, store = _hand_built(spark, cfg)
+    return store, build_features(spark, cfg, store)
+
+
 def _rows(store, *cols):
     df = store.read("features")
     return {(r["user_id"], r["month"]): r for r in df.select("user_id", "month", *cols).collect()}
 
 
-def test_labels_per_horizon_and_open_windows(world):
-    spark, cfg, store = world
-    summary = build_features(spark, cfg, store)
+def test_labels_per_horizon_and_open_windows(built):
+    store, summary = built
     assert summary["observed_through"] == "2024-10"
     r = _rows(store, "y", "y_h1", "y_h2", "y_h3", "label_complete")
     lab = {k: (v["y"], v["y_h1"], v["y_h2"], v["y_h3"], v["label_complete"]) for k, v in r.items()}
@@ -46,9 +61,8 @@ def test_labels_per_horizon_and_open_windows(world):
     assert lab[(2, "2024-08")] == (None, 0, 0, None, False)  # unknown, not negative
 
 
-def test_window_recency_and_vehicle_features(world):
-    spark, cfg, store = world
-    build_features(spark, cfg, store)
+def test_window_recency_and_vehicle_features(built):
+    store, _ = built
     r = _rows(store, "visit_days", "visit_days_sum3", "visit_days_mean3", "visit_days_sum6", "visit_days_mom",
               "months_since_dealer_visit", "vehicle_age_months", "months_since_last_purchase", "loan_months_left",
               "history_months", "brand")
@@ -67,6 +81,7 @@ def test_window_recency_and_vehicle_features(world):
     assert r[(1, "2024-06")]["brand"] == "aurora"
 
 
+@pytest.mark.slow  # the feature job three times over
 def test_rebuilding_one_month_is_idempotent(world):
     spark, cfg, store = world
     build_features(spark, cfg, store)

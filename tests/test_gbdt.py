@@ -90,7 +90,7 @@ def test_focal_model_refuses_synapseml(toy, base_cfg):
         build_model(_spec("f", "synapseml", "focal"), base_cfg.base_models, features).fit(train, valid)
 
 
-def test_oof_covers_every_training_row_once_per_model(spark, world, tmp_path):
+def test_oof_covers_every_training_row_once_per_model(spark, world):
     """On the shared world's train-base: three LightGBMs (SynapseML, focal, dealer features) and the MLP."""
     cfg, summary = world.cfg, world.out["train-base"]
     store = TableStore(spark, cfg.tables.root)
@@ -123,7 +123,14 @@ def test_oof_covers_every_training_row_once_per_model(spark, world, tmp_path):
     sidecar = load_model(spark, f"{cfg.tables.root}/models/lgbm_dealer", cfg.base_models, [cfg.tables.root])
     assert all(c.startswith(("visit_", "service_visit", "months_since_dealer", "brands_per_visit", "non_service"))
                for c in sidecar.features.columns)
-    # re-running (on a copy of the world's tables) replaces each model's partition instead of adding to it
+
+
+@pytest.mark.slow  # re-runs train-base for one model on a copy of the world
+def test_rerunning_train_base_replaces_the_model_partition(spark, world, tmp_path):
+    """Re-running one model (on a copy of the world's tables) replaces its partition of the OOF
+    predictions instead of adding to it, and leaves the other models' rows alone."""
+    folds = TableStore(spark, world.root).read("folds")
+    oof = TableStore(spark, world.root).read("oof_predictions")
     mine = copy_tables(spark, world, tmp_path / "t", tables=("features", "folds", "oof_predictions"))
     run_stage(spark, mine, "train-base", models=["lgbm_dealer"])
     again = TableStore(spark, mine.tables.root).read("oof_predictions")

@@ -300,6 +300,7 @@ def test_open_window_folds_leave_every_evaluation_on_labelled_rows(spark, cfg_at
                                   labelled.sort_values(key).reset_index(drop=True), check_dtype=False)
 
 
+@pytest.mark.slow  # train-base and the five-variant KAML study on a copy of the world
 def test_oof_and_study_on_synthetic_data_with_open_windows(spark, world, tmp_path):
     """The shared world's features (tests/world.py), copied to this test's root, folded with open windows."""
     from remedi_spark.config import replace

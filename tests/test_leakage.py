@@ -33,6 +33,8 @@ MODELS = [lgbm_spec("lgbm", FAST)]
 META = {"raw_hidden": [8], "relative_hidden": [16], "output_hidden": [8], "epochs": 5, "batch_size": 256,
         "lr": 0.01, "patience": 5, "min_valid_positives": 3, "bags": 1}
 KEYS = ["user_id", "month"]
+# each check re-runs a stage twice (honest and deliberately leaking) on a copy of the world: the slow tier
+pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")

@@ -222,6 +222,7 @@ def test_early_stopping_watches_the_log_loss_by_default_and_the_auc_when_asked()
         _loop_run(metrics, stop_metric="precision")
 
 
+@pytest.mark.slow  # a two-process TorchDistributor launch
 def test_distributed_training_agrees_on_both_validation_numbers_and_starts_at_the_base_rate(spark, toy):
     """Rank 0's curve holds the AUC and log loss it broadcast; its best epoch's numbers are those of the
     returned weights; the output bias started at the training rows' base rate."""

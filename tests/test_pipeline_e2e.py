@@ -112,6 +112,7 @@ def test_distillation_table_compares_students_with_the_teacher(distilled):
     assert summary["inference"]["teacher"] > 0 and summary["inference"]["student"] > 0
 
 
+@pytest.mark.slow  # re-runs distill (two students) on a copy of the world
 def test_student_reproduces_a_known_teacher_on_held_out_owners(spark, fused, tmp_path):
     """With ~10 held-out buyers the tiny pipeline's teacher is mostly noise, so the distillation
     mechanics are checked against a teacher that is a known smooth function of the features."""
@@ -282,6 +283,7 @@ def test_the_first_registered_student_becomes_champion_and_scores_from_the_regis
     np.testing.assert_allclose(after["score"], before["score"], rtol=0, atol=1e-12)
 
 
+@pytest.mark.slow  # monitors a month twice on a full copy of the world
 def test_monitor_realized_metrics_equal_a_direct_computation(spark, pipeline, writable):
     from remedi_spark.metrics import lead_metrics
 

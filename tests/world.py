@@ -9,7 +9,9 @@ patched function) copies what it needs into its own tmp root (:func:`copy_tables
 
 Sized for the assertions that read it: 3,000 owners, 8 months, 2 folds (~40 training positives,
 ~30 in the evaluation month); three LightGBMs (one through SynapseML, as in conf/models.yaml, one
-focal, one on the dealer features) and the tiny driver-trained MLP.
+focal, one on the dealer features) and the tiny driver-trained MLP. One LightGBM worker per fit: on a
+few thousand rows a second data-parallel worker only adds the network setup (tests/test_gbdt.py
+checks the two-worker fits on its own rows).
 """
 from __future__ import annotations
 
@@ -49,7 +51,7 @@ class World:
 def world_config(base_cfg: Config, root: Path) -> Config:
     return replace(base_cfg, tables={"root": str(root / "t"), "allowed_roots": [str(root / "exports")]},
                    synthetic={"n_users": N_USERS, "chunk_users": 1500}, folds={"n_folds": N_FOLDS},
-                   base_models={"models": MODELS, "early_stopping_rounds": 10},
+                   base_models={"models": MODELS, "early_stopping_rounds": 10, "num_workers": 1},
                    fusion={"meta_model": META}, distill={"students": STUDENTS, "timing_rows": 500},
                    lead_list={"k": K, "export_dir": str(root / "exports")}, tracking={"enabled": True},
                    report={"curve_points": 40, "top_features": 10},

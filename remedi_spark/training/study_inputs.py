@@ -15,7 +15,7 @@ from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
 from ..config import BootstrapSettings, Config, ConfigError, ModelSpec
-from ..interval_text import difference_cell, difference_text, interval_cell  # noqa: F401 (also the studies')
+from ..interval_text import difference_cell, interval_cell
 from ..metrics import bootstrap
 from ..models.base import LABEL, FeatureSpec, keyed_pandas
 from ..models.neural.base import build_config

@@ -28,6 +28,7 @@ from typing import Any, Callable
 import numpy as np
 from pyspark.sql import DataFrame, SparkSession
 
+from ...log_streams import launcher_output_to_log
 from ...spark import root_cause
 
 CACHE_CONF = "petastorm.spark.converter.parentCacheDirUrl"
@@ -121,10 +122,11 @@ def train_distributed(spark: SparkSession, rows: DataFrame, model_name: str, mod
     try:
         rate = training_base_rate(converter)
         distributor = TorchDistributor(num_processes=params["num_processes"], local_mode=False, use_gpu=False)
-        return run_with_retries(
-            lambda: distributor.run(_train_worker, converter, model_name, model_cfg, vocab_sizes, num_numeric,
-                                    params, valid, rate),
-            retries=params["launch_retries"], what=f"distributed training of {model_name!r}")
+        with launcher_output_to_log():  # torchrun's chatter: to the log file unless --verbose
+            return run_with_retries(
+                lambda: distributor.run(_train_worker, converter, model_name, model_cfg, vocab_sizes, num_numeric,
+                                        params, valid, rate),
+                retries=params["launch_retries"], what=f"distributed training of {model_name!r}")
     finally:
         converter.delete()
 
@@ -138,7 +140,7 @@ def run_with_retries(run: Callable[[], dict[str, Any]], retries: int, what: str)
             result = run()
         except Exception as exc:  # noqa: BLE001 - the launcher's failures are re-raised below
             cause = (f"the launcher failed ({root_cause(exc)}); torchrun's own output, with the reason, is "
-                     "in the driver's stderr")
+                     "in the driver's stderr (from the CLI: in the run's log file, on the console with --verbose)")
         else:
             if "error" not in result:
                 return result
