@@ -114,6 +114,7 @@ class BaseModelSettings:
     channel_groups: list[str] | None
     models: list[ModelSpec]
     tuned_params: dict  # model name -> params found by `tune`, merged into that model's params at load
+    neural_launcher: str | None  # the launcher of every torch model whose params name none (null: the model's default)
 
 
 @dataclass(frozen=True)
@@ -356,6 +357,7 @@ _CHOICES = {
     "features.custom.format": {"delta", "parquet", "csv", "table"},
     "base_models.imbalance": {"none", "is_unbalance", "scale_pos_weight"},
     "base_models.synapseml_transfer": {"bulk", "streaming"},
+    "base_models.neural_launcher": {"distributor", "driver"},
     "kdef_study.subnets": {"mlp", "cross", "cin", "fm"},  # list items
     "lead_list.cap_column": {"region_id", "dealer_id"},
     "lead_list.export_formats": {"csv", "parquet"},
@@ -896,6 +898,17 @@ def apply_tuned_params(cfg: "Config") -> "Config":
                                distill=dataclasses.replace(cfg.distill, students=items))
 
 
+def apply_neural_launcher(cfg: "Config") -> "Config":
+    """``cfg`` with ``base_models.neural_launcher`` (when set) written into the params of every torch model
+    that names no ``launcher`` of its own; a model's own choice stays. Applying it twice gives the same config."""
+    launcher = cfg.base_models.neural_launcher
+    if launcher is None:
+        return cfg
+    specs = [dataclasses.replace(s, params={**s.params, "launcher": launcher})
+             if s.backend == "torch" and "launcher" not in s.params else s for s in cfg.base_models.models]
+    return dataclasses.replace(cfg, base_models=dataclasses.replace(cfg.base_models, models=specs))
+
+
 def check_no_secrets(data: Any, key: str = "") -> None:
     """Refuse credentials written into conf: they come from the environment (``DATABRICKS_TOKEN``,
     cloud credential chains) or a Databricks secret scope (``{{secrets/scope/key}}``), never from YAML."""
@@ -915,7 +928,7 @@ def config_from_dict(data: dict) -> Config:
     """Validate a plain dict (already merged) into a :class:`Config`: types and choices, no
     credentials, output paths under the configured roots."""
     check_no_secrets(data)
-    cfg = apply_tuned_params(_build(Config, data, ""))
+    cfg = apply_neural_launcher(apply_tuned_params(_build(Config, data, "")))
     check_ranges(cfg)
     check_paths(cfg)
     check_model_source(cfg)

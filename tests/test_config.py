@@ -17,6 +17,22 @@ def test_profiles_load_and_inherit():
         assert load_config(REPO / "conf" / f"{name}.yaml").spark.profile == name
 
 
+def test_neural_launcher_sets_every_torch_model_without_its_own():
+    local = load_config(REPO / "conf" / "local.yaml")
+    paper = load_config(REPO / "conf" / "paper.yaml")
+    assert [s.name for s in paper.base_models.models] == [s.name for s in local.base_models.models]
+    for mine, theirs in zip(paper.base_models.models, local.base_models.models):
+        if mine.backend == "torch":  # models.yaml's params, plus the launcher
+            assert mine.params == {**theirs.params, "launcher": "driver"}
+        else:
+            assert mine.params == theirs.params
+    demo = load_config(REPO / "conf" / "demo.yaml", ["base_models.neural_launcher=distributor"])
+    assert {s.params["launcher"] for s in demo.base_models.models if s.backend == "torch"} == {"driver"}  # own choice
+    assert replace(paper, tables={"root": "/tmp/p"}).base_models.models == paper.base_models.models  # idempotent
+    with pytest.raises(ConfigError, match="base_models.neural_launcher"):
+        load_config(REPO / "conf" / "local.yaml", ["base_models.neural_launcher=gpu"])
+
+
 def test_set_overrides_parse_yaml_values():
     cfg = load_config(REPO / "conf" / "local.yaml", ["synthetic.n_users=1234", "features.windows=[2, 4]",
                                                       "synthetic.drift_month=2024-09"])

@@ -129,8 +129,8 @@ def test_oof_covers_every_training_row_once_per_model(spark, world):
 def test_rerunning_train_base_replaces_the_model_partition(spark, world, tmp_path):
     """Re-running one model (on a copy of the world's tables) replaces its partition of the OOF
     predictions instead of adding to it, and leaves the other models' rows alone."""
-    folds = TableStore(spark, world.root).read("folds")
-    oof = TableStore(spark, world.root).read("oof_predictions")
+    store = TableStore(spark, world.root)
+    folds, oof = store.read("folds"), store.read("oof_predictions")
     mine = copy_tables(spark, world, tmp_path / "t", tables=("features", "folds", "oof_predictions"))
     run_stage(spark, mine, "train-base", models=["lgbm_dealer"])
     again = TableStore(spark, mine.tables.root).read("oof_predictions")
