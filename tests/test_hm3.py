@@ -243,6 +243,13 @@ def test_no_label_column_is_ever_a_model_input(funnel_world):
     # a group whose prefixes match label names ("y_…") still selects no label
     grouped = FeatureSpec.from_frame(features, ["y", "label", "visit_days"]).columns
     assert grouped and all(c.startswith("visit_days") for c in grouped)
+    # a group's spec taken from the whole table's (train-base encodes once for every model) is the one
+    # a pass over the group's columns gives: same columns, same order, same vocabularies
+    for group in (["y", "label", "visit_days"], ["brand", "visit_days", "voice_cnt"]):
+        assert spec.subset(group) == FeatureSpec.from_frame(features, group)
+    assert spec.subset(["brand"]).categorical["brand"] and spec.subset(None) is spec
+    with pytest.raises(ValueError, match="no feature columns match"):
+        spec.subset(["y_h1"])
 
 
 # ---------------------------------------------------------------------------------------------- Spark

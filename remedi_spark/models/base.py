@@ -145,6 +145,17 @@ class FeatureSpec:
         numeric = [f.name for f in cols if not isinstance(f.dataType, T.StringType)]
         return cls(numeric=numeric, categorical=vocab)
 
+    def subset(self, members: list[str] | None) -> "FeatureSpec":
+        """The columns of one feature group (None = all), in this spec's order and with its
+        vocabularies: what :meth:`from_frame` with ``members`` gives on the same rows, without a pass."""
+        if members is None:
+            return self
+        numeric = [c for c in self.numeric if in_group(c, members)]
+        categorical = {c: v for c, v in self.categorical.items() if in_group(c, members)}
+        if not numeric and not categorical:
+            raise ValueError(f"no feature columns match the group {members}")
+        return FeatureSpec(numeric=numeric, categorical=categorical)
+
     def encode(self, df: DataFrame, extra: tuple[str, ...] = ()) -> DataFrame:
         """Keys, ``extra`` columns and the features as doubles (categoricals as codes)."""
         cats = []

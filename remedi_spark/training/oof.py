@@ -37,7 +37,7 @@ from ..folds.assign import OPEN, evaluation_month
 from ..io.schemas import frame_from_pandas
 from ..io.store import TableStore
 from ..metrics import BOOTSTRAP_METRICS, bootstrap, k_for, lead_metrics
-from ..models.base import NOT_FEATURES, BaseModel, FeatureSpec, check_negative_rate, in_group, saved_model_dir
+from ..models.base import KEYS, LABEL, NOT_FEATURES, BaseModel, FeatureSpec, check_negative_rate, in_group, saved_model_dir
 from ..models.neural.model import HORIZON_COLS
 from ..models.registry import aux_labels, build_model, needs_horizons
 from ..spark import root_cause
@@ -125,50 +125,78 @@ def _fit(spec: ModelSpec, cfg: Config, features: FeatureSpec, rows: DataFrame) -
     return model.fit(fit_rows, stop_rows).set_negative_rate(rate)
 
 
+def model_columns(spec: ModelSpec) -> tuple[str, ...]:
+    """The columns besides features a model's rows carry: the label, the labels it trains on (KAML's
+    horizons, HM3's auxiliary labels), fold, split and the early-stopping flag."""
+    return (LABEL, *(HORIZON_COLS if needs_horizons(spec) else ()), *aux_labels(spec), "fold", "split", ES)
+
+
+def encode_training_frame(data: DataFrame, specs: list[ModelSpec]) -> tuple[FeatureSpec, DataFrame]:
+    """Every feature column of ``data`` (vocabularies from its training rows) and ``data`` encoded with
+    it, carrying the columns any of ``specs`` trains on: one encoding the models share, each reading its
+    feature group's columns (:meth:`FeatureSpec.subset`) instead of a pass of its own."""
+    full = FeatureSpec.from_frame(data.filter(F.col("split") == "train").drop("fold", "split", ES))
+    extra = tuple(dict.fromkeys(c for s in specs for c in model_columns(s)))
+    return full, full.encode(data, extra=extra)
+
+
 def train_model_oof(spark: SparkSession, cfg: Config, store: TableStore, spec: ModelSpec, data: DataFrame,
-                    eval_month: str | None = None) -> tuple[DataFrame, list[dict[str, Any]]]:
+                    eval_month: str | None = None, encoded: tuple[FeatureSpec, DataFrame] | None = None
+                    ) -> tuple[DataFrame, list[dict[str, Any]]]:
     """OOF, held-out and evaluation-month predictions of one model (persisted frame) and its metrics
     rows (``oof``, ``test``, ``out_of_time``; with intervals). ``eval_month``: the folds table's
-    evaluation month (rows of it in ``data`` are ``test`` or ``evaluation``, never fitted on)."""
+    evaluation month (rows of it in ``data`` are ``test`` or ``evaluation``, never fitted on).
+    ``encoded``: :func:`encode_training_frame` of ``data`` shared by several models (persisted by the
+    caller); None = encode ``data`` for this model here."""
     members = cfg.base_models.feature_groups[spec.feature_group] if spec.feature_group else None
-    train = data.filter(F.col("split") == "train")
-    features = FeatureSpec.from_frame(train.drop("fold", "split", ES), members)
-    horizons = needs_horizons(spec)
-    extra = ("y", *(HORIZON_COLS if horizons else ()), *aux_labels(spec), "fold", "split", ES)
-    encoded = features.encode(data, extra=extra).persist(StorageLevel.MEMORY_AND_DISK)
-    enc_train = encoded.filter(F.col("split") == "train")
+    own = encoded is None
+    full, table = encode_training_frame(data, [spec]) if own else encoded
+    if own:
+        table = table.persist(StorageLevel.MEMORY_AND_DISK)
+    features = full.subset(members)
+    carried = [c for c in model_columns(spec) if c in table.columns]
+    encoded_rows = table.select(*KEYS, *carried, *features.columns)
+    enc_train = encoded_rows.filter(F.col("split") == "train")
     # horizon models also learn from the open-window rows (when they do not postdate the evaluation
     # month); predictions stay on labelled rows
-    fit_pool = encoded.filter(F.col("split").isin("train", OPEN)) if horizons and eval_month is None else enc_train
+    horizons = needs_horizons(spec)
+    fit_pool = encoded_rows.filter(F.col("split").isin("train", OPEN)) if horizons and eval_month is None else enc_train
+    # the negatives every fit of this model keeps are the same rows (a hash of the row): sampled once and
+    # cached, so each fit reads this small frame instead of the whole encoded table
+    sampled = negative_sample(fit_pool, cfg.training.negative_rate, cfg.folds.seed)
+    if sampled is not fit_pool:
+        sampled = sampled.persist(StorageLevel.MEMORY_AND_DISK)
     start = time.perf_counter()
     parts = []
     fits = progress.track(spec.name, cfg.folds.n_folds + 1, "fit")  # the folds, then the refit
     for k in range(cfg.folds.n_folds):
-        model = _fit(spec, cfg, features, fold_fit_rows(fit_pool, k))
+        model = _fit(spec, cfg, features, fold_fit_rows(sampled, k))
         parts.append(model.predict(enc_train.filter(F.col("fold") == k)).select(
             "user_id", "month", F.lit(k).alias("fold"), F.lit("train").alias("split"), "p"))
         # materialise now: the next fold's fit must not re-run this one lazily
         parts[-1] = parts[-1].persist(StorageLevel.MEMORY_AND_DISK)
         parts[-1].count()
         fits.advance(f"fold {k + 1}/{cfg.folds.n_folds}")
-    final = _fit(spec, cfg, features, fit_pool)
+    final = _fit(spec, cfg, features, sampled)
     fits.advance("refit")
     seconds = time.perf_counter() - start
     final.save(spark, model_path(store, spec.name),
                extra={"run_id": store.run.run_id if store.run else None,
                       "data_versions": dict(store.run.reads) if store.run else {}})
-    # held-out owners and the evaluation month: the refit, as for a new month (its split as in folds)
-    held_out = [final.predict(encoded.filter(F.col("split") == split)).select(
+    held_out = [final.predict(encoded_rows.filter(F.col("split") == split)).select(
         "user_id", "month", F.lit(-1).alias("fold"), F.lit(written).alias("split"), "p")
         for split, written in (("test", "test"), (EVALUATION, "train"))]
     predictions = parts[0]
     for part in [*parts[1:], *held_out]:
         predictions = predictions.unionByName(part)
     predictions = predictions.withColumn("model", F.lit(spec.name)).persist(StorageLevel.MEMORY_AND_DISK)
-    labels = encoded.select("user_id", "month", "y")
+    labels = encoded_rows.select("user_id", "month", "y")
     scored = predictions.join(labels, ["user_id", "month"]).select("user_id", "month", "fold", "split", "y", "p") \
         .toPandas()
-    encoded.unpersist()
+    if own:
+        table.unpersist()
+    if sampled is not fit_pool:
+        sampled.unpersist()
     for part in parts:
         part.unpersist()
     rows = [{**row, "best_iteration": int(final.info.get("best_iteration", 0)), "train_seconds": round(seconds, 2)}
@@ -244,7 +272,9 @@ def train_base_models(spark: SparkSession, cfg: Config, store: TableStore, model
     """Train the configured base models (or ``models``) out-of-fold; write predictions and metrics."""
     specs = select_models(cfg, models)
     eval_month = evaluation_month(store.read("folds"))
-    data = training_frame(store, cfg).persist(StorageLevel.MEMORY_AND_DISK)
+    # one encoding of every feature for all models, cached: a model reads its columns from it
+    full, data = encode_training_frame(training_frame(store, cfg), specs)
+    data = data.persist(StorageLevel.MEMORY_AND_DISK)
     try:
         check_model_inputs(specs, cfg, data)
     except ConfigError:
@@ -256,7 +286,7 @@ def train_base_models(spark: SparkSession, cfg: Config, store: TableStore, model
     try:
         for spec in specs:
             try:
-                predictions, rows = train_model_oof(spark, cfg, store, spec, data, eval_month)
+                predictions, rows = train_model_oof(spark, cfg, store, spec, data, eval_month, (full, data))
             except Exception as exc:  # the stage stops here: fusion never sees a model with no predictions
                 raise BaseModelFailed(spec.name, spec.family, spec.backend, exc) from exc
             store.write_partitions(predictions, "oof_predictions", [spec.name])
