@@ -12,6 +12,9 @@ Subcommands, each merging its part into ``--out`` (bench/results/pipeline_profil
 * ``launchers --conf C --model M``: the fixed cost of one neural fit: base model ``M`` fitted on fold
   0's rows of ``C``'s tables (run ``C`` first) once with TorchDistributor on Petastorm and once on the
   driver, same params; wall, epoch seconds and the early-stopping AUC of each.
+* ``fold-costs --conf C --model M``: one fold of base model ``M`` on ``C``'s tables (run ``C``'s foundation
+  stages first), read and fitted as train-base did before one encoding was shared by every model and
+  as it does now; seconds of each step (``fold_costs.M``).
 * ``record KEY SECONDS --how TEXT``: a wall time measured outside this script (``setup_wall_seconds``,
   ``test_wall_seconds``, ``paper_wall_seconds``...), with how it was measured.
 """
@@ -179,6 +182,73 @@ def launcher_profile(conf: str, model: str, out_path: str, settings: list[str]) 
     _save(payload, out_path)
 
 
+def fold_cost_profile(conf: str, model: str, out_path: str, settings: list[str]) -> None:
+    """``fold-costs``: fold 0 of base model ``model`` on ``conf``'s tables (run its foundation stages
+    first), read, fitted and predicted as train-base did before it shared one encoding between models
+    (the model encoded and cached the training frame itself, each fit filtered and sampled that whole
+    table) and as it does now (:func:`~remedi_spark.training.oof.encode_training_frame` once, the
+    model's sampled rows cached once: :func:`~remedi_spark.training.oof.model_rows`). Seconds of each
+    step; the fit split into compute and fixed cost."""
+    from pyspark import StorageLevel
+    from pyspark.sql import functions as F
+
+    from remedi_spark.config import load_config
+    from remedi_spark.io.store import TableStore
+    from remedi_spark.models.base import FeatureSpec
+    from remedi_spark.spark import get_spark
+    from remedi_spark.training.oof import ES, _fit, encode_training_frame, fold_fit_rows, model_rows, training_frame
+
+    cfg = load_config(conf, settings)
+    spec = next(s for s in cfg.base_models.models if s.name == model)
+    members = cfg.base_models.feature_groups[spec.feature_group] if spec.feature_group else None
+    spark = get_spark(cfg.spark, app_name="profile-fold-costs")
+    store = TableStore(spark, cfg.tables.root)
+    memory = StorageLevel.MEMORY_AND_DISK
+
+    def timed(step: Any) -> tuple[Any, float]:
+        start = time.perf_counter()
+        out = step()
+        return out, round(time.perf_counter() - start, 2)
+
+    def fit_and_predict(features: Any, pool: Any, train: Any) -> dict[str, Any]:
+        fitted, wall = timed(lambda: _fit(spec, cfg, features, fold_fit_rows(pool, 0)))
+        _, predict = timed(lambda: fitted.predict(train.filter(F.col("fold") == 0)).persist(memory).count())
+        return {"fit": split_fit(model, wall, fitted.info), "predict_fold_seconds": predict}
+
+    # before: the training frame cached, then this model's own vocabulary pass and encoded copy
+    data = training_frame(store, cfg).persist(memory)
+    _, read = timed(data.count)
+    train = data.filter(F.col("split") == "train")
+    features, vocab = timed(lambda: FeatureSpec.from_frame(train.drop("fold", "split", ES), members))
+    encoded = features.encode(data, extra=("y", "fold", "split", ES)).persist(memory)
+    _, encode = timed(encoded.count)
+    before = {"read_and_cache_seconds": read, "model_vocabulary_seconds": vocab, "model_encode_seconds": encode,
+              **fit_and_predict(features, encoded.filter(F.col("split") == "train"),
+                                encoded.filter(F.col("split") == "train"))}
+    encoded.unpersist()
+    data.unpersist()
+    # now: one encoding for every model of the stage, then this model's sampled rows
+    full, table = encode_training_frame(training_frame(store, cfg), [spec])
+    table = table.persist(memory)
+    _, shared = timed(table.count)
+    rows, sample = timed(lambda: model_rows(cfg, spec, full, table, None))
+    _, sample_count = timed(rows.pool.count)
+    after = {"shared_encode_seconds": shared, "model_sample_seconds": round(sample + sample_count, 2),
+             **fit_and_predict(rows.features, rows.pool, rows.train)}
+    rows.release()
+    table.unpersist()
+    spark.stop()
+    payload = _load(out_path)
+    payload.setdefault("fold_costs", {})[model] = {
+        "conf": conf, "settings": settings,
+        "measured_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "negative_rate": cfg.training.negative_rate, "fit_rows": "fold 0's (every training fold but 0)",
+        "before": before, "after": after,
+        "note": "before: once per model (read and cache: once per stage); after: shared_encode once per stage, "
+                "the rest once per model and fit"}
+    _save(payload, out_path)
+
+
 def record(key: str, seconds: float, how: str, out_path: str) -> None:
     """``record``: a wall time measured elsewhere, with how."""
     data = _load(out_path)
@@ -200,6 +270,10 @@ def main(argv: list[str] | None = None) -> int:
     launch.add_argument("--conf", default=str(REPO / "conf" / "demo.yaml"))
     launch.add_argument("--model", default="mlp")
     launch.add_argument("--set", action="append", default=[], dest="settings")
+    costs = sub.add_parser("fold-costs")
+    costs.add_argument("--conf", default=str(REPO / "conf" / "paper.yaml"))
+    costs.add_argument("--model", default="mlp")
+    costs.add_argument("--set", action="append", default=[], dest="settings")
     rec = sub.add_parser("record")
     rec.add_argument("key")
     rec.add_argument("seconds", type=float)
@@ -209,6 +283,8 @@ def main(argv: list[str] | None = None) -> int:
         run_profile(args.conf, args.label, args.out, args.settings)
     elif args.command == "launchers":
         launcher_profile(args.conf, args.model, args.out, args.settings)
+    elif args.command == "fold-costs":
+        fold_cost_profile(args.conf, args.model, args.out, args.settings)
     else:
         record(args.key, args.seconds, args.how, args.out)
     return 0

@@ -106,6 +106,7 @@ class BaseModelSettings:
     early_stopping_rounds: int
     early_stopping_fraction: float
     num_workers: int
+    network_retries: int  # a native LightGBM fit whose workers lost their connection is run again this many times
     synapseml_transfer: str
     imbalance: str
     lightgbm: dict
@@ -549,6 +550,7 @@ RULES: dict[str, Rule] = {
     "base_models.early_stopping_fraction": _FRACTION_OPEN,
     "base_models.early_stopping_rounds": _positive(),
     "base_models.num_workers": _positive(),
+    "base_models.network_retries": _at_least_zero(),
     "base_models.focal.alpha": _FRACTION_OPEN,
     "base_models.focal.gamma": _at_least_zero(float),
     "base_models.focal.min_hessian": _POSITIVE_NUMBER,

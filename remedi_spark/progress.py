@@ -29,13 +29,14 @@ _OPEN: list["Progress"] = []  # unfinished trackers, outermost first
 
 
 def format_seconds(seconds: float) -> str:
-    """``42s``, ``3m05s`` or ``1h02m``: short enough for a progress line."""
+    """``42s``, ``3m05s`` or ``1h02m05s``: short enough for a progress line, to the second (stage and
+    model times past an hour are read off these lines)."""
     s = int(round(max(seconds, 0.0)))
     if s < 60:
         return f"{s}s"
     if s < 3600:
         return f"{s // 60}m{s % 60:02d}s"
-    return f"{s // 3600}h{s % 3600 // 60:02d}m"
+    return f"{s // 3600}h{s % 3600 // 60:02d}m{s % 60:02d}s"
 
 
 def bar(fraction: float, width: int = BAR_WIDTH, fancy: bool = False) -> str:

@@ -233,7 +233,7 @@ def test_progress_on_a_terminal_draws_blocks_and_scope_closes_what_failed():
             raise ValueError("a step failed")
     assert progress._OPEN == []
     assert "█" in out.getvalue() and "░" in out.getvalue()
-    assert progress.format_seconds(3725) == "1h02m" and progress.bar(0.5, 4) == "[##--]"
+    assert progress.format_seconds(3725) == "1h02m05s" and progress.bar(0.5, 4) == "[##--]"
     with pytest.raises(ValueError, match="total must be at least 1"):
         progress.track("nothing", 0)
 

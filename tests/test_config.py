@@ -93,6 +93,7 @@ def test_replace_validates_again():
 
 @pytest.mark.parametrize("override, message", [
     ("fusion.meta_model.epochs=abc", "fusion.meta_model.epochs: expected a positive integer, got 'abc'"),
+    ("base_models.network_retries=-1", "base_models.network_retries: expected zero or a positive integer, got -1"),
     ("fusion.meta_model.epochs=0", "fusion.meta_model.epochs: expected a positive integer, got 0"),
     ("fusion.meta_model.epochs=2.5", "fusion.meta_model.epochs: expected a positive integer, got 2.5"),
     ("fusion.meta_model.dropout=1.0", r"fusion.meta_model.dropout: expected a share in \[0, 1\), got 1.0"),

@@ -9,6 +9,7 @@ from sklearn.metrics import roc_auc_score
 from remedi_spark.config import ModelSpec
 from remedi_spark.io.store import TableStore
 from remedi_spark.models.base import FeatureSpec, load_model
+from remedi_spark.models.gbdt.native import collect_with_retries
 from remedi_spark.models.registry import build_model
 from remedi_spark.pipeline import run_stage
 from tests.world import MODELS as WORLD_MODELS, copy_tables
@@ -145,3 +146,36 @@ def test_feature_order_survives_the_json_sidecar():
     again = FeatureSpec(**json.loads(json.dumps(spec.to_dict(), sort_keys=True)))
     assert again.columns == spec.columns == ["b_num", "a_num", "gender", "segment"]
     assert again.categorical_indexes == [2, 3]
+
+
+class _Job:
+    """A barrier job whose first ``failures`` collects raise ``error`` (as Spark wraps a task's error)."""
+
+    def __init__(self, failures, error):
+        self.failures, self.error, self.calls = failures, error, 0
+
+    def collect(self):
+        self.calls += 1
+        if self.calls <= self.failures:
+            raise RuntimeError(f"An error occurred while calling o1.collectToPython.\n{self.error}\n\tat org.apache")
+        return ["model"]
+
+
+SOCKET_RESET = "lightgbm.basic.LightGBMError: Socket send error, Connection reset by peer (code: 104)"
+
+
+def test_a_fit_whose_workers_lost_their_connection_runs_again_other_errors_do_not():
+    job = _Job(1, SOCKET_RESET)
+    with pytest.warns(RuntimeWarning, match="lost their connection .*Socket send error.*attempt 2 of 2"):
+        assert collect_with_retries(job, 1, "fit") == ["model"]
+    assert job.calls == 2
+    # retries spent: the network error itself is raised
+    job = _Job(2, SOCKET_RESET)
+    with pytest.warns(RuntimeWarning), pytest.raises(RuntimeError, match="Connection reset by peer"):
+        collect_with_retries(job, 1, "fit")
+    assert job.calls == 2
+    # any other failure (bad data, a bug) is raised at once, never re-run
+    job = _Job(1, "lightgbm.basic.LightGBMError: Check failed: (num_data) > (0)")
+    with pytest.raises(RuntimeError, match="Check failed"):
+        collect_with_retries(job, 3, "fit")
+    assert job.calls == 1

@@ -24,6 +24,7 @@ receive those columns of ``features`` (y_engage, y_visit).
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from typing import Any
 
 import pandas as pd
@@ -140,6 +141,43 @@ def encode_training_frame(data: DataFrame, specs: list[ModelSpec]) -> tuple[Feat
     return full, full.encode(data, extra=extra)
 
 
+@dataclass
+class ModelRows:
+    """What one model's fits and predictions read from the encoded training frame: its feature
+    columns, its rows (``rows``; ``train`` = the training split, which OOF predictions cover) and
+    ``pool``, the rows its fits draw from: negative-sampled and cached when sampling applies."""
+
+    features: FeatureSpec
+    rows: DataFrame
+    train: DataFrame
+    pool: DataFrame
+    cached: bool
+
+    def release(self) -> None:
+        """Drop the cached pool (when there is one)."""
+        if self.cached:
+            self.pool.unpersist()
+
+
+def model_rows(cfg: Config, spec: ModelSpec, full: FeatureSpec, table: DataFrame, eval_month: str | None
+               ) -> ModelRows:
+    """``spec``'s :class:`ModelRows` from ``table``, :func:`encode_training_frame`'s encoding ``full``
+    of the training frame. Horizon models also learn from the open-window rows (when they do not
+    postdate the evaluation month); predictions stay on labelled rows. The negatives every fit keeps
+    are the same rows (a hash of the row), so they are sampled once and cached: each fit then reads
+    that small frame, not the whole encoded table."""
+    members = cfg.base_models.feature_groups[spec.feature_group] if spec.feature_group else None
+    features = full.subset(members)
+    carried = [c for c in model_columns(spec) if c in table.columns]
+    rows = table.select(*KEYS, *carried, *features.columns)
+    train = rows.filter(F.col("split") == "train")
+    fit_pool = rows.filter(F.col("split").isin("train", OPEN)) if needs_horizons(spec) and eval_month is None else train
+    sampled = negative_sample(fit_pool, cfg.training.negative_rate, cfg.folds.seed)
+    cached = sampled is not fit_pool
+    return ModelRows(features, rows, train, sampled.persist(StorageLevel.MEMORY_AND_DISK) if cached else sampled,
+                     cached)
+
+
 def train_model_oof(spark: SparkSession, cfg: Config, store: TableStore, spec: ModelSpec, data: DataFrame,
                     eval_month: str | None = None, encoded: tuple[FeatureSpec, DataFrame] | None = None
                     ) -> tuple[DataFrame, list[dict[str, Any]]]:
@@ -148,36 +186,24 @@ def train_model_oof(spark: SparkSession, cfg: Config, store: TableStore, spec: M
     evaluation month (rows of it in ``data`` are ``test`` or ``evaluation``, never fitted on).
     ``encoded``: :func:`encode_training_frame` of ``data`` shared by several models (persisted by the
     caller); None = encode ``data`` for this model here."""
-    members = cfg.base_models.feature_groups[spec.feature_group] if spec.feature_group else None
     own = encoded is None
     full, table = encode_training_frame(data, [spec]) if own else encoded
     if own:
         table = table.persist(StorageLevel.MEMORY_AND_DISK)
-    features = full.subset(members)
-    carried = [c for c in model_columns(spec) if c in table.columns]
-    encoded_rows = table.select(*KEYS, *carried, *features.columns)
-    enc_train = encoded_rows.filter(F.col("split") == "train")
-    # horizon models also learn from the open-window rows (when they do not postdate the evaluation
-    # month); predictions stay on labelled rows
-    horizons = needs_horizons(spec)
-    fit_pool = encoded_rows.filter(F.col("split").isin("train", OPEN)) if horizons and eval_month is None else enc_train
-    # the negatives every fit of this model keeps are the same rows (a hash of the row): sampled once and
-    # cached, so each fit reads this small frame instead of the whole encoded table
-    sampled = negative_sample(fit_pool, cfg.training.negative_rate, cfg.folds.seed)
-    if sampled is not fit_pool:
-        sampled = sampled.persist(StorageLevel.MEMORY_AND_DISK)
+    mine = model_rows(cfg, spec, full, table, eval_month)
+    features, encoded_rows, enc_train = mine.features, mine.rows, mine.train
     start = time.perf_counter()
     parts = []
     fits = progress.track(spec.name, cfg.folds.n_folds + 1, "fit")  # the folds, then the refit
     for k in range(cfg.folds.n_folds):
-        model = _fit(spec, cfg, features, fold_fit_rows(sampled, k))
+        model = _fit(spec, cfg, features, fold_fit_rows(mine.pool, k))
         parts.append(model.predict(enc_train.filter(F.col("fold") == k)).select(
             "user_id", "month", F.lit(k).alias("fold"), F.lit("train").alias("split"), "p"))
         # materialise now: the next fold's fit must not re-run this one lazily
         parts[-1] = parts[-1].persist(StorageLevel.MEMORY_AND_DISK)
         parts[-1].count()
         fits.advance(f"fold {k + 1}/{cfg.folds.n_folds}")
-    final = _fit(spec, cfg, features, sampled)
+    final = _fit(spec, cfg, features, mine.pool)
     fits.advance("refit")
     seconds = time.perf_counter() - start
     final.save(spark, model_path(store, spec.name),
@@ -195,8 +221,7 @@ def train_model_oof(spark: SparkSession, cfg: Config, store: TableStore, spec: M
         .toPandas()
     if own:
         table.unpersist()
-    if sampled is not fit_pool:
-        sampled.unpersist()
+    mine.release()
     for part in parts:
         part.unpersist()
     rows = [{**row, "best_iteration": int(final.info.get("best_iteration", 0)), "train_seconds": round(seconds, 2)}

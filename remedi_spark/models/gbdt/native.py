@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import socket
 import time
+import warnings
 from collections.abc import Iterator
 from typing import Any
 
@@ -20,6 +21,7 @@ from pyspark import BarrierTaskContext
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
+from ...spark import root_cause
 from ..base import KEYS, LABEL, BaseModel, keyed_pandas, keyed_parts
 from .focal import focal_eval, focal_objective
 
@@ -32,6 +34,32 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+# what LightGBM's network layer says when the workers cannot reach each other (its socket and linker errors)
+NETWORK_ERRORS = ("Socket send error", "Socket recv error", "Binding port", "Connecting to rank", "Connection reset",
+                  "Connection refused", "Broken pipe")
+
+
+def network_failure(exc: BaseException) -> bool:
+    """True when ``exc`` (as raised through Spark) is LightGBM's workers losing their connection."""
+    text = f"{root_cause(exc)}\n{exc}"
+    return any(marker in text for marker in NETWORK_ERRORS)
+
+
+def collect_with_retries(job: DataFrame, retries: int, what: str) -> list[Any]:
+    """``job.collect()``, run again up to ``retries`` more times when it fails with a
+    :func:`network_failure` (each run probes new ports); any other error is raised at once."""
+    failures = 0
+    while True:
+        try:
+            return job.collect()
+        except Exception as exc:  # noqa: BLE001 - re-raised unless it is a network failure with retries left
+            if failures >= retries or not network_failure(exc):
+                raise
+            failures += 1
+            warnings.warn(f"{what}: LightGBM's workers lost their connection ({root_cause(exc)}); training again "
+                          f"(attempt {failures + 1} of {retries + 1})", RuntimeWarning, stacklevel=2)
+
+
 def _booster(text: str) -> lgb.Booster:
     key = hash(text)
     if key not in _BOOSTERS:
@@ -42,7 +70,7 @@ def _booster(text: str) -> lgb.Booster:
 
 def barrier_train(spark: SparkSession, data: DataFrame, valid: pd.DataFrame, columns: list[str],
                   categorical: list[int], params: dict[str, Any], rounds: int, early_stopping: int,
-                  num_workers: int, init_score: float | None = None, feval: Any = None
+                  num_workers: int, init_score: float | None = None, feval: Any = None, network_retries: int = 1
                   ) -> tuple[str, int, dict[str, float]]:
     """Train LightGBM over ``num_workers`` barrier tasks.
 
@@ -52,6 +80,8 @@ def barrier_train(spark: SparkSession, data: DataFrame, valid: pd.DataFrame, col
     ``data`` holds the keys, ``columns`` and ``y``; ``valid`` (pandas, same columns) drives early
     stopping. Each task gets the rows of one key-hash part in key order, so the same data gives the
     same model on every run (with ``deterministic`` and a forced histogram layout in the params).
+    Each task probes a free port and releases it before LightGBM binds it, so another process can
+    take it meanwhile: a run that fails on the network is run again ``network_retries`` times.
     """
     workers = max(1, min(num_workers, spark.sparkContext.defaultParallelism))
     shared = spark.sparkContext.broadcast(valid[[*columns, LABEL]])
@@ -87,9 +117,9 @@ def barrier_train(spark: SparkSession, data: DataFrame, valid: pd.DataFrame, col
             yield pd.DataFrame({"model": [booster.model_to_string(num_iteration=best)], "best": [best],
                                 "load_seconds": [loaded - started], "train_seconds": [boosted - loaded]})
 
-    rows = keyed_parts(data, workers).select(*columns, LABEL).mapInPandas(
-        task, "model string, best int, load_seconds double, train_seconds double",
-        barrier=True).collect()
+    job = keyed_parts(data, workers).select(*columns, LABEL).mapInPandas(
+        task, "model string, best int, load_seconds double, train_seconds double", barrier=True)
+    rows = collect_with_retries(job, network_retries if workers > 1 else 0, "LightGBM barrier training")
     shared.unpersist()
     timings = {k: round(float(rows[0][k]), 2) for k in ("load_seconds", "train_seconds")}
     return rows[0]["model"], int(rows[0]["best"]), timings
@@ -139,7 +169,8 @@ class NativeLightGBM(BaseModel):
         valid_pdf = keyed_pandas(valid, *self.features.columns, LABEL)
         self._text, best, timings = barrier_train(spark, train, valid_pdf, self.features.columns,
                                          self.features.categorical_indexes, params, rounds,
-                                         self.settings.early_stopping_rounds, self.settings.num_workers, init, feval)
+                                         self.settings.early_stopping_rounds, self.settings.num_workers, init, feval,
+                                         self.settings.network_retries)
         self.info.update(best_iteration=best, init_score=init or 0.0, train_rows=stats["n"],
                          train_positives=stats["pos"], timings=timings)
         return self
