@@ -209,6 +209,7 @@ def train_model_oof(spark: SparkSession, cfg: Config, store: TableStore, spec: M
     final.save(spark, model_path(store, spec.name),
                extra={"run_id": store.run.run_id if store.run else None,
                       "data_versions": dict(store.run.reads) if store.run else {}})
+    # held-out owners and the evaluation month: the refit, as for a new month (its split as in folds)
     held_out = [final.predict(encoded_rows.filter(F.col("split") == split)).select(
         "user_id", "month", F.lit(-1).alias("fold"), F.lit(written).alias("split"), "p")
         for split, written in (("test", "test"), (EVALUATION, "train"))]

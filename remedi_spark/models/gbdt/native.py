@@ -41,7 +41,7 @@ NETWORK_ERRORS = ("Socket send error", "Socket recv error", "Binding port", "Con
 
 def network_failure(exc: BaseException) -> bool:
     """True when ``exc`` (as raised through Spark) is LightGBM's workers losing their connection."""
-    text = f"{root_cause(exc)}\n{exc}"
+    text = str(exc)  # a Spark-wrapped task error holds the worker's traceback and LightGBM's message
     return any(marker in text for marker in NETWORK_ERRORS)
 
 
