@@ -141,10 +141,12 @@ def _owner_counts(owners: int, replicates: int, seed: int, chunk: int) -> Iterat
     children = np.random.SeedSequence(seed).spawn(replicates)
     for start in range(0, replicates, chunk):
         block = children[start:start + chunk]
-        counts = np.empty((owners, len(block)))
+        # filled a replicate per row, then transposed once: writing columns of (owners, r) one at a
+        # time touches every cache line of it per replicate
+        counts = np.empty((len(block), owners))
         for j, child in enumerate(block):
-            counts[:, j] = np.bincount(np.random.default_rng(child).integers(0, owners, size=owners), minlength=owners)
-        yield counts
+            counts[j] = np.bincount(np.random.default_rng(child).integers(0, owners, size=owners), minlength=owners)
+        yield np.ascontiguousarray(counts.T)
 
 
 def owner_resample_weights(groups: np.ndarray, replicates: int, seed: int,
@@ -282,10 +284,14 @@ def _weighted_metrics(rk: _Ranking, weights: np.ndarray, total: np.ndarray, posi
         }
 
 
-def _totals(y: np.ndarray, unit: np.ndarray, units: int, weights: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Each replicate's total and positive row weight, from unit weights ``(units, r)``."""
-    per_unit = np.stack([np.bincount(unit, minlength=units), np.bincount(unit, y, minlength=units)]).astype(float)
-    both = per_unit @ weights
+def _unit_rows(y: np.ndarray, unit: np.ndarray, units: int) -> np.ndarray:
+    """``(2, units)``: each unit's rows and positive rows (what :func:`_totals` weighs)."""
+    return np.stack([np.bincount(unit, minlength=units), np.bincount(unit, y, minlength=units)]).astype(float)
+
+
+def _totals(unit_rows: np.ndarray, weights: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Each replicate's total and positive row weight, from :func:`_unit_rows` and unit weights ``(units, r)``."""
+    both = unit_rows @ weights
     return both[0], both[1]
 
 
@@ -307,7 +313,7 @@ def weighted_lead_metrics(y: np.ndarray, p: np.ndarray, w: np.ndarray, k_fractio
         raise ValueError(f"weights must have shape (r, {len(y)}), got {w.shape}")
     unit = np.arange(len(y))
     weights = np.ascontiguousarray(w.T)
-    total, positives = _totals(y, unit, len(y), weights)
+    total, positives = _totals(_unit_rows(y, unit, len(y)), weights)
     return _weighted_metrics(_ranking(y, p, unit, len(y)), weights, total, positives, k_fraction)
 
 
@@ -362,8 +368,9 @@ def bootstrap(y: np.ndarray, scores: dict[str, np.ndarray], groups: np.ndarray, 
     chunk = max(1, min(_CHUNK_BYTES // (8 * len(y)), max(8, _CACHE_BYTES // (8 * owners))))
     values = {name: {m: np.empty(replicates) for m in BOOTSTRAP_METRICS} for name in scores}
     done = 0
+    unit_rows = _unit_rows(y, owner, owners)
     for counts in _owner_counts(owners, replicates, seed, chunk):
-        total, positives = _totals(y, owner, owners, counts)
+        total, positives = _totals(unit_rows, counts)
         for name, rk in rankings.items():
             for metric, v in _weighted_metrics(rk, counts, total, positives, k_fraction).items():
                 values[name][metric][done:done + counts.shape[1]] = v
