@@ -197,8 +197,8 @@ def train_model_oof(spark: SparkSession, cfg: Config, store: TableStore, spec: M
     fits = progress.track(spec.name, cfg.folds.n_folds + 1, "fit")  # the folds, then the refit
     for k in range(cfg.folds.n_folds):
         model = _fit(spec, cfg, features, fold_fit_rows(mine.pool, k))
-        parts.append(model.predict(enc_train.filter(F.col("fold") == k)).select(
-            "user_id", "month", F.lit(k).alias("fold"), F.lit("train").alias("split"), "p"))
+        parts.append(model.predict(enc_train.filter(F.col("fold") == k))
+                     .select("user_id", "month", F.lit(k).alias("fold"), "p"))
         # materialise now: the next fold's fit must not re-run this one lazily
         parts[-1] = parts[-1].persist(StorageLevel.MEMORY_AND_DISK)
         parts[-1].count()
@@ -209,17 +209,23 @@ def train_model_oof(spark: SparkSession, cfg: Config, store: TableStore, spec: M
     final.save(spark, model_path(store, spec.name),
                extra={"run_id": store.run.run_id if store.run else None,
                       "data_versions": dict(store.run.reads) if store.run else {}})
-    # held-out owners and the evaluation month: the refit, as for a new month (its split as in folds)
-    held_out = [final.predict(encoded_rows.filter(F.col("split") == split)).select(
-        "user_id", "month", F.lit(-1).alias("fold"), F.lit(written).alias("split"), "p")
-        for split, written in (("test", "test"), (EVALUATION, "train"))]
+    # held-out owners and the evaluation month: the refit, as for a new month, in one pass over both
+    held_out = final.predict(encoded_rows.filter(F.col("split").isin("test", EVALUATION))) \
+        .select("user_id", "month", F.lit(-1).alias("fold"), "p")
     predictions = parts[0]
-    for part in [*parts[1:], *held_out]:
+    for part in [*parts[1:], held_out]:
         predictions = predictions.unionByName(part)
-    predictions = predictions.withColumn("model", F.lit(spec.name)).persist(StorageLevel.MEMORY_AND_DISK)
-    labels = encoded_rows.select("user_id", "month", "y")
-    scored = predictions.join(labels, ["user_id", "month"]).select("user_id", "month", "fold", "split", "y", "p") \
-        .toPandas()
+    # labels and the split as written to oof_predictions (the evaluation month's training owners stay
+    # `train`, as in folds): one scan of the rows, joined to every prediction
+    labels = encoded_rows.filter(F.col("split").isin("train", "test", EVALUATION)).select(
+        "user_id", "month", "y", F.when(F.col("split") == EVALUATION, "train").otherwise(F.col("split")).alias("split"))
+    labelled = predictions.join(labels, ["user_id", "month"]).select("user_id", "month", "fold", "split", "y", "p") \
+        .persist(StorageLevel.MEMORY_AND_DISK)
+    scored = labelled.toPandas()
+    # what oof_predictions gets, cached for the caller's write (from the cached join: no second scan)
+    predictions = labelled.drop("y").withColumn("model", F.lit(spec.name)).persist(StorageLevel.MEMORY_AND_DISK)
+    predictions.count()
+    labelled.unpersist()
     if own:
         table.unpersist()
     mine.release()
