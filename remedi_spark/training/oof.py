@@ -181,7 +181,8 @@ def model_rows(cfg: Config, spec: ModelSpec, full: FeatureSpec, table: DataFrame
 def train_model_oof(spark: SparkSession, cfg: Config, store: TableStore, spec: ModelSpec, data: DataFrame,
                     eval_month: str | None = None, encoded: tuple[FeatureSpec, DataFrame] | None = None
                     ) -> tuple[DataFrame, list[dict[str, Any]]]:
-    """OOF, held-out and evaluation-month predictions of one model (persisted frame) and its metrics
+    """OOF, held-out and evaluation-month predictions of one model (persisted frame: the columns of
+    ``oof_predictions`` plus the label ``y``, which the caller drops when writing) and its metrics
     rows (``oof``, ``test``, ``out_of_time``; with intervals). ``eval_month``: the folds table's
     evaluation month (rows of it in ``data`` are ``test`` or ``evaluation``, never fitted on).
     ``encoded``: :func:`encode_training_frame` of ``data`` shared by several models (persisted by the
@@ -219,13 +220,10 @@ def train_model_oof(spark: SparkSession, cfg: Config, store: TableStore, spec: M
     # `train`, as in folds): one scan of the rows, joined to every prediction
     labels = encoded_rows.filter(F.col("split").isin("train", "test", EVALUATION)).select(
         "user_id", "month", "y", F.when(F.col("split") == EVALUATION, "train").otherwise(F.col("split")).alias("split"))
-    labelled = predictions.join(labels, ["user_id", "month"]).select("user_id", "month", "fold", "split", "y", "p") \
+    predictions = predictions.join(labels, ["user_id", "month"]) \
+        .select("user_id", "month", "fold", "split", "p", F.lit(spec.name).alias("model"), "y") \
         .persist(StorageLevel.MEMORY_AND_DISK)
-    scored = labelled.toPandas()
-    # what oof_predictions gets, cached for the caller's write (from the cached join: no second scan)
-    predictions = labelled.drop("y").withColumn("model", F.lit(spec.name)).persist(StorageLevel.MEMORY_AND_DISK)
-    predictions.count()
-    labelled.unpersist()
+    scored = predictions.select("user_id", "month", "fold", "split", "y", "p").toPandas()
     if own:
         table.unpersist()
     mine.release()
@@ -321,7 +319,7 @@ def train_base_models(spark: SparkSession, cfg: Config, store: TableStore, model
                 predictions, rows = train_model_oof(spark, cfg, store, spec, data, eval_month, (full, data))
             except Exception as exc:  # the stage stops here: fusion never sees a model with no predictions
                 raise BaseModelFailed(spec.name, spec.family, spec.backend, exc) from exc
-            store.write_partitions(predictions, "oof_predictions", [spec.name])
+            store.write_partitions(predictions.drop(LABEL), "oof_predictions", [spec.name])
             predictions.unpersist()
             table = pd.DataFrame(rows).assign(model=spec.name, run_id=run_id)
             metrics_df = frame_from_pandas(spark, table, "base_model_metrics")  # undefined (NaN) → null
