@@ -4,6 +4,8 @@ chains stages. A pipeline run gets a manifest of its own (job ``pipeline``) that
 stage run; each stage's manifest names the pipeline run as its ``parent``."""
 from __future__ import annotations
 
+import ctypes
+import gc
 import sys
 import time
 from collections.abc import Callable
@@ -35,6 +37,26 @@ from .training.oof import train_base_models
 from .tuning.stage import run_tuning
 
 StageFn = Callable[..., dict[str, Any]]
+
+
+def return_freed_memory() -> None:
+    """Hand the driver's freed memory back to the operating system. A stage that collects to the
+    driver (fusion: the meta-features of every labelled owner-month, GiBs at 800k owners) frees its
+    frames when it returns, but Arrow's jemalloc pool and glibc's heap keep the pages; in a pipeline
+    the next stage's Python workers would start on top of them (make paper: the driver Python still
+    held 4.2 GiB after fusion when distill started its LightGBM workers; 21.7 GiB in all)."""
+    gc.collect()
+    try:
+        import pyarrow
+
+        pyarrow.default_memory_pool().release_unused()
+    except (ImportError, NotImplementedError):
+        pass
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc (macOS, musl): nothing to trim
+        pass
+
 
 STAGES: dict[str, StageFn] = {
     "generate": generate_synthetic,
@@ -82,6 +104,7 @@ def run_stage(spark: SparkSession, cfg: Config, stage: str, pipeline_run_id: str
         tracker.log_stage(label or stage, summary, store.run.to_dict())
         if stage in AFTER_STAGE:
             AFTER_STAGE[stage](spark, cfg, store, tracker, summary)
+    return_freed_memory()
     took = progress.format_seconds(time.perf_counter() - started)
     if progress_bar is not None:
         progress_bar.advance(f"{label or stage} done in {took}")
