@@ -157,8 +157,9 @@ def test_meta_models_fit_only_on_training_owners_outside_the_evaluation_month(sp
     real_frame, real_fit = fusion_train._meta_frame, fusion_train.Candidate.fit
 
     def meta_frame(*args):
-        frames.append(real_frame(*args))
-        return frames[-1]
+        pdf, x = real_frame(*args)
+        frames.append(pdf)
+        return pdf, x
 
     def fit(self, rows, y, groups):
         pdf = frames[-1]
@@ -175,9 +176,9 @@ def test_meta_models_fit_only_on_training_owners_outside_the_evaluation_month(sp
     fitted.clear()
 
     def forgetful(*args):
-        pdf = real_frame(*args).assign(split="train", oot_split="train")
-        frames.append(pdf)
-        return pdf
+        pdf, x = real_frame(*args)
+        frames.append(pdf.assign(split="train", oot_split="train"))
+        return frames[-1], x
     monkeypatch.setattr(fusion_train, "_meta_frame", forgetful)
     run_stage(spark, mine, "fusion")
     assert any(rows - allowed for rows in fitted)

@@ -8,6 +8,7 @@ import pytest
 import yaml
 from sklearn.metrics import log_loss, roc_auc_score
 
+from remedi_spark.fusion import meta_models
 from remedi_spark.fusion.meta_features import relative_meta_features
 from remedi_spark.fusion.meta_models import (STRATEGIES, ExpertConfig, HybridExpert, WeightedAverage, fit_strategy,
                                              from_bytes, stratified_holdout, to_bytes)
@@ -136,6 +137,25 @@ def test_every_strategy_learns_stays_a_probability_and_round_trips(name, large):
     again = from_bytes(*to_bytes(model, {"models": list("abcdefg")}))
     assert type(again) is type(model)
     np.testing.assert_allclose(again.predict(xe), p, rtol=0, atol=1e-7)
+
+
+def test_the_hybrid_experts_numbers_do_not_depend_on_how_the_rows_are_chunked(large):
+    """Inputs are standardised and scored in chunks of rows (and the statistics in blocks of columns)
+    to bound the driver's memory at 800k owners: a row's prediction is what it is alone (up to the
+    float32 rounding of a different matrix-multiply kernel for a tiny batch), and the statistics are
+    the fit rows' column means and standard deviations, to the bit."""
+    x, y, groups = simulated_stack(6000, 8)
+    model = fit_strategy("hybrid_expert", M, x, y, groups, FAST)
+    unscaled = np.concatenate([np.log(x[:, :M] / (1 - x[:, :M])), x[:, M:]], axis=1)
+    assert np.array_equal(model.mean, unscaled.mean(axis=0)) and np.array_equal(model.std, unscaled.std(axis=0))
+    xe = large["confident"][0]
+    assert len(xe) > 2 * meta_models._INPUT_ROWS
+    whole = model.predict(xe)
+    edge = slice(meta_models._INPUT_ROWS - 5, meta_models._INPUT_ROWS + 5)  # rows on both sides of a chunk edge
+    np.testing.assert_allclose(model.predict(xe[edge]), whole[edge], rtol=1e-6, atol=0)
+    np.testing.assert_allclose(np.concatenate([model.predict(xe[i:i + 1]) for i in range(3)]), whole[:3],
+                               rtol=1e-6, atol=0)
+    assert np.array_equal(model.predict(xe[: meta_models._INPUT_ROWS]), whole[: meta_models._INPUT_ROWS])
 
 
 def test_cross_fitting_never_predicts_a_row_with_a_model_fitted_on_it():

@@ -35,6 +35,8 @@ from torch import nn
 from ..models.neural.layers import MLPBlock
 
 EPS = 1e-7
+_INPUT_ROWS = 65536  # rows per chunk when standardising a meta-feature matrix for the networks
+_SCALE_COLUMNS = 8  # relative columns per block when computing their means and standard deviations
 
 
 @contextmanager
@@ -303,8 +305,24 @@ class HybridExpert(MetaModel):
         """The network's inputs before standardising: raw p as logits, then the relative columns."""
         return np.concatenate([_logit(self.raw(x)), x[:, self.m:]], axis=1)
 
+    def _scale(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """:func:`_scale_of` of :meth:`_unscaled` ``(x)``, a few columns at a time: the same numbers
+        (each column's mean and std are reductions over that column alone) without materialising the
+        unscaled matrix and its centred copy (two float64 copies of the fit rows at 800k owners)."""
+        blocks = [_logit(self.raw(x))] + [x[:, a:a + _SCALE_COLUMNS] for a in range(self.m, x.shape[1], _SCALE_COLUMNS)]
+        stats = [_scale_of(block) for block in blocks]
+        return np.concatenate([mean for mean, _ in stats]), np.concatenate([scale for _, scale in stats])
+
     def _inputs(self, x: np.ndarray) -> np.ndarray:
-        return ((self._unscaled(x) - self.mean) / self.std).astype(np.float32)
+        """Standardised float32 network inputs of ``x``, built ``_INPUT_ROWS`` rows at a time (element-wise,
+        so the same numbers as in one piece, with float64 temporaries of one chunk only)."""
+        out = np.empty((len(x), len(self.mean)), dtype=np.float32)
+        for a in range(0, len(x), _INPUT_ROWS):
+            z = self._unscaled(x[a:a + _INPUT_ROWS])
+            z -= self.mean
+            z /= self.std
+            out[a:a + _INPUT_ROWS] = z
+        return out
 
     def _holdout(self, y: np.ndarray, groups: np.ndarray, seed: int) -> np.ndarray:
         cfg = self.cfg
@@ -383,9 +401,8 @@ class HybridExpert(MetaModel):
         return net, history
 
     def fit(self, x, y, groups):
-        z = self._unscaled(x)
-        self.mean, self.std = _scale_of(z)
-        inputs = ((z - self.mean) / self.std).astype(np.float32)
+        self.mean, self.std = self._scale(x)
+        inputs = self._inputs(x)
         y = np.asarray(y, dtype=np.float64)
         with one_torch_thread():
             fitted = [self._fit_one(inputs, y, groups, bag) for bag in range(self.cfg.bags)]
@@ -396,8 +413,11 @@ class HybridExpert(MetaModel):
 
     def predict(self, x):
         inputs = torch.from_numpy(self._inputs(x))
+        # the bags' mean logit, a chunk of rows at a time: each row's numbers do not depend on the others,
+        # and the networks' activations over every owner-month (GiBs at 800k owners) never coexist
         with torch.no_grad(), one_torch_thread():
-            logit = torch.stack([net(inputs) for net in self.nets]).mean(dim=0).numpy().astype(np.float64)
+            logit = torch.cat([torch.stack([net(part) for net in self.nets]).mean(dim=0)
+                               for part in inputs.split(_INPUT_ROWS)]).numpy().astype(np.float64)
         return 1.0 / (1.0 + np.exp(-logit))
 
     def state(self) -> tuple[bytes, dict[str, Any]]:
