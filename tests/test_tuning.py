@@ -222,7 +222,7 @@ def test_the_overlay_extends_its_profile_and_keeps_other_models(tmp_path):
 
 def _cli(*args):
     return subprocess.run([sys.executable, "-m", "remedi_spark", "tune", *args], cwd=REPO, capture_output=True,
-                          text=True, timeout=120)
+                          text=True)
 
 
 def test_the_cli_refuses_a_bad_space_and_a_horizon_model_before_spark_starts(tmp_path):
