@@ -2,7 +2,8 @@
 
 All of them share one small contract: ``fit(X, y, groups)`` on the out-of-fold meta-feature
 matrix (columns in Algorithm 1's order, see :mod:`.meta_features`) and ``predict(X)`` returning
-probabilities. The meta data is small (one row per owner-month, 4M + 6 numbers), so meta-models
+probabilities; ``fit(X, y, groups, rows)`` fits on rows ``rows`` of ``X`` without copying them out
+(cross-fitting takes most of the rows of a matrix of GiBs at the paper's scale, several times). The meta data is small (one row per owner-month, 4M + 6 numbers), so meta-models
 train in one process on the driver; scoring a month runs them inside a pandas UDF.
 
 * :class:`HybridExpert` — the teacher head: raw branch MLP over p_1..p_M, relative branch MLP over
@@ -73,15 +74,18 @@ class MetaModel(ABC):
         self.m = m
 
     @abstractmethod
-    def fit(self, x: np.ndarray, y: np.ndarray, groups: np.ndarray) -> "MetaModel":
-        """Fit on meta-features ``x`` (N, 4M + 6), labels ``y`` and owner ids ``groups``."""
+    def fit(self, x: np.ndarray, y: np.ndarray, groups: np.ndarray, rows: np.ndarray | None = None) -> "MetaModel":
+        """Fit on meta-features ``x`` (N, 4M + 6), labels ``y`` and owner ids ``groups``; with ``rows``,
+        on those rows of ``x`` only (``y`` and ``groups`` are then theirs), the same as on ``x[rows]``
+        but gathering only the columns or row chunks a step needs."""
 
     @abstractmethod
     def predict(self, x: np.ndarray) -> np.ndarray:
         """Probabilities (N,)."""
 
-    def raw(self, x: np.ndarray) -> np.ndarray:
-        return x[:, : self.m]
+    def raw(self, x: np.ndarray, rows: np.ndarray | None = None) -> np.ndarray:
+        """The base models' probabilities p_1..p_M: the first M columns (of ``rows`` only, when given)."""
+        return x[:, : self.m] if rows is None else x[rows, : self.m]
 
     def state(self) -> tuple[bytes, dict[str, Any]]:
         """What a fitted model needs to predict again: (binary state, JSON-able metadata)."""
@@ -95,7 +99,7 @@ class MetaModel(ABC):
 class SimpleAverage(MetaModel):
     name = "simple_average"
 
-    def fit(self, x, y, groups):
+    def fit(self, x, y, groups, rows=None):
         return self
 
     def predict(self, x):
@@ -107,10 +111,10 @@ class WeightedAverage(MetaModel):
 
     name = "weighted_average"
 
-    def fit(self, x, y, groups):
+    def fit(self, x, y, groups, rows=None):
         from scipy.optimize import minimize
 
-        p = self.raw(x)
+        p = self.raw(x, rows)
 
         def loss(theta: np.ndarray) -> tuple[float, np.ndarray]:
             w = np.exp(theta - theta.max())
@@ -142,10 +146,10 @@ class StackingLogistic(MetaModel):
 
     name = "stacking_lr"
 
-    def fit(self, x, y, groups):
+    def fit(self, x, y, groups, rows=None):
         from sklearn.linear_model import LogisticRegression
 
-        z = _logit(self.raw(x))
+        z = _logit(self.raw(x, rows))
         self.mean, self.scale = _scale_of(z)
         lr = LogisticRegression(C=1.0, max_iter=2000).fit((z - self.mean) / self.scale, y)
         self.coef, self.intercept = lr.coef_[0], float(lr.intercept_[0])
@@ -175,14 +179,15 @@ class StackingGBDT(MetaModel):
                                         "min_data_in_leaf": 200, "lambda_l2": 1.0, "verbosity": -1,
                                         "num_threads": 2, "seed": 7, "deterministic": True, "force_col_wise": True}
 
-    def fit(self, x, y, groups):
+    def fit(self, x, y, groups, rows=None):
         import lightgbm as lgb
 
         hold = stratified_holdout(groups, y, 0.1, seed=7)
         # on small tables 200 rows per leaf would leave no split: at most a tenth of the fit rows
         params = {**self.params, "min_data_in_leaf": int(min(200, max(5, (~hold).sum() // 10)))}
-        train = lgb.Dataset(self.raw(x)[~hold], y[~hold])
-        valid = lgb.Dataset(self.raw(x)[hold], y[hold], reference=train)
+        p = self.raw(x, rows)
+        train = lgb.Dataset(p[~hold], y[~hold])
+        valid = lgb.Dataset(p[hold], y[hold], reference=train)
         self.booster = lgb.train(params, train, num_boost_round=400, valid_sets=[valid],
                                  callbacks=[lgb.early_stopping(30, verbose=False)])
         return self
@@ -305,20 +310,25 @@ class HybridExpert(MetaModel):
         """The network's inputs before standardising: raw p as logits, then the relative columns."""
         return np.concatenate([_logit(self.raw(x)), x[:, self.m:]], axis=1)
 
-    def _scale(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """:func:`_scale_of` of :meth:`_unscaled` ``(x)``, a few columns at a time: the same numbers
-        (each column's mean and std are reductions over that column alone) without materialising the
-        unscaled matrix and its centred copy (two float64 copies of the fit rows at 800k owners)."""
-        blocks = [_logit(self.raw(x))] + [x[:, a:a + _SCALE_COLUMNS] for a in range(self.m, x.shape[1], _SCALE_COLUMNS)]
+    def _scale(self, x: np.ndarray, rows: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """:func:`_scale_of` of :meth:`_unscaled` ``(x)`` (of ``x[rows]``), a few columns at a time: the same
+        numbers (each column's mean and std are reductions over that column alone) without materialising
+        the unscaled matrix and its centred copy (two float64 copies of the fit rows at 800k owners)."""
+        def columns(a: int, b: int) -> np.ndarray:
+            return x[:, a:b] if rows is None else x[rows, a:b]
+
+        blocks = [_logit(columns(0, self.m))] + [columns(a, a + _SCALE_COLUMNS)
+                                                 for a in range(self.m, x.shape[1], _SCALE_COLUMNS)]
         stats = [_scale_of(block) for block in blocks]
         return np.concatenate([mean for mean, _ in stats]), np.concatenate([scale for _, scale in stats])
 
-    def _inputs(self, x: np.ndarray) -> np.ndarray:
-        """Standardised float32 network inputs of ``x``, built ``_INPUT_ROWS`` rows at a time (element-wise,
-        so the same numbers as in one piece, with float64 temporaries of one chunk only)."""
-        out = np.empty((len(x), len(self.mean)), dtype=np.float32)
-        for a in range(0, len(x), _INPUT_ROWS):
-            z = self._unscaled(x[a:a + _INPUT_ROWS])
+    def _inputs(self, x: np.ndarray, rows: np.ndarray | None = None) -> np.ndarray:
+        """Standardised float32 network inputs of ``x`` (of ``x[rows]``), built ``_INPUT_ROWS`` rows at a
+        time (element-wise, so the same numbers as in one piece, with float64 temporaries of one chunk only)."""
+        n = len(x) if rows is None else len(rows)
+        out = np.empty((n, len(self.mean)), dtype=np.float32)
+        for a in range(0, n, _INPUT_ROWS):
+            z = self._unscaled(x[a:a + _INPUT_ROWS] if rows is None else x[rows[a:a + _INPUT_ROWS]])
             z -= self.mean
             z /= self.std
             out[a:a + _INPUT_ROWS] = z
@@ -340,9 +350,10 @@ class HybridExpert(MetaModel):
                              f"({held} of {int(positives)} positives held out in {int(hold.sum()):,} rows)")
         return hold
 
-    def _init_output(self, net: ExpertNet, inputs: np.ndarray, y: np.ndarray) -> None:
+    def _init_output(self, net: ExpertNet, raw_inputs: np.ndarray, y: np.ndarray) -> None:
         """Output at the base rate's log-odds; with the skip path, the skip at a stacked logistic
-        regression on the (standardised) raw logits and the MLP's output layer at zero."""
+        regression on ``raw_inputs`` (the training rows' standardised raw logits: the first M input
+        columns) and the MLP's output layer at zero."""
         layer = net.output_layer
         with torch.no_grad():
             if net.skip is None:
@@ -351,7 +362,7 @@ class HybridExpert(MetaModel):
                 return
             from sklearn.linear_model import LogisticRegression
 
-            lr = LogisticRegression(C=1.0, max_iter=2000).fit(inputs[:, : self.m], y)
+            lr = LogisticRegression(C=1.0, max_iter=2000).fit(raw_inputs, y)
             net.skip.weight.copy_(torch.from_numpy(lr.coef_.astype(np.float32)))
             net.skip.bias.fill_(float(lr.intercept_[0]))
             layer.weight.zero_()
@@ -361,11 +372,13 @@ class HybridExpert(MetaModel):
         cfg = self.cfg
         seed = cfg.seed + 1000 * bag
         hold = self._holdout(y, groups, seed)
-        xt, yt = torch.from_numpy(inputs[~hold]), torch.from_numpy(y[~hold].astype(np.float32))
+        # training batches are gathered from ``inputs`` by row number: no copy of the training rows
+        train, yt = torch.from_numpy(np.flatnonzero(~hold)), torch.from_numpy(y[~hold].astype(np.float32))
+        xall = torch.from_numpy(inputs)
         xv, yv = torch.from_numpy(inputs[hold]), torch.from_numpy(y[hold].astype(np.float32))
         torch.manual_seed(seed)
         net = ExpertNet(self.m, inputs.shape[1], cfg, self.hybrid)
-        self._init_output(net, inputs[~hold], y[~hold])
+        self._init_output(net, inputs[~hold, : self.m], y[~hold])
         optimizer = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
         loss_fn = nn.BCEWithLogitsLoss()
         rng = np.random.default_rng(seed)
@@ -385,7 +398,7 @@ class HybridExpert(MetaModel):
             order = torch.from_numpy(rng.permutation(n))
             for a, b in zip(bounds[:-1], bounds[1:]):
                 i = order[a:b]
-                loss = loss_fn(net(xt[i]), yt[i])
+                loss = loss_fn(net(xall[train[i]]), yt[i])
                 optimizer.zero_grad()
                 loss.backward()
                 optimizer.step()
@@ -400,9 +413,9 @@ class HybridExpert(MetaModel):
         net.eval()
         return net, history
 
-    def fit(self, x, y, groups):
-        self.mean, self.std = self._scale(x)
-        inputs = self._inputs(x)
+    def fit(self, x, y, groups, rows=None):
+        self.mean, self.std = self._scale(x, rows)
+        inputs = self._inputs(x, rows)
         y = np.asarray(y, dtype=np.float64)
         with one_torch_thread():
             fitted = [self._fit_one(inputs, y, groups, bag) for bag in range(self.cfg.bags)]
@@ -449,11 +462,13 @@ STRATEGIES: dict[str, type[MetaModel]] = {c.name: c for c in (
 
 
 def fit_strategy(name: str, m: int, x: np.ndarray, y: np.ndarray, groups: np.ndarray,
-                 expert: ExpertConfig) -> MetaModel:
-    """The one entry point that fits a fusion strategy by name (``expert`` configures the networks)."""
+                 expert: ExpertConfig, rows: np.ndarray | None = None) -> MetaModel:
+    """The one entry point that fits a fusion strategy by name (``expert`` configures the networks);
+    with ``rows``, on those rows of ``x`` (``y`` and ``groups`` being theirs), as on ``x[rows]``."""
     cls = STRATEGIES[name]
     model = cls(m, expert) if issubclass(cls, HybridExpert) else cls(m)
-    return model.fit(np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64), np.asarray(groups))
+    return model.fit(np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64), np.asarray(groups),
+                     None if rows is None else np.asarray(rows))
 
 
 def to_bytes(model: MetaModel, extra: dict[str, Any] | None = None) -> tuple[bytes, str]:

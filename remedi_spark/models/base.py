@@ -18,6 +18,7 @@ import functools
 import math
 from abc import ABC, abstractmethod
 from dataclasses import asdict, dataclass
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 from pyspark.sql import Column, DataFrame, SparkSession
@@ -30,6 +31,7 @@ from ..io.files import read_bytes, read_text, write_bytes, write_text
 
 if TYPE_CHECKING:
     import pandas as pd
+    import pyarrow as pa
 
 KEYS = ("user_id", "month")
 LABEL = "y"
@@ -48,6 +50,33 @@ def keyed_pandas(df: DataFrame, *columns: str) -> "pd.DataFrame":
     """``columns`` of ``df`` as pandas, rows sorted by (user_id, month): training inputs
     collected to the driver."""
     return df.orderBy(*KEYS).select(*columns).toPandas()
+
+
+_IPC = T.StructType([T.StructField("ipc", T.BinaryType())])
+
+
+def _as_ipc(batches: Iterator["pa.RecordBatch"]) -> Iterator["pa.RecordBatch"]:
+    """Each Arrow batch of a partition as one binary value: its IPC stream (runs in Python workers)."""
+    import pyarrow as pa
+
+    for batch in batches:
+        sink = pa.BufferOutputStream()
+        with pa.ipc.new_stream(sink, batch.schema) as writer:
+            writer.write_batch(batch)
+        yield pa.record_batch([pa.array([sink.getvalue().to_pybytes()], pa.binary())], names=["ipc"])
+
+
+def keyed_arrow_batches(df: DataFrame, *columns: str) -> Iterator["pa.RecordBatch"]:
+    """``columns`` of ``df`` as Arrow record batches, rows sorted by (user_id, month), streamed to the
+    driver a partition at a time: for a collect too large to hold twice. ``toPandas`` holds every
+    Arrow batch and the pandas frame at once, and Spark 3.5's self-destruct option frees nothing there
+    (it converts a renamed copy of the table, which still holds the buffers): fusion's meta-features
+    at 800k owners, 1.6 GiB of numbers, peaked the driver's Python at 6.8 GiB in ``toPandas``."""
+    import pyarrow as pa
+
+    ordered = df.orderBy(*KEYS).select(*columns)
+    for row in ordered.mapInArrow(_as_ipc, _IPC).toLocalIterator():
+        yield from pa.ipc.open_stream(row.ipc)
 
 
 NEGATIVE_RATE = "negative_rate"  # info key: the share of negative rows the model was fitted on
