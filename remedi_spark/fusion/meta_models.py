@@ -3,8 +3,9 @@
 All of them share one small contract: ``fit(X, y, groups)`` on the out-of-fold meta-feature
 matrix (columns in Algorithm 1's order, see :mod:`.meta_features`) and ``predict(X)`` returning
 probabilities; ``fit(X, y, groups, rows)`` fits on rows ``rows`` of ``X`` without copying them out
-(cross-fitting takes most of the rows of a matrix of GiBs at the paper's scale, several times). The meta data is small (one row per owner-month, 4M + 6 numbers), so meta-models
-train in one process on the driver; scoring a month runs them inside a pandas UDF.
+(cross-fitting takes most of the rows of a matrix of GiBs at the paper's scale, several times). The
+meta data is one row per owner-month, 4M + 6 numbers, so meta-models train in one process on the
+driver; scoring a month runs them inside a pandas UDF.
 
 * :class:`HybridExpert` — the teacher head: raw branch MLP over p_1..p_M, relative branch MLP over
   the other 3M + 6 columns, concatenated into an output MLP (``NoHybrid`` = one MLP over all).
@@ -314,11 +315,8 @@ class HybridExpert(MetaModel):
         """:func:`_scale_of` of :meth:`_unscaled` ``(x)`` (of ``x[rows]``), a few columns at a time: the same
         numbers (each column's mean and std are reductions over that column alone) without materialising
         the unscaled matrix and its centred copy (two float64 copies of the fit rows at 800k owners)."""
-        def columns(a: int, b: int) -> np.ndarray:
-            return x[:, a:b] if rows is None else x[rows, a:b]
-
-        blocks = [_logit(columns(0, self.m))] + [columns(a, a + _SCALE_COLUMNS)
-                                                 for a in range(self.m, x.shape[1], _SCALE_COLUMNS)]
+        relative = [slice(a, a + _SCALE_COLUMNS) for a in range(self.m, x.shape[1], _SCALE_COLUMNS)]
+        blocks = [_logit(self.raw(x, rows))] + [x[:, c] if rows is None else x[rows, c] for c in relative]
         stats = [_scale_of(block) for block in blocks]
         return np.concatenate([mean for mean, _ in stats]), np.concatenate([scale for _, scale in stats])
 

@@ -17,8 +17,8 @@ import json
 import functools
 import math
 from abc import ABC, abstractmethod
-from dataclasses import asdict, dataclass
 from collections.abc import Iterator
+from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
 from pyspark.sql import Column, DataFrame, SparkSession
